@@ -1,0 +1,288 @@
+//! Addresses, in tofu's text syntax: `tcp|<host>|<port>` and `uds|<path>`.
+//!
+//! A HelloRequest carries the address to connect to in its `~connect_to` text header; a
+//! WelcomeRequest carries the address to listen on in `~listen_on`. Both headers travel to the
+//! peer unchanged (tofu sends the HelloRequest with its headers).
+//!
+//! * `tcp||7099` (empty host) means all IPv4 interfaces for a listener.
+//! * A host may be an IPv4 or IPv6 literal or a DNS name, at most 255 bytes.
+//! * On Linux a UDS path starting with `@` names an abstract socket (`@name`).
+//! * An empty UDS listen path makes the engine choose a temporary path.
+//!
+//! Unlike Zig tofu, malformed values (four or more `|` parts, an unknown protocol token, an
+//! over-long host or path, a `|` inside a host or path) are errors, never truncation or UB.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::message::{Header, Message, OpCode};
+use crate::status::Error;
+
+/// Text-header name of a HelloRequest's address.
+pub const CONNECT_TO: &str = "~connect_to";
+/// Text-header name of a WelcomeRequest's address.
+pub const LISTEN_ON: &str = "~listen_on";
+/// tofu's default port.
+pub const DEFAULT_PORT: u16 = 7099;
+/// Longest host, in bytes.
+pub const MAX_HOST_LEN: usize = 255;
+/// Size of `sun_path` including the terminating NUL: a UDS path (or abstract name after `@`)
+/// may have at most `UDS_PATH_MAX - 1` bytes.
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+pub const UDS_PATH_MAX: usize = 104;
+/// Size of `sun_path` including the terminating NUL: a UDS path (or abstract name after `@`)
+/// may have at most `UDS_PATH_MAX - 1` bytes.
+#[cfg(not(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+)))]
+pub const UDS_PATH_MAX: usize = 108;
+
+/// Where to connect or listen.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A TCP endpoint: host (IP literal, DNS name, or empty for "all interfaces") and port.
+    Tcp {
+        /// Host name or IP literal; empty means all IPv4 interfaces (listeners only).
+        host: String,
+        /// Port number.
+        port: u16,
+    },
+    /// A Unix-domain stream socket: a filesystem path, or `@name` for a Linux abstract name.
+    Uds {
+        /// The path; empty (listeners only) means "choose a temporary path".
+        path: String,
+    },
+}
+
+impl Address {
+    /// A TCP address.
+    pub fn tcp(host: impl Into<String>, port: u16) -> Address {
+        Address::Tcp {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// A Unix-domain socket address.
+    pub fn uds(path: impl Into<String>) -> Address {
+        Address::Uds { path: path.into() }
+    }
+
+    /// Checks the limits: host at most 255 bytes, path shorter than [`UDS_PATH_MAX`], no `|`
+    /// or NUL in host or path, `@` names only on Linux. Errors are `InvalidAddress`.
+    pub fn validate(&self) -> Result<(), Error> {
+        match self {
+            Address::Tcp { host, .. } => {
+                if host.len() > MAX_HOST_LEN || host.contains(['|', '\0', '\r', '\n']) {
+                    return Err(Error::InvalidAddress);
+                }
+            }
+            Address::Uds { path } => {
+                if path.len() >= UDS_PATH_MAX || path.contains(['|', '\0', '\r', '\n']) {
+                    return Err(Error::InvalidAddress);
+                }
+                if path.starts_with('@') && !cfg!(any(target_os = "linux", target_os = "android")) {
+                    return Err(Error::InvalidAddress);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `msg` a HelloRequest to this address: replaces its header with
+    /// `Header::new(HelloRequest)` (channel 0, message_id 0) and appends `~connect_to`.
+    /// Earlier text headers are kept. An invalid address is `WrongAddress`.
+    pub fn format_connect(&self, msg: &mut Message) -> Result<(), Error> {
+        self.format(msg, OpCode::HelloRequest, CONNECT_TO)
+    }
+
+    /// Makes `msg` a WelcomeRequest for this address (header replaced, `~listen_on` appended).
+    pub fn format_listen(&self, msg: &mut Message) -> Result<(), Error> {
+        self.format(msg, OpCode::WelcomeRequest, LISTEN_ON)
+    }
+
+    fn format(&self, msg: &mut Message, op: OpCode, name: &str) -> Result<(), Error> {
+        self.validate().map_err(|_| Error::WrongAddress)?;
+        let value = self.to_string();
+        msg.header = Header::new(op);
+        msg.append_header(name, &value)
+            .map_err(|_| Error::WrongAddress)
+    }
+
+    /// The address a Hello (`~connect_to`) or Welcome (`~listen_on`) message carries: the
+    /// first header of that name. Missing or malformed → `InvalidAddress`.
+    pub fn from_message(msg: &Message) -> Result<Address, Error> {
+        let name = match msg.opcode() {
+            OpCode::HelloRequest | OpCode::HelloResponse => CONNECT_TO,
+            OpCode::WelcomeRequest | OpCode::WelcomeResponse => LISTEN_ON,
+            _ => return Err(Error::InvalidAddress),
+        };
+        let value = msg.headers().value_of(name).ok_or(Error::InvalidAddress)?;
+        std::str::from_utf8(value)
+            .map_err(|_| Error::InvalidAddress)?
+            .parse()
+    }
+}
+
+impl FromStr for Address {
+    type Err = Error;
+
+    /// Parses `tcp|host|port` or `uds|path`. Anything else is `InvalidAddress`.
+    fn from_str(s: &str) -> Result<Address, Error> {
+        let mut parts = s.split('|');
+        let proto = parts.next().unwrap_or("");
+        let second = parts.next().ok_or(Error::InvalidAddress)?;
+        let third = parts.next();
+        if parts.next().is_some() {
+            return Err(Error::InvalidAddress);
+        }
+        let addr = match (proto, third) {
+            ("uds", None) => Address::uds(second),
+            ("tcp", Some(port)) => {
+                if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(Error::InvalidAddress);
+                }
+                let port = port.parse::<u16>().map_err(|_| Error::InvalidAddress)?;
+                Address::tcp(second, port)
+            }
+            _ => return Err(Error::InvalidAddress),
+        };
+        addr.validate()?;
+        Ok(addr)
+    }
+}
+
+impl fmt::Display for Address {
+    /// The header value: `tcp|host|port` or `uds|path`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp { host, port } => write!(f, "tcp|{host}|{port}"),
+            Address::Uds { path } => write!(f, "uds|{path}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_display() {
+        let a: Address = "tcp|127.0.0.1|7099".parse().unwrap();
+        assert_eq!(a, Address::tcp("127.0.0.1", 7099));
+        assert_eq!(a.to_string(), "tcp|127.0.0.1|7099");
+        let a: Address = "tcp||80".parse().unwrap();
+        assert_eq!(a, Address::tcp("", 80));
+        let a: Address = "tcp|::1|65535".parse().unwrap();
+        assert_eq!(a, Address::tcp("::1", 65535));
+        let a: Address = "uds|/tmp/x.port".parse().unwrap();
+        assert_eq!(a, Address::uds("/tmp/x.port"));
+        assert_eq!(a.to_string(), "uds|/tmp/x.port");
+        let a: Address = "uds|".parse().unwrap();
+        assert_eq!(a, Address::uds(""));
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        for bad in [
+            "",
+            "tcp",
+            "tcp|host",
+            "tcp|h|p",
+            "tcp|h|-1",
+            "tcp|h|+1",
+            "tcp|h|65536",
+            "tcp|h|",
+            "tcp|h|1|x",
+            "uds|a|b|c",
+            "udp|h|1",
+            "uds|a|1",
+            "xyz|/tmp/a",
+            "|a",
+        ] {
+            assert_eq!(
+                bad.parse::<Address>(),
+                Err(Error::InvalidAddress),
+                "{bad:?}"
+            );
+        }
+        let long_host = format!("tcp|{}|1", "h".repeat(MAX_HOST_LEN + 1));
+        assert_eq!(long_host.parse::<Address>(), Err(Error::InvalidAddress));
+        let ok_host = format!("tcp|{}|1", "h".repeat(MAX_HOST_LEN));
+        assert!(ok_host.parse::<Address>().is_ok());
+        let long_path = format!("uds|/{}", "p".repeat(UDS_PATH_MAX));
+        assert_eq!(long_path.parse::<Address>(), Err(Error::InvalidAddress));
+        let max_path = format!("uds|/{}", "p".repeat(UDS_PATH_MAX - 2));
+        assert!(max_path.parse::<Address>().is_ok());
+    }
+
+    #[test]
+    fn format_into_messages() {
+        let mut m = Message::new();
+        m.header.message_id = 99;
+        m.header.channel = 4;
+        m.append_header("x-app", "1").unwrap();
+        Address::tcp("127.0.0.1", 7099)
+            .format_connect(&mut m)
+            .unwrap();
+        assert_eq!(m.opcode(), OpCode::HelloRequest);
+        assert_eq!(m.message_id(), 0);
+        assert_eq!(m.channel(), 0);
+        assert_eq!(
+            m.text_headers(),
+            b"x-app:1\r\n~connect_to:tcp|127.0.0.1|7099\r\n"
+        );
+        assert_eq!(
+            Address::from_message(&m),
+            Ok(Address::tcp("127.0.0.1", 7099))
+        );
+
+        let mut m = Message::new();
+        Address::uds("/tmp/s").format_listen(&mut m).unwrap();
+        assert_eq!(m.opcode(), OpCode::WelcomeRequest);
+        assert_eq!(m.header_value(LISTEN_ON), Some("uds|/tmp/s"));
+        assert_eq!(Address::from_message(&m), Ok(Address::uds("/tmp/s")));
+
+        let mut m = Message::new();
+        assert_eq!(
+            Address::tcp("a|b", 1).format_connect(&mut m),
+            Err(Error::WrongAddress)
+        );
+        assert_eq!(
+            Address::uds("x".repeat(UDS_PATH_MAX)).format_listen(&mut m),
+            Err(Error::WrongAddress)
+        );
+    }
+
+    #[test]
+    fn from_message_needs_the_right_header() {
+        let mut m = Message::with_opcode(OpCode::HelloRequest);
+        assert_eq!(Address::from_message(&m), Err(Error::InvalidAddress));
+        m.append_header(LISTEN_ON, "tcp|a|1").unwrap();
+        assert_eq!(Address::from_message(&m), Err(Error::InvalidAddress));
+        m.append_header(CONNECT_TO, "tcp|a|1|2").unwrap();
+        assert_eq!(Address::from_message(&m), Err(Error::InvalidAddress));
+        let mut m = Message::with_opcode(OpCode::Request);
+        m.append_header(CONNECT_TO, "tcp|a|1").unwrap();
+        assert_eq!(Address::from_message(&m), Err(Error::InvalidAddress));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn abstract_names() {
+        let a: Address = "uds|@tofu-abstract".parse().unwrap();
+        assert_eq!(a, Address::uds("@tofu-abstract"));
+    }
+}
