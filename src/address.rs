@@ -90,7 +90,14 @@ impl Address {
                 }
             }
             Address::Uds { path } => {
-                if path.len() >= UDS_PATH_MAX || path.contains(['|', '\0', '\r', '\n']) {
+                // A filesystem path needs room for its NUL; an abstract name (after `@`) has
+                // a leading NUL instead, so `@` plus up to UDS_PATH_MAX - 1 bytes fit.
+                let too_long = if path.starts_with('@') {
+                    path.len() > UDS_PATH_MAX
+                } else {
+                    path.len() >= UDS_PATH_MAX
+                };
+                if too_long || path.contains(['|', '\0', '\r', '\n']) {
                     return Err(Error::InvalidAddress);
                 }
                 if path.starts_with('@') && !cfg!(any(target_os = "linux", target_os = "android")) {

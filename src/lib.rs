@@ -15,12 +15,20 @@
 #![deny(unsafe_code)]
 
 pub mod address;
+mod channels;
+mod engine;
 pub mod message;
+mod net;
+pub mod poller;
 pub mod pool;
+mod protocol;
+mod reactor;
 pub mod status;
+pub mod testing;
 pub mod wire;
 
 pub use address::Address;
+pub use engine::{ChannelGroup, Engine, EngineOptions, PostError};
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};

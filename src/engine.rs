@@ -1,0 +1,626 @@
+//! The engine (tofu's `Ampe`) and its channel groups: the application-facing half.
+//!
+//! An [`Engine`] owns one I/O thread running the reactor, a message [`Pool`] and the channel
+//! table. Application threads talk to it through [`ChannelGroup`]s: `post` hands a message to
+//! the reactor, `wait_receive` takes the next message the engine or a peer produced.
+//!
+//! Guarantees:
+//! * **Order.** Messages posted on one channel are written in post order (an `oob` message
+//!   goes ahead of those not yet started). Messages received on a channel are delivered in
+//!   arrival order.
+//! * **Nothing lost silently.** A posted message is either written to the socket or handed
+//!   back to its group with an engine status: at channel close (the close reason), when its
+//!   channel no longer exists (`ChannelClosed`) or at engine shutdown (`ShutdownStarted`).
+//!   A post that fails returns the message with the error.
+//! * **Thread safety.** `Engine` and `ChannelGroup` are `Send + Sync`; every method may be
+//!   called from any thread. Messages are moved, never shared.
+//! * **Teardown.** Dropping a group closes its channels abortively and wakes its waiters with
+//!   `ShutdownStarted`; dropping the engine first is also safe (groups then report
+//!   `ShutdownStarted` once their queues are empty).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::channels::ChannelTable;
+use crate::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
+use crate::poller::{Backend, Poller, Waker};
+use crate::pool::{Allocation, Pool, PoolOptions};
+use crate::reactor::Reactor;
+use crate::status::{Error, Status};
+
+/// Engine settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Message pool sizes (tofu `initialPoolMsgs` / `maxPoolMsgs`).
+    pub pool: PoolOptions,
+    /// The OS readiness mechanism of the reactor.
+    pub backend: Backend,
+}
+
+/// A failed [`ChannelGroup::post`]: the error and the message, handed back to the caller.
+#[derive(Debug)]
+pub struct PostError {
+    /// Why the post failed.
+    pub error: Error,
+    /// The message, unchanged except for the status byte (and origin) set by validation.
+    pub message: Message,
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "post failed: {}", self.error)
+    }
+}
+
+impl std::error::Error for PostError {}
+
+/// A messaging engine: one reactor thread, one pool, one channel table.
+///
+/// Several engines may live in one process. Dropping the engine stops its thread: every
+/// channel is closed abortively, unsent messages go back to their groups with
+/// `ShutdownStarted`, and groups still alive report `ShutdownStarted` once drained.
+#[doc(alias = "Ampe")]
+#[doc(alias = "Reactor")]
+pub struct Engine {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts an engine and its I/O thread; returns once the thread runs.
+    ///
+    /// Fails with `CommunicationFailed` when the poller cannot be created (the cause is
+    /// logged) and `AllocationFailed` when the thread cannot be started.
+    pub fn new(options: EngineOptions) -> Result<Engine, Error> {
+        let poller = Poller::new(options.backend).map_err(|e| {
+            tracing::debug!(error = %e, backend = %options.backend, "poller creation failed");
+            Error::CommunicationFailed
+        })?;
+        let pool = Pool::new(options.pool);
+        let shared = Arc::new(Shared {
+            pool: pool.clone(),
+            commands: Mutex::new(Commands {
+                queue: Vec::new(),
+                open: true,
+            }),
+            sleeping: AtomicBool::new(false),
+            waker: poller.waker(),
+            shutdown: AtomicBool::new(false),
+            table: Mutex::new(ChannelTable::new()),
+            groups: Mutex::new(Vec::new()),
+            backend: options.backend,
+        });
+        let weak = Arc::downgrade(&shared);
+        pool.set_on_refill(Box::new(move || {
+            if let Some(s) = weak.upgrade() {
+                s.wake();
+            }
+        }));
+        let reactor = Reactor::new(Arc::clone(&shared), poller);
+        let thread = std::thread::Builder::new()
+            .name("tofu-reactor".into())
+            .spawn(move || reactor.run())
+            .map_err(|e| {
+                tracing::debug!(error = %e, "reactor thread spawn failed");
+                Error::AllocationFailed
+            })?;
+        Ok(Engine {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// An engine with default options.
+    pub fn with_defaults() -> Result<Engine, Error> {
+        Engine::new(EngineOptions::default())
+    }
+
+    /// Creates a channel group.
+    #[doc(alias = "create")]
+    pub fn create_group(&self) -> Result<ChannelGroup, Error> {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(Error::ShutdownStarted);
+        }
+        static NEXT_GROUP: AtomicU32 = AtomicU32::new(1);
+        let group = Arc::new(GroupShared {
+            id: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
+            mailbox: Mutex::new(Mailbox {
+                queue: VecDeque::new(),
+                waiters: 0,
+                state: MailboxState::Open,
+            }),
+            cond: Condvar::new(),
+        });
+        let mut groups = self.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.retain(|g| g.strong_count() > 0);
+        groups.push(Arc::downgrade(&group));
+        drop(groups);
+        Ok(ChannelGroup {
+            group,
+            shared: Arc::clone(&self.shared),
+            destroyed: AtomicBool::new(false),
+        })
+    }
+
+    /// Takes a message from the engine's pool (`None` only for `PoolOnly` on an empty pool).
+    /// The message returns to the pool when dropped.
+    pub fn get(&self, how: Allocation) -> Option<Message> {
+        self.shared.pool.get(how)
+    }
+
+    /// Puts a message into the engine's pool (any message, also one not from this pool).
+    pub fn put(&self, msg: Message) {
+        self.shared.pool.put(msg)
+    }
+
+    /// The engine's pool.
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    /// The poller backend in use.
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.force_wake();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("reactor thread panicked");
+            }
+        }
+        // The reactor is gone: refuse further posts, hand back what is still queued.
+        let leftovers = {
+            let mut c = self.shared.lock_commands();
+            c.open = false;
+            std::mem::take(&mut c.queue)
+        };
+        for cmd in leftovers {
+            cmd.abandon(Status::ShutdownStarted);
+        }
+        let groups =
+            std::mem::take(&mut *self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()));
+        for g in groups.iter().filter_map(Weak::upgrade) {
+            g.close(MailboxState::EngineGone);
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.shared.backend)
+            .finish()
+    }
+}
+
+/// A set of channels and one receive queue, used from application threads.
+///
+/// Every channel belongs to the group that created it (by Hello or Welcome) or, for an
+/// accepted connection, to its listener's group. All results, statuses and peer messages for
+/// those channels arrive through this group's [`wait_receive`](ChannelGroup::wait_receive).
+///
+/// Share a group between threads with `Arc` or scoped threads. [`destroy`](Self::destroy) (or
+/// drop) closes its channels abortively and wakes every blocked `wait_receive` with
+/// `ShutdownStarted`.
+pub struct ChannelGroup {
+    group: Arc<GroupShared>,
+    shared: Arc<Shared>,
+    destroyed: AtomicBool,
+}
+
+impl ChannelGroup {
+    /// Validates `msg` (see [`Message::validate_for_post`]) and queues it for the reactor.
+    ///
+    /// Returns the header as posted: the channel number (new for Hello/Welcome requests) and
+    /// the message_id. Success means "queued", not "sent": every later outcome comes back
+    /// through `wait_receive`. On failure the message is handed back with the error:
+    /// validation errors, `InvalidChannelNumber` (no such live channel),
+    /// `InvalidMessageChannelGroup` (another group's channel), `NotificationDisabled`
+    /// (engine shut down), `ShutdownStarted` (this group destroyed), `AllocationFailed`
+    /// (no free channel number).
+    pub fn post(&self, mut msg: Message) -> Result<Header, PostError> {
+        if let Err(error) = msg.validate_for_post() {
+            return Err(PostError {
+                error,
+                message: msg,
+            });
+        }
+        if self.destroyed.load(Ordering::SeqCst) {
+            return Err(PostError {
+                error: Error::ShutdownStarted,
+                message: msg,
+            });
+        }
+        let new_channel = msg.header.channel == CHANNEL_UNASSIGNED;
+        {
+            let mut table = self.shared.lock_table();
+            if new_channel {
+                match table.allocate(self.group.id) {
+                    Some(ch) => msg.header.channel = ch,
+                    None => {
+                        drop(table);
+                        msg.header.status = Status::AllocationFailed;
+                        return Err(PostError {
+                            error: Error::AllocationFailed,
+                            message: msg,
+                        });
+                    }
+                }
+            } else {
+                let err = match table.owner(msg.header.channel) {
+                    None => Some(Error::InvalidChannelNumber),
+                    Some(g) if g != self.group.id => Some(Error::InvalidMessageChannelGroup),
+                    Some(_) => None,
+                };
+                if let Some(error) = err {
+                    drop(table);
+                    msg.header.status = error.status();
+                    return Err(PostError {
+                        error,
+                        message: msg,
+                    });
+                }
+            }
+        }
+        let header = msg.header;
+        let cmd = Command::Post {
+            group: Arc::clone(&self.group),
+            msg,
+        };
+        match self.shared.submit(cmd) {
+            Ok(()) => Ok(header),
+            Err(cmd) => {
+                if new_channel {
+                    self.shared.lock_table().release(header.channel);
+                }
+                let Command::Post { mut msg, .. } = cmd else {
+                    unreachable!("submit hands back the command it was given")
+                };
+                msg.header.status = Status::NotificationDisabled;
+                Err(PostError {
+                    error: Error::NotificationDisabled,
+                    message: msg,
+                })
+            }
+        }
+    }
+
+    /// Waits for the next message: `timeout` `None` waits forever, `Some(ZERO)` polls once.
+    ///
+    /// `Ok(None)` means the timeout passed. `Err(ShutdownStarted)` means the group was
+    /// destroyed, or the engine is gone and every queued message has been taken.
+    /// The caller owns the message; dropping it returns it to the pool.
+    #[doc(alias = "waitReceive")]
+    pub fn wait_receive(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
+        self.group.wait(timeout)
+    }
+
+    /// Puts a message into this group's receive queue, waking a `wait_receive`, without
+    /// involving the reactor (tofu's cross-thread wake-up).
+    ///
+    /// * `None`: the queue gets a Signal with origin engine, status `ReceiverUpdate`,
+    ///   channel 0 and message_id 0.
+    /// * `Some(msg)`: the message keeps opcode, channel and message_id and gets origin
+    ///   application and status `ReceiverUpdate`.
+    ///
+    /// Fails with `ShutdownStarted` when the group is destroyed or its engine is gone; the
+    /// message then returns to the pool.
+    #[doc(alias = "updateReceiver")]
+    pub fn update_receiver(&self, msg: Option<Message>) -> Result<(), Error> {
+        let msg = match msg {
+            Some(mut m) => {
+                m.header.origin = Origin::Application;
+                m.header.status = Status::ReceiverUpdate;
+                m
+            }
+            None => {
+                let mut m = self.shared.pool.message();
+                m.header = Header::new(OpCode::Signal);
+                m.header.origin = Origin::Engine;
+                m.header.status = Status::ReceiverUpdate;
+                m
+            }
+        };
+        if self.group.deliver_if_open(msg) {
+            Ok(())
+        } else {
+            Err(Error::ShutdownStarted)
+        }
+    }
+
+    /// Closes every channel of this group abortively (RST, no notifications), discards its
+    /// queued messages into the pool, and wakes blocked `wait_receive` calls with
+    /// `ShutdownStarted`. Blocks until the reactor has done so. Idempotent; drop calls it.
+    pub fn destroy(&self) {
+        if self.destroyed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let done = Arc::new(Completion::default());
+        let cmd = Command::DestroyGroup {
+            group: self.group.id,
+            done: Arc::clone(&done),
+        };
+        if self.shared.submit(cmd).is_ok() {
+            done.wait();
+        }
+        self.group.close(MailboxState::Destroyed);
+    }
+
+    /// This group's process-wide id.
+    pub fn id(&self) -> u32 {
+        self.group.id
+    }
+}
+
+impl Drop for ChannelGroup {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+impl std::fmt::Debug for ChannelGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelGroup")
+            .field("id", &self.group.id)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state between application threads and the reactor.
+
+/// What application threads ask of the reactor.
+pub(crate) enum Command {
+    /// A validated message for a channel (new for Hello/Welcome requests).
+    Post {
+        group: Arc<GroupShared>,
+        msg: Message,
+    },
+    /// Close every channel of a group without notifications, then signal `done`.
+    DestroyGroup { group: u32, done: Arc<Completion> },
+}
+
+impl Command {
+    /// Gives a command up (engine gone): posted messages go back to their group.
+    pub(crate) fn abandon(self, status: Status) {
+        match self {
+            Command::Post { group, mut msg } => {
+                msg.header.origin = Origin::Engine;
+                msg.header.status = status;
+                group.deliver(msg);
+            }
+            Command::DestroyGroup { done, .. } => done.complete(),
+        }
+    }
+}
+
+pub(crate) struct Commands {
+    pub(crate) queue: Vec<Command>,
+    /// False once the reactor stopped taking commands.
+    pub(crate) open: bool,
+}
+
+/// Engine state shared by the handles and the reactor thread.
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
+    pub(crate) commands: Mutex<Commands>,
+    /// The reactor is (about to be) blocked in the poller and needs a wake-up.
+    pub(crate) sleeping: AtomicBool,
+    pub(crate) waker: Arc<Waker>,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) table: Mutex<ChannelTable>,
+    groups: Mutex<Vec<Weak<GroupShared>>>,
+    backend: Backend,
+}
+
+impl Shared {
+    pub(crate) fn lock_commands(&self) -> MutexGuard<'_, Commands> {
+        // Commands are pushed and swapped whole; a panic cannot leave them half-updated.
+        self.commands.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_table(&self) -> MutexGuard<'_, ChannelTable> {
+        // Table operations complete before any call that could panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a command; hands it back if the reactor no longer takes commands.
+    /// Costs no syscall when the reactor is awake.
+    pub(crate) fn submit(&self, cmd: Command) -> Result<(), Command> {
+        {
+            let mut c = self.lock_commands();
+            if !c.open || self.shutdown.load(Ordering::SeqCst) {
+                return Err(cmd);
+            }
+            c.queue.push(cmd);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the reactor if it sleeps (or is about to).
+    pub(crate) fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.force_wake();
+        }
+    }
+
+    fn force_wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            tracing::error!(error = %e, "waking the reactor failed");
+        }
+    }
+}
+
+/// Signals one waiting thread once.
+#[derive(Default)]
+pub(crate) struct Completion {
+    done: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Completion {
+    pub(crate) fn complete(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*d {
+            d = self.cond.wait(d).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MailboxState {
+    Open,
+    /// The engine stopped: queued messages can still be taken, then `ShutdownStarted`.
+    EngineGone,
+    /// The group was destroyed: nothing more is delivered or taken.
+    Destroyed,
+}
+
+struct Mailbox {
+    queue: VecDeque<Message>,
+    waiters: usize,
+    state: MailboxState,
+}
+
+/// The receive side of a group, shared with the reactor.
+pub(crate) struct GroupShared {
+    pub(crate) id: u32,
+    mailbox: Mutex<Mailbox>,
+    cond: Condvar,
+}
+
+impl GroupShared {
+    fn lock(&self) -> MutexGuard<'_, Mailbox> {
+        // Queue operations cannot panic half-way.
+        self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once the group was destroyed.
+    pub(crate) fn is_destroyed(&self) -> bool {
+        self.lock().state == MailboxState::Destroyed
+    }
+
+    /// Appends a message from the reactor. A destroyed group drops it (back to the pool):
+    /// its application has given the group up.
+    pub(crate) fn deliver(&self, msg: Message) {
+        let _ = self.deliver_if_open(msg);
+    }
+
+    /// Appends several messages with one lock and at most one wake-up.
+    pub(crate) fn deliver_all(&self, msgs: &mut Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut mb = self.lock();
+        if mb.state == MailboxState::Destroyed {
+            drop(mb);
+            msgs.clear();
+            return;
+        }
+        mb.queue.extend(msgs.drain(..));
+        let wake = mb.waiters > 0;
+        drop(mb);
+        if wake {
+            self.cond.notify_all();
+        }
+    }
+
+    fn deliver_if_open(&self, msg: Message) -> bool {
+        let mut mb = self.lock();
+        if mb.state != MailboxState::Open {
+            return false;
+        }
+        mb.queue.push_back(msg);
+        let wake = mb.waiters > 0;
+        drop(mb);
+        if wake {
+            self.cond.notify_one();
+        }
+        true
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut mb = self.lock();
+        loop {
+            if mb.state == MailboxState::Destroyed {
+                return Err(Error::ShutdownStarted);
+            }
+            if let Some(m) = mb.queue.pop_front() {
+                return Ok(Some(m));
+            }
+            if mb.state == MailboxState::EngineGone {
+                return Err(Error::ShutdownStarted);
+            }
+            mb.waiters += 1;
+            mb = match deadline {
+                None => self.cond.wait(mb).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        mb.waiters -= 1;
+                        return Ok(None);
+                    }
+                    self.cond
+                        .wait_timeout(mb, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            mb.waiters -= 1;
+        }
+    }
+
+    fn close(&self, state: MailboxState) {
+        let drained = {
+            let mut mb = self.lock();
+            if mb.state == MailboxState::Destroyed {
+                return;
+            }
+            mb.state = state;
+            if state == MailboxState::Destroyed {
+                std::mem::take(&mut mb.queue)
+            } else {
+                VecDeque::new()
+            }
+        };
+        drop(drained); // messages return to the pool outside the lock
+        self.cond.notify_all();
+    }
+}
+
+/// Builds the engine Signal that ends every channel: origin engine, status `ChannelClosed`.
+pub(crate) fn channel_closed_signal(pool: &Pool, channel: u16, message_id: u64) -> Message {
+    let mut m = pool.message();
+    m.header = Header::new(OpCode::Signal);
+    m.header.origin = Origin::Engine;
+    m.header.status = Status::ChannelClosed;
+    m.header.channel = channel;
+    m.header.message_id = message_id;
+    m
+}
+
+/// Builds the `PoolEmpty` Signal for a starved channel. It comes from the pool's `Always`
+/// path, so the application dropping it adds a message to the pool.
+pub(crate) fn pool_empty_signal(pool: &Pool, channel: u16) -> Message {
+    let mut m = pool.get(Allocation::Always).unwrap_or_default();
+    m.header = Header::new(OpCode::Signal);
+    m.header.origin = Origin::Engine;
+    m.header.status = Status::PoolEmpty;
+    m.header.channel = channel;
+    m
+}

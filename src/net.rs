@@ -1,0 +1,1343 @@
+//! Sockets for the reactor: listening sockets ([`Listener`]) and data sockets
+//! ([`Stream`]), TCP and Unix domain, all non-blocking and close-on-exec.
+//!
+//! Every platform `#[cfg]` of the engine's socket handling lives in this file;
+//! the rest of the engine sees only these types, [`RawSocket`] (to register
+//! with the poller) and `(Status, io::Error)` pairs for failures (the
+//! [`Status`] for the user, the `io::Error` for logs).
+//!
+//! Unix domain sockets exist only under `cfg(unix)` for now; a Windows branch
+//! (AF_UNIX on Windows, `SOCKET` handles) can be added next to the `unix`
+//! ones.
+//!
+//! Address resolution ([`Listener::bind`], [`Stream::connect`] with a DNS
+//! name) uses the system resolver and *blocks* until it answers.
+
+use std::io::{self, IoSlice, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+#[cfg(unix)]
+use std::os::unix::net::{UnixListener, UnixStream};
+#[cfg(unix)]
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket};
+
+use crate::address::Address;
+use crate::status::Status;
+
+/// The OS handle of a socket, as registered with the poller.
+#[cfg(unix)]
+pub type RawSocket = std::os::fd::RawFd;
+
+/// The OS handle of a socket, as registered with the poller.
+#[cfg(windows)]
+pub type RawSocket = std::os::windows::io::RawSocket;
+
+/// The `listen(2)` backlog of every [`Listener`] (the kernel caps it at
+/// `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// A TCP host name must be shorter than this many bytes.
+pub const MAX_HOST_LEN: usize = 256;
+
+/// A failure: the status to report and the OS error behind it (for logs).
+/// Pure validation failures carry an [`io::ErrorKind::InvalidInput`] error.
+pub type NetError = (Status, io::Error);
+
+/// Returns `true` when `e` means "try again when the socket is ready"
+/// (`EAGAIN`/`EWOULDBLOCK`).
+///
+/// `EINTR` is not included: [`Stream::read`], [`Stream::write`],
+/// [`Stream::write_vectored`] and [`Listener::accept`] retry it themselves,
+/// so callers never see it.
+pub fn is_would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Makes an [`io::ErrorKind::InvalidInput`] error for validation failures.
+fn invalid_input(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Makes an `InvalidAddress` failure from a validation message.
+fn invalid_address(msg: String) -> NetError {
+    (Status::InvalidAddress, invalid_input(msg))
+}
+
+/// Resolves a TCP host and port to the first address the resolver returns.
+///
+/// `""` means `0.0.0.0` for a listener and is invalid for a connect. An IPv6
+/// literal may be written with or without brackets.
+fn resolve_tcp(host: &str, port: u16, listener: bool) -> Result<SocketAddr, NetError> {
+    if host.len() >= MAX_HOST_LEN {
+        return Err(invalid_address(format!(
+            "TCP host is {} bytes long, the limit is {}",
+            host.len(),
+            MAX_HOST_LEN - 1
+        )));
+    }
+    if host.is_empty() {
+        return if listener {
+            Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        } else {
+            Err(invalid_address(
+                "cannot connect to an empty TCP host".into(),
+            ))
+        };
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut addrs = (bare, port)
+        .to_socket_addrs()
+        .map_err(|e| (Status::InvalidAddress, e))?;
+    addrs
+        .next()
+        .ok_or_else(|| invalid_address(format!("TCP host {host:?} resolves to no address")))
+}
+
+/// Status for a failed `bind(2)`: an address that is not local is an invalid
+/// address, anything else a listen failure.
+fn bind_failure(e: io::Error) -> NetError {
+    if e.kind() == io::ErrorKind::AddrNotAvailable {
+        (Status::InvalidAddress, e)
+    } else {
+        (Status::ListenFailed, e)
+    }
+}
+
+/// Where a Unix domain socket lives.
+#[cfg(unix)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UdsTarget {
+    /// A filesystem path.
+    Path(PathBuf),
+    /// A Linux abstract name (without the leading NUL or '@').
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Abstract(Vec<u8>),
+}
+
+#[cfg(unix)]
+impl UdsTarget {
+    /// Validates a non-empty `Address::Uds` path.
+    fn parse(path: &str) -> Result<UdsTarget, NetError> {
+        use crate::testing::UDS_PATH_MAX;
+        if path.is_empty() {
+            return Err(invalid_address("empty Unix domain socket path".into()));
+        }
+        if path.contains('\0') {
+            return Err(invalid_address(format!(
+                "Unix domain socket path {path:?} contains a NUL byte"
+            )));
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(name) = path.strip_prefix('@') {
+            // sun_path holds a leading NUL and then the name, without a
+            // terminating NUL.
+            if name.is_empty() {
+                return Err(invalid_address("empty abstract socket name".into()));
+            }
+            if name.len() + 1 > UDS_PATH_MAX {
+                return Err(invalid_address(format!(
+                    "abstract socket name is {} bytes long, the limit is {}",
+                    name.len(),
+                    UDS_PATH_MAX - 1
+                )));
+            }
+            return Ok(UdsTarget::Abstract(name.as_bytes().to_vec()));
+        }
+        // sun_path holds the path and a terminating NUL.
+        if path.len() + 1 > UDS_PATH_MAX {
+            return Err(invalid_address(format!(
+                "Unix domain socket path is {} bytes long, the limit is {}",
+                path.len(),
+                UDS_PATH_MAX - 1
+            )));
+        }
+        Ok(UdsTarget::Path(PathBuf::from(path)))
+    }
+
+    /// The `sockaddr_un` for this target.
+    fn sock_addr(&self) -> Result<SockAddr, NetError> {
+        let addr = match self {
+            UdsTarget::Path(p) => SockAddr::unix(p),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            UdsTarget::Abstract(name) => {
+                use std::os::unix::ffi::OsStrExt;
+                // socket2 treats a path starting with NUL as abstract.
+                let mut bytes = Vec::with_capacity(name.len() + 1);
+                bytes.push(0);
+                bytes.extend_from_slice(name);
+                SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))
+            }
+        };
+        addr.map_err(|e| (Status::InvalidAddress, e))
+    }
+}
+
+/// Formats a Unix domain socket address for logs: the path, `@name` for an
+/// abstract name, or `<unnamed>`.
+#[cfg(unix)]
+fn uds_addr_string(addr: &std::os::unix::net::SocketAddr) -> String {
+    if let Some(p) = addr.as_pathname() {
+        return p.display().to_string();
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt;
+        if let Some(name) = addr.as_abstract_name() {
+            return format!("@{}", String::from_utf8_lossy(name));
+        }
+    }
+    "<unnamed>".to_string()
+}
+
+/// Returns the (device, inode) of the file at `path`, if any.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket file at `path` if it is still the one identified by
+/// `id` (when `id` is unknown, removes it unconditionally). Errors are
+/// ignored: this is cleanup.
+#[cfg(unix)]
+fn unlink_if_ours(path: &Path, id: Option<(u64, u64)>) {
+    if id.is_none() || file_id(path) == id {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes a stale socket file at `path` before binding it. Anything that is
+/// not a socket (a regular file, a directory, ...) is left alone, so that
+/// binding fails instead of destroying user data.
+#[cfg(unix)]
+fn remove_stale_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Platform details: socket creation, accept, send flags, connect errors.
+#[cfg(unix)]
+mod sys {
+    use std::io;
+
+    use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+    /// Flags for `send(2)`/`sendmsg(2)`: never raise `SIGPIPE` (the peer
+    /// having gone away is reported as `EPIPE` instead).
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    ))]
+    pub const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+
+    /// Flags for `send(2)`/`sendmsg(2)`. Apple platforms have no
+    /// `MSG_NOSIGNAL`; socket2 sets `SO_NOSIGPIPE` on every socket it creates
+    /// and accepted sockets inherit it from the listener.
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    )))]
+    pub const SEND_FLAGS: libc::c_int = 0;
+
+    /// Creates a non-blocking, close-on-exec stream socket.
+    pub fn stream_socket(domain: Domain, protocol: Option<Protocol>) -> io::Result<Socket> {
+        // Socket::new always sets close-on-exec (SOCK_CLOEXEC where it exists).
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly",
+            target_os = "illumos"
+        ))]
+        {
+            Socket::new(domain, Type::STREAM.nonblocking(), protocol)
+        }
+        #[cfg(not(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly",
+            target_os = "illumos"
+        )))]
+        {
+            let socket = Socket::new(domain, Type::STREAM, protocol)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        }
+    }
+
+    /// Accepts one connection as a non-blocking, close-on-exec socket.
+    pub fn accept(listener: SockRef<'_>) -> io::Result<Socket> {
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly",
+            target_os = "illumos"
+        ))]
+        {
+            listener
+                .accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .map(|(socket, _)| socket)
+        }
+        #[cfg(not(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly",
+            target_os = "illumos"
+        )))]
+        {
+            // socket2's accept sets close-on-exec.
+            let (socket, _) = listener.accept()?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        }
+    }
+
+    /// Whether a failed `accept(2)` only concerned the one pending
+    /// connection (or a signal), so that accepting again is right.
+    pub fn accept_should_retry(e: &io::Error) -> bool {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+        ) {
+            return true;
+        }
+        // accept(2) on Linux: "already-pending network errors on the new
+        // socket [...] should be treated like EAGAIN by retrying".
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::EPROTO
+                        | libc::ENETDOWN
+                        | libc::ENOPROTOOPT
+                        | libc::EHOSTDOWN
+                        | libc::ENONET
+                        | libc::EHOSTUNREACH
+                        | libc::EOPNOTSUPP
+                        | libc::ENETUNREACH
+                )
+            )
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            e.raw_os_error() == Some(libc::EPROTO)
+        }
+    }
+
+    /// Whether a failed non-blocking `connect(2)` goes on in the background.
+    ///
+    /// `EAGAIN` is *not* in progress: for a Unix domain socket it means the
+    /// listener's backlog is full and nothing was started, for TCP that no
+    /// local port is free. (On Windows, `WSAEWOULDBLOCK` *is* in progress.)
+    pub fn connect_in_progress(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINPROGRESS | libc::EALREADY | libc::EINTR)
+        )
+    }
+}
+
+/// A listening socket, non-blocking and close-on-exec.
+///
+/// Dropping a listener that bound a filesystem Unix domain socket path
+/// removes that path, unless it has been replaced by another socket since
+/// (as a second listener on the same path does).
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix domain socket listener.
+    #[cfg(unix)]
+    Uds {
+        /// The listening socket.
+        listener: UnixListener,
+        /// The filesystem path to remove on drop; `None` for an abstract
+        /// name.
+        path: Option<PathBuf>,
+        /// The (device, inode) of the socket file right after binding, so
+        /// that drop removes only our own file; `None` if it could not be
+        /// read (then drop removes the path unconditionally).
+        file_id: Option<(u64, u64)>,
+    },
+}
+
+impl Listener {
+    /// Creates a socket, binds it to `addr` and listens (backlog
+    /// [`LISTEN_BACKLOG`]); the socket is non-blocking and close-on-exec.
+    ///
+    /// TCP: the host is an IP literal, a DNS name (the first address the
+    /// system resolver returns is used; this blocks) or `""` for `0.0.0.0`.
+    /// `SO_REUSEADDR` and (on Unix) `SO_REUSEPORT` are set, so a second
+    /// listener on the same address and port succeeds.
+    ///
+    /// Unix domain socket: an empty path binds a fresh
+    /// [`temp_uds_path`](crate::testing::temp_uds_path) (see
+    /// [`Listener::local_addr_string`]). A filesystem path that holds a
+    /// socket file is unlinked first, so a second listener on the same path
+    /// succeeds (and takes over new connections); a path that holds anything
+    /// else is left alone and the bind fails. `"@name"` (Linux) binds the
+    /// abstract name `name`; a second listener on the same abstract name
+    /// fails with `ListenFailed`.
+    ///
+    /// # Errors
+    /// - `InvalidAddress`: a host of [`MAX_HOST_LEN`] bytes or more, an
+    ///   unresolvable host, a path of
+    ///   [`UDS_PATH_MAX`](crate::testing::UDS_PATH_MAX) bytes or more (an
+    ///   abstract name: more than `UDS_PATH_MAX - 1`), an empty abstract
+    ///   name, a NUL byte in the path, or `EADDRNOTAVAIL` from `bind(2)` (an
+    ///   IP that is not local).
+    /// - `SetsockoptFailed`: setting `SO_REUSEADDR`/`SO_REUSEPORT` failed.
+    /// - `ListenFailed`: creating the socket, any other `bind(2)` failure
+    ///   (`EADDRINUSE`, `EACCES`, a missing directory, ...) or `listen(2)`.
+    pub fn bind(addr: &Address) -> Result<Listener, NetError> {
+        match addr {
+            Address::Tcp { host, port } => Self::bind_tcp(host, *port),
+            #[cfg(unix)]
+            Address::Uds { path } => Self::bind_uds(path),
+            #[cfg(not(unix))]
+            Address::Uds { .. } => Err(invalid_address(
+                "Unix domain sockets are not supported on this platform".into(),
+            )),
+        }
+    }
+
+    /// [`Listener::bind`] for TCP.
+    fn bind_tcp(host: &str, port: u16) -> Result<Listener, NetError> {
+        let addr = resolve_tcp(host, port, true)?;
+        let socket = sys::stream_socket(Domain::for_address(addr), Some(Protocol::TCP))
+            .map_err(|e| (Status::ListenFailed, e))?;
+        socket
+            .set_reuse_address(true)
+            .map_err(|e| (Status::SetsockoptFailed, e))?;
+        #[cfg(all(
+            unix,
+            not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+        ))]
+        socket
+            .set_reuse_port(true)
+            .map_err(|e| (Status::SetsockoptFailed, e))?;
+        socket.bind(&addr.into()).map_err(bind_failure)?;
+        socket
+            .listen(LISTEN_BACKLOG)
+            .map_err(|e| (Status::ListenFailed, e))?;
+        Ok(Listener::Tcp(socket.into()))
+    }
+
+    /// [`Listener::bind`] for Unix domain sockets.
+    #[cfg(unix)]
+    fn bind_uds(path: &str) -> Result<Listener, NetError> {
+        let target = if path.is_empty() {
+            UdsTarget::Path(crate::testing::temp_uds_path())
+        } else {
+            UdsTarget::parse(path)?
+        };
+        let sock_addr = target.sock_addr()?;
+        let fs_path = match target {
+            UdsTarget::Path(p) => Some(p),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            UdsTarget::Abstract(_) => None,
+        };
+        if let Some(p) = &fs_path {
+            remove_stale_socket(p);
+        }
+        let socket =
+            sys::stream_socket(Domain::UNIX, None).map_err(|e| (Status::ListenFailed, e))?;
+        socket.bind(&sock_addr).map_err(bind_failure)?;
+        // From here on the socket file exists and is ours.
+        let id = fs_path.as_deref().and_then(file_id);
+        if let Err(e) = socket.listen(LISTEN_BACKLOG) {
+            if let Some(p) = &fs_path {
+                unlink_if_ours(p, id);
+            }
+            return Err((Status::ListenFailed, e));
+        }
+        Ok(Listener::Uds {
+            listener: socket.into(),
+            path: fs_path,
+            file_id: id,
+        })
+    }
+
+    /// Accepts one pending connection.
+    ///
+    /// Returns `Ok(None)` when none is pending (`EAGAIN`). The new stream is
+    /// non-blocking and close-on-exec, has `SO_LINGER {on, 0}` and, for TCP,
+    /// `TCP_NODELAY`. `EINTR` and errors that concern only the one pending
+    /// connection (`ECONNABORTED`, `EPROTO`, ...) are retried.
+    ///
+    /// # Errors
+    /// The `accept(2)` error (e.g. `EMFILE`/`ENFILE`: the listener stays
+    /// readable, so back off before polling it again), or the error of
+    /// setting an option on the accepted socket (which is then closed). The
+    /// listener stays usable either way.
+    pub fn accept(&self) -> io::Result<Option<Stream>> {
+        loop {
+            let accepted = match self {
+                Listener::Tcp(l) => sys::accept(SockRef::from(l)),
+                #[cfg(unix)]
+                Listener::Uds { listener, .. } => sys::accept(SockRef::from(listener)),
+            };
+            let socket = match accepted {
+                Ok(socket) => socket,
+                Err(e) if is_would_block(&e) => return Ok(None),
+                Err(e) if sys::accept_should_retry(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            socket.set_linger(Some(Duration::ZERO))?;
+            return Ok(Some(match self {
+                Listener::Tcp(_) => {
+                    socket.set_tcp_nodelay(true)?;
+                    Stream::Tcp(socket.into())
+                }
+                #[cfg(unix)]
+                Listener::Uds { .. } => Stream::Uds(socket.into()),
+            }));
+        }
+    }
+
+    /// The OS handle, to register with the poller.
+    pub fn raw(&self) -> RawSocket {
+        #[cfg(unix)]
+        use std::os::fd::AsRawFd;
+        #[cfg(windows)]
+        use std::os::windows::io::AsRawSocket;
+        match self {
+            #[cfg(unix)]
+            Listener::Tcp(l) => l.as_raw_fd(),
+            #[cfg(windows)]
+            Listener::Tcp(l) => l.as_raw_socket(),
+            #[cfg(unix)]
+            Listener::Uds { listener, .. } => listener.as_raw_fd(),
+        }
+    }
+
+    /// The bound address for logs: `"127.0.0.1:7099"`, a socket path, or
+    /// `"@name"` for an abstract name. For TCP port 0 and for an empty UDS
+    /// path this shows what the kernel or [`Listener::bind`] chose.
+    pub fn local_addr_string(&self) -> String {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(a) => a.to_string(),
+                Err(e) => format!("<unknown: {e}>"),
+            },
+            #[cfg(unix)]
+            Listener::Uds { listener, path, .. } => match listener.local_addr() {
+                Ok(a) => uds_addr_string(&a),
+                Err(e) => match path {
+                    Some(p) => p.display().to_string(),
+                    None => format!("<unknown: {e}>"),
+                },
+            },
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Listener::Uds {
+            path: Some(path),
+            file_id,
+            ..
+        } = self
+        {
+            unlink_if_ours(path, *file_id);
+        }
+    }
+}
+
+/// A connected (or connecting) data socket, non-blocking and close-on-exec,
+/// with `SO_LINGER {on, 0}`: dropping it resets the connection and discards
+/// unsent data, so flush before dropping when the data matters.
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP stream (with `TCP_NODELAY`).
+    Tcp(TcpStream),
+    /// A Unix domain socket stream.
+    #[cfg(unix)]
+    Uds(UnixStream),
+}
+
+impl Stream {
+    /// Starts a non-blocking connect to `addr`.
+    ///
+    /// The socket gets `SO_LINGER {on, 0}` and, for TCP, `TCP_NODELAY`. TCP
+    /// hosts are resolved as in [`Listener::bind`] (blocking), except that
+    /// `""` is invalid. Returns the stream and whether it is connected
+    /// already; if not (`EINPROGRESS`), wait until it is writable and call
+    /// [`Stream::finish_connect`].
+    ///
+    /// # Errors
+    /// - `InvalidAddress`: a bad, too long or unresolvable address, or
+    ///   creating the socket failed.
+    /// - `SetsockoptFailed`: setting `SO_LINGER`/`TCP_NODELAY` failed.
+    /// - `UdsPathNotFound`: the Unix domain socket path does not exist
+    ///   (`ENOENT`).
+    /// - `ConnectFailed`: any other `connect(2)` failure: `ECONNREFUSED`
+    ///   (no listener), `EACCES`, and `EAGAIN`, which for a Unix domain
+    ///   socket means the listener's backlog is full (nothing was started;
+    ///   the error's kind is [`io::ErrorKind::WouldBlock`], so a caller may
+    ///   retry later) and for TCP that no local port is free.
+    pub fn connect(addr: &Address) -> Result<(Stream, bool), NetError> {
+        match addr {
+            Address::Tcp { host, port } => {
+                let target = resolve_tcp(host, *port, false)?;
+                let socket = sys::stream_socket(Domain::for_address(target), Some(Protocol::TCP))
+                    .map_err(|e| (Status::InvalidAddress, e))?;
+                socket
+                    .set_linger(Some(Duration::ZERO))
+                    .and_then(|()| socket.set_tcp_nodelay(true))
+                    .map_err(|e| (Status::SetsockoptFailed, e))?;
+                let connected = start_connect(&socket, &target.into(), false)?;
+                Ok((Stream::Tcp(socket.into()), connected))
+            }
+            #[cfg(unix)]
+            Address::Uds { path } => {
+                let sock_addr = UdsTarget::parse(path)?.sock_addr()?;
+                let socket = sys::stream_socket(Domain::UNIX, None)
+                    .map_err(|e| (Status::InvalidAddress, e))?;
+                socket
+                    .set_linger(Some(Duration::ZERO))
+                    .map_err(|e| (Status::SetsockoptFailed, e))?;
+                let connected = start_connect(&socket, &sock_addr, true)?;
+                Ok((Stream::Uds(socket.into()), connected))
+            }
+            #[cfg(not(unix))]
+            Address::Uds { .. } => Err(invalid_address(
+                "Unix domain sockets are not supported on this platform".into(),
+            )),
+        }
+    }
+
+    /// Completes a connect that [`Stream::connect`] left in progress, once
+    /// the socket has become writable (or errored).
+    ///
+    /// Returns `Ok(true)` when connected, `Ok(false)` when still in progress
+    /// (a spurious wake-up: wait again), `Err` with the connect error
+    /// (`SO_ERROR`, e.g. `ECONNREFUSED`) when it failed; then drop the
+    /// stream. The error is consumed by the first call that returns it.
+    /// Calling this on a connected stream returns `Ok(true)`.
+    pub fn finish_connect(&self) -> io::Result<bool> {
+        let socket = self.sock_ref();
+        if let Some(e) = socket.take_error()? {
+            return Err(e);
+        }
+        match socket.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads into `buf`; `Ok(0)` is end of stream. `EINTR` is retried;
+    /// `WouldBlock` (see [`is_would_block`]) means no data yet.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let result = match self {
+                Stream::Tcp(s) => {
+                    let mut s: &TcpStream = s;
+                    s.read(buf)
+                }
+                #[cfg(unix)]
+                Stream::Uds(s) => {
+                    let mut s: &UnixStream = s;
+                    s.read(buf)
+                }
+            };
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes from `buf`, returning how much was written (possibly less than
+    /// `buf.len()`). `EINTR` is retried; `WouldBlock` means the send buffer
+    /// is full. Never raises `SIGPIPE`: a vanished peer gives `EPIPE`
+    /// ([`io::ErrorKind::BrokenPipe`]) or `ECONNRESET`.
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let socket = self.sock_ref();
+        loop {
+            match socket.send_with_flags(buf, sys::SEND_FLAGS) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Like [`Stream::write`], gathering from several buffers (`sendmsg(2)`).
+    pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let socket = self.sock_ref();
+        loop {
+            match socket.send_vectored_with_flags(bufs, sys::SEND_FLAGS) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The OS handle, to register with the poller.
+    pub fn raw(&self) -> RawSocket {
+        #[cfg(unix)]
+        use std::os::fd::AsRawFd;
+        #[cfg(windows)]
+        use std::os::windows::io::AsRawSocket;
+        match self {
+            #[cfg(unix)]
+            Stream::Tcp(s) => s.as_raw_fd(),
+            #[cfg(windows)]
+            Stream::Tcp(s) => s.as_raw_socket(),
+            #[cfg(unix)]
+            Stream::Uds(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// The peer for logs: `"127.0.0.1:7099"`, a socket path, `"@name"`, or
+    /// for an accepted Unix domain socket (whose peer is unnamed)
+    /// `"<unnamed> via <listener path>"`.
+    pub fn peer_string(&self) -> String {
+        match self {
+            Stream::Tcp(s) => match s.peer_addr() {
+                Ok(a) => a.to_string(),
+                Err(e) => format!("<unknown: {e}>"),
+            },
+            #[cfg(unix)]
+            Stream::Uds(s) => match s.peer_addr() {
+                Ok(a) if a.is_unnamed() => match s.local_addr() {
+                    Ok(local) if !local.is_unnamed() => {
+                        format!("<unnamed> via {}", uds_addr_string(&local))
+                    }
+                    _ => "<unnamed>".to_string(),
+                },
+                Ok(a) => uds_addr_string(&a),
+                Err(e) => format!("<unknown: {e}>"),
+            },
+        }
+    }
+
+    /// A borrowed socket2 view, for socket options and `send` flags.
+    fn sock_ref(&self) -> SockRef<'_> {
+        match self {
+            Stream::Tcp(s) => SockRef::from(s),
+            #[cfg(unix)]
+            Stream::Uds(s) => SockRef::from(s),
+        }
+    }
+}
+
+/// Issues the non-blocking `connect(2)`; `Ok(true)` if connected at once,
+/// `Ok(false)` if in progress.
+fn start_connect(socket: &Socket, addr: &SockAddr, uds: bool) -> Result<bool, NetError> {
+    match socket.connect(addr) {
+        Ok(()) => Ok(true),
+        Err(e) if sys::connect_in_progress(&e) => Ok(false),
+        Err(e) if uds && e.kind() == io::ErrorKind::NotFound => Err((Status::UdsPathNotFound, e)),
+        Err(e) => Err((Status::ConnectFailed, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{free_tcp_port, temp_uds_path, UDS_PATH_MAX};
+    use std::time::Instant;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn tcp(host: &str, port: u16) -> Address {
+        Address::Tcp {
+            host: host.to_string(),
+            port,
+        }
+    }
+
+    fn uds(path: impl Into<String>) -> Address {
+        Address::Uds { path: path.into() }
+    }
+
+    fn path_string(p: &Path) -> String {
+        p.to_str().unwrap().to_string()
+    }
+
+    fn bind_err(addr: &Address) -> NetError {
+        match Listener::bind(addr) {
+            Ok(l) => panic!("bind {addr:?} succeeded: {}", l.local_addr_string()),
+            Err(e) => e,
+        }
+    }
+
+    fn connect_err(addr: &Address) -> NetError {
+        match Stream::connect(addr) {
+            Ok((s, _)) => panic!("connect {addr:?} succeeded: {s:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Waits (bounded) for a pending connect to finish.
+    fn wait_connected(stream: &Stream, connected: bool) -> io::Result<()> {
+        if connected {
+            return Ok(());
+        }
+        let start = Instant::now();
+        while !stream.finish_connect()? {
+            assert!(start.elapsed() < DEADLINE, "connect did not finish");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for a connection to accept.
+    fn accept_one(listener: &Listener) -> Stream {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = listener.accept().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < DEADLINE, "nothing to accept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Connects to `listener` and accepts, returning (client, server).
+    fn pair(listener: &Listener, addr: &Address) -> (Stream, Stream) {
+        let (client, connected) = Stream::connect(addr).unwrap();
+        let server = accept_one(listener);
+        wait_connected(&client, connected).unwrap();
+        (client, server)
+    }
+
+    fn write_all(stream: &Stream, mut data: &[u8]) {
+        let start = Instant::now();
+        while !data.is_empty() {
+            match stream.write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if is_would_block(&e) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("write: {e}"),
+            }
+            assert!(start.elapsed() < DEADLINE, "write stalled");
+        }
+    }
+
+    fn read_exact(stream: &Stream, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        let mut got = 0;
+        let start = Instant::now();
+        while got < len {
+            match stream.read(&mut out[got..]) {
+                Ok(0) => panic!("unexpected end of stream after {got} bytes"),
+                Ok(n) => got += n,
+                Err(e) if is_would_block(&e) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("read: {e}"),
+            }
+            assert!(start.elapsed() < DEADLINE, "read stalled");
+        }
+        out
+    }
+
+    fn round_trip(a: &Stream, b: &Stream) {
+        let ping: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let pong: Vec<u8> = (0..1000u32).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+        write_all(a, &ping);
+        assert_eq!(read_exact(b, ping.len()), ping);
+        write_all(b, &pong);
+        assert_eq!(read_exact(a, pong.len()), pong);
+        // Nothing more is pending.
+        let mut buf = [0u8; 16];
+        assert!(is_would_block(&a.read(&mut buf).unwrap_err()));
+        assert!(is_would_block(&b.read(&mut buf).unwrap_err()));
+    }
+
+    /// The `flags:` field (octal open flags) of `/proc/self/fdinfo/<fd>`.
+    fn fd_flags(raw: RawSocket) -> u32 {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).unwrap();
+        let line = info.lines().find(|l| l.starts_with("flags:")).unwrap();
+        u32::from_str_radix(line["flags:".len()..].trim(), 8).unwrap()
+    }
+
+    fn is_nonblocking(raw: RawSocket) -> bool {
+        fd_flags(raw) & libc::O_NONBLOCK as u32 != 0
+    }
+
+    fn is_cloexec(raw: RawSocket) -> bool {
+        fd_flags(raw) & libc::O_CLOEXEC as u32 != 0
+    }
+
+    // ---- TCP listener --------------------------------------------------
+
+    #[test]
+    fn tcp_listener_binds_and_duplicate_listen_succeeds() {
+        let port = free_tcp_port().unwrap();
+        let first = Listener::bind(&tcp("127.0.0.1", port)).unwrap();
+        assert_eq!(first.local_addr_string(), format!("127.0.0.1:{port}"));
+        assert!(is_nonblocking(first.raw()));
+        assert!(is_cloexec(first.raw()));
+        let second = Listener::bind(&tcp("127.0.0.1", port)).unwrap();
+        assert_eq!(second.local_addr_string(), format!("127.0.0.1:{port}"));
+        assert_ne!(first.raw(), second.raw());
+        // A client reaches one of the two.
+        let (client, connected) = Stream::connect(&tcp("127.0.0.1", port)).unwrap();
+        let start = Instant::now();
+        let server = loop {
+            if let Some(s) = first.accept().unwrap() {
+                break s;
+            }
+            if let Some(s) = second.accept().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < DEADLINE);
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        wait_connected(&client, connected).unwrap();
+        round_trip(&client, &server);
+    }
+
+    #[test]
+    fn tcp_listener_empty_host_binds_all_ipv4() {
+        let port = free_tcp_port().unwrap();
+        let listener = Listener::bind(&tcp("", port)).unwrap();
+        assert_eq!(listener.local_addr_string(), format!("0.0.0.0:{port}"));
+        let (client, server) = pair(&listener, &tcp("127.0.0.1", port));
+        round_trip(&client, &server);
+    }
+
+    #[test]
+    fn tcp_listener_port_zero_reports_chosen_port() {
+        let listener = Listener::bind(&tcp("127.0.0.1", 0)).unwrap();
+        let s = listener.local_addr_string();
+        let port: u16 = s.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
+        assert_ne!(port, 0);
+    }
+
+    #[test]
+    fn tcp_listener_bracketed_ipv6_literal() {
+        // Only where the machine has IPv6 loopback.
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            return;
+        }
+        let listener = Listener::bind(&tcp("[::1]", 0)).unwrap();
+        assert!(listener.local_addr_string().starts_with("[::1]:"));
+    }
+
+    #[test]
+    fn tcp_listener_non_local_ip_is_invalid_address() {
+        // TEST-NET-1: never assigned to this machine; bind sends no traffic.
+        let (status, e) = bind_err(&tcp("192.0.2.1", free_tcp_port().unwrap()));
+        assert_eq!(status, Status::InvalidAddress);
+        assert_eq!(e.kind(), io::ErrorKind::AddrNotAvailable);
+    }
+
+    #[test]
+    fn tcp_listener_unresolvable_host_is_invalid_address() {
+        let (status, _) = bind_err(&tcp("no.such.host.invalid", 7099));
+        assert_eq!(status, Status::InvalidAddress);
+        let (status, _) = bind_err(&tcp("not a host name", 7099));
+        assert_eq!(status, Status::InvalidAddress);
+    }
+
+    #[test]
+    fn tcp_host_too_long_is_invalid_address() {
+        let host = "a".repeat(300);
+        let (status, e) = bind_err(&tcp(&host, 7099));
+        assert_eq!(status, Status::InvalidAddress);
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let (status, e) = connect_err(&tcp(&host, 7099));
+        assert_eq!(status, Status::InvalidAddress);
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        // The limit is exactly MAX_HOST_LEN: one byte less passes validation
+        // (and then fails to resolve, which is not InvalidInput).
+        let (status, e) = bind_err(&tcp(&"a".repeat(MAX_HOST_LEN), 7099));
+        assert_eq!(
+            (status, e.kind()),
+            (Status::InvalidAddress, io::ErrorKind::InvalidInput)
+        );
+        let (status, e) = bind_err(&tcp(&"a".repeat(MAX_HOST_LEN - 1), 7099));
+        assert_eq!(status, Status::InvalidAddress);
+        assert_ne!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn tcp_listener_address_in_use_without_reuse_is_listen_failed() {
+        // A std listener (no SO_REUSEPORT) owns the port: ours must fail
+        // with ListenFailed, not InvalidAddress.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let (status, e) = bind_err(&tcp("127.0.0.1", port));
+        assert_eq!(status, Status::ListenFailed);
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    // ---- accept / connect / streams -----------------------------------
+
+    #[test]
+    fn accept_without_client_is_none() {
+        let listener = Listener::bind(&tcp("127.0.0.1", 0)).unwrap();
+        assert!(listener.accept().unwrap().is_none());
+        let listener = Listener::bind(&uds("")).unwrap();
+        assert!(listener.accept().unwrap().is_none());
+    }
+
+    #[test]
+    fn tcp_connect_accept_round_trip() {
+        let port = free_tcp_port().unwrap();
+        let listener = Listener::bind(&tcp("127.0.0.1", port)).unwrap();
+        let addr = tcp("127.0.0.1", port);
+        let (client, connected) = Stream::connect(&addr).unwrap();
+        let start = Instant::now();
+        while !connected && !client.finish_connect().unwrap() {
+            assert!(start.elapsed() < DEADLINE, "connect did not finish");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(client.finish_connect().unwrap());
+        let server = accept_one(&listener);
+        for s in [&client, &server] {
+            let sock = s.sock_ref();
+            assert!(sock.tcp_nodelay().unwrap(), "TCP_NODELAY on {s:?}");
+            assert_eq!(sock.linger().unwrap(), Some(Duration::ZERO), "{s:?}");
+            assert!(is_nonblocking(s.raw()), "{s:?}");
+            assert!(is_cloexec(s.raw()), "{s:?}");
+        }
+        assert_eq!(client.peer_string(), format!("127.0.0.1:{port}"));
+        assert!(server.peer_string().starts_with("127.0.0.1:"));
+        round_trip(&client, &server);
+        // write_vectored gathers.
+        let parts = [IoSlice::new(b"hello "), IoSlice::new(b"world")];
+        let n = client.write_vectored(&parts).unwrap();
+        assert_eq!(n, 11);
+        assert_eq!(read_exact(&server, 11), b"hello world");
+    }
+
+    #[test]
+    fn tcp_connect_dns_name() {
+        // "localhost" goes through the resolver; bind and connect pick the
+        // same first address.
+        let port = free_tcp_port().unwrap();
+        let listener = Listener::bind(&tcp("localhost", port)).unwrap();
+        let (client, server) = pair(&listener, &tcp("localhost", port));
+        round_trip(&client, &server);
+    }
+
+    #[test]
+    fn tcp_connect_refused_is_connect_failed() {
+        let port = free_tcp_port().unwrap();
+        match Stream::connect(&tcp("127.0.0.1", port)) {
+            Err((status, e)) => {
+                assert_eq!(status, Status::ConnectFailed);
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+            }
+            Ok((stream, connected)) => {
+                assert!(!connected, "connected to a port nobody listens on");
+                let e = wait_connected(&stream, false).unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_connect_empty_host_is_invalid_address() {
+        let (status, e) = connect_err(&tcp("", 7099));
+        assert_eq!(
+            (status, e.kind()),
+            (Status::InvalidAddress, io::ErrorKind::InvalidInput)
+        );
+    }
+
+    #[test]
+    fn peer_reset_after_drop_and_no_sigpipe() {
+        let port = free_tcp_port().unwrap();
+        let addr = tcp("127.0.0.1", port);
+        let listener = Listener::bind(&addr).unwrap();
+        let (client, server) = pair(&listener, &addr);
+        drop(server); // linger 0: RST
+        let start = Instant::now();
+        let e = loop {
+            match client.write(b"x") {
+                Ok(_) => {}
+                Err(e) if is_would_block(&e) => {}
+                Err(e) => break e,
+            }
+            assert!(start.elapsed() < DEADLINE, "write kept succeeding");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{e:?}"
+        );
+    }
+
+    // ---- Unix domain sockets -------------------------------------------
+
+    #[test]
+    fn uds_listener_lifecycle_and_duplicate_listen() {
+        let path = temp_uds_path();
+        let addr = uds(path_string(&path));
+        let first = Listener::bind(&addr).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&path).is_ok(),
+            "socket file missing"
+        );
+        assert_eq!(first.local_addr_string(), path_string(&path));
+        assert!(is_nonblocking(first.raw()));
+        assert!(is_cloexec(first.raw()));
+        // A second listener on the same path replaces the socket file...
+        let second = Listener::bind(&addr).unwrap();
+        assert!(std::fs::symlink_metadata(&path).is_ok());
+        // ... and takes the new connections.
+        let (client, server) = pair(&second, &addr);
+        assert!(first.accept().unwrap().is_none());
+        round_trip(&client, &server);
+        // Dropping the first must not remove the second's file.
+        drop(first);
+        assert!(
+            std::fs::symlink_metadata(&path).is_ok(),
+            "first removed second's file"
+        );
+        drop(second);
+        assert!(
+            std::fs::symlink_metadata(&path).is_err(),
+            "socket file left behind"
+        );
+    }
+
+    #[test]
+    fn uds_listener_empty_path_is_generated() {
+        let listener = Listener::bind(&uds("")).unwrap();
+        let name = listener.local_addr_string();
+        assert!(name.contains("tofu_"), "{name}");
+        assert!(name.len() < UDS_PATH_MAX);
+        assert!(std::fs::symlink_metadata(&name).is_ok());
+        let (client, server) = pair(&listener, &uds(name.clone()));
+        round_trip(&client, &server);
+        drop(listener);
+        assert!(std::fs::symlink_metadata(&name).is_err());
+    }
+
+    #[test]
+    fn uds_listener_keeps_non_socket_files() {
+        let path = temp_uds_path();
+        std::fs::write(&path, b"user data").unwrap();
+        let (status, e) = bind_err(&uds(path_string(&path)));
+        assert_eq!(status, Status::ListenFailed);
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(std::fs::read(&path).unwrap(), b"user data");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn uds_listener_missing_directory_is_listen_failed() {
+        let dir = temp_uds_path();
+        let (status, _) = bind_err(&uds(path_string(&dir.join("s"))));
+        assert_eq!(status, Status::ListenFailed);
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn uds_abstract_name() {
+        let name = format!("@tofu-test-{}", std::process::id());
+        let listener = Listener::bind(&uds(name.clone())).unwrap();
+        assert_eq!(listener.local_addr_string(), name);
+        // Nothing in the filesystem, relative or in the temp dir.
+        assert!(std::fs::symlink_metadata(&name).is_err());
+        assert!(std::fs::symlink_metadata(std::env::temp_dir().join(&name)).is_err());
+        // An abstract name cannot be taken over.
+        let (status, e) = bind_err(&uds(name.clone()));
+        assert_eq!(
+            (status, e.kind()),
+            (Status::ListenFailed, io::ErrorKind::AddrInUse)
+        );
+        let (client, server) = pair(&listener, &uds(name.clone()));
+        assert_eq!(client.peer_string(), name);
+        assert_eq!(server.peer_string(), format!("<unnamed> via {name}"));
+        round_trip(&client, &server);
+        drop(listener);
+        let (status, _) = connect_err(&uds(name));
+        assert_eq!(status, Status::ConnectFailed);
+    }
+
+    #[test]
+    fn uds_path_length_limits() {
+        let (status, e) = bind_err(&uds("/tmp/".to_string() + &"p".repeat(195)));
+        assert_eq!(
+            (status, e.kind()),
+            (Status::InvalidAddress, io::ErrorKind::InvalidInput)
+        );
+        let (status, e) = connect_err(&uds("/tmp/".to_string() + &"p".repeat(195)));
+        assert_eq!(
+            (status, e.kind()),
+            (Status::InvalidAddress, io::ErrorKind::InvalidInput)
+        );
+        // UDS_PATH_MAX - 1 bytes fit, UDS_PATH_MAX do not.
+        let prefix = format!("/tmp/tofu_{}_len_", std::process::id());
+        let longest = format!("{prefix}{}", "x".repeat(UDS_PATH_MAX - 1 - prefix.len()));
+        assert_eq!(longest.len(), UDS_PATH_MAX - 1);
+        let listener = Listener::bind(&uds(longest.clone())).unwrap();
+        assert_eq!(listener.local_addr_string(), longest);
+        let (client, server) = pair(&listener, &uds(longest.clone()));
+        round_trip(&client, &server);
+        drop(listener);
+        let (status, _) = bind_err(&uds(longest + "x"));
+        assert_eq!(status, Status::InvalidAddress);
+        // NUL bytes.
+        let (status, _) = bind_err(&uds("/tmp/a\0b"));
+        assert_eq!(status, Status::InvalidAddress);
+        let (status, _) = connect_err(&uds(""));
+        assert_eq!(status, Status::InvalidAddress);
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn uds_abstract_name_length_limits() {
+        let prefix = format!("@tofu-{}-", std::process::id());
+        // The name (without '@') may use all of sun_path but the leading NUL.
+        let longest = format!("{prefix}{}", "n".repeat(UDS_PATH_MAX - prefix.len()));
+        assert_eq!(longest.len() - 1, UDS_PATH_MAX - 1);
+        let listener = Listener::bind(&uds(longest.clone())).unwrap();
+        assert_eq!(listener.local_addr_string(), longest);
+        let (client, server) = pair(&listener, &uds(longest.clone()));
+        round_trip(&client, &server);
+        let (status, _) = bind_err(&uds(longest + "n"));
+        assert_eq!(status, Status::InvalidAddress);
+        let (status, _) = bind_err(&uds("@"));
+        assert_eq!(status, Status::InvalidAddress);
+    }
+
+    #[test]
+    fn uds_connect_missing_path_is_uds_path_not_found() {
+        let (status, e) = connect_err(&uds(path_string(&temp_uds_path())));
+        assert_eq!(
+            (status, e.kind()),
+            (Status::UdsPathNotFound, io::ErrorKind::NotFound)
+        );
+    }
+
+    #[test]
+    fn uds_connect_stale_socket_file_is_connect_failed() {
+        let path = temp_uds_path();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(
+            std::fs::symlink_metadata(&path).is_ok(),
+            "std removed the file"
+        );
+        let (status, e) = connect_err(&uds(path_string(&path)));
+        assert_eq!(
+            (status, e.kind()),
+            (Status::ConnectFailed, io::ErrorKind::ConnectionRefused)
+        );
+        // A new listener takes the stale path over.
+        let listener = Listener::bind(&uds(path_string(&path))).unwrap();
+        let (client, server) = pair(&listener, &uds(path_string(&path)));
+        round_trip(&client, &server);
+    }
+
+    #[test]
+    fn uds_connect_accept_round_trip() {
+        let path = temp_uds_path();
+        let addr = uds(path_string(&path));
+        let listener = Listener::bind(&addr).unwrap();
+        let (client, connected) = Stream::connect(&addr).unwrap();
+        wait_connected(&client, connected).unwrap();
+        assert!(client.finish_connect().unwrap());
+        let server = accept_one(&listener);
+        for s in [&client, &server] {
+            assert!(is_nonblocking(s.raw()), "{s:?}");
+            assert!(is_cloexec(s.raw()), "{s:?}");
+            assert_eq!(s.sock_ref().linger().unwrap(), Some(Duration::ZERO));
+        }
+        assert_eq!(client.peer_string(), path_string(&path));
+        round_trip(&client, &server);
+        let parts = [IoSlice::new(b"a"), IoSlice::new(b""), IoSlice::new(b"bc")];
+        assert_eq!(server.write_vectored(&parts).unwrap(), 3);
+        assert_eq!(read_exact(&client, 3), b"abc");
+        // End of stream after the peer goes away.
+        drop(server);
+        let mut buf = [0u8; 8];
+        let start = Instant::now();
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => panic!("unexpected {n} bytes"),
+                Err(e) if is_would_block(&e) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("read: {e}"),
+            }
+            assert!(start.elapsed() < DEADLINE);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn uds_connect_full_backlog_is_connect_failed_would_block() {
+        // A listener with backlog 0 holds one pending connection; the
+        // next non-blocking connect gets EAGAIN and starts nothing.
+        let path = temp_uds_path();
+        let raw = Socket::new(Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        raw.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+        raw.listen(0).unwrap();
+        let addr = uds(path_string(&path));
+        let mut pending = Vec::new();
+        let err = loop {
+            match Stream::connect(&addr) {
+                Ok((s, connected)) => {
+                    assert!(connected, "Linux UDS connects complete at once");
+                    pending.push(s);
+                }
+                Err(e) => break e,
+            }
+            assert!(pending.len() < 16, "backlog never filled");
+        };
+        assert_eq!(err.0, Status::ConnectFailed);
+        assert!(is_would_block(&err.1), "{:?}", err.1);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn is_would_block_classifies() {
+        assert!(is_would_block(&io::Error::from(io::ErrorKind::WouldBlock)));
+        assert!(is_would_block(&io::Error::from_raw_os_error(libc::EAGAIN)));
+        assert!(!is_would_block(&io::Error::from_raw_os_error(libc::EINTR)));
+        assert!(!is_would_block(&io::Error::from(
+            io::ErrorKind::ConnectionReset
+        )));
+    }
+}

@@ -1,0 +1,153 @@
+//! POSIX `poll(2)` backend (level-triggered).
+//!
+//! Registration changes only touch the token-keyed map (no syscalls). Every
+//! `wait` rebuilds the `pollfd` array (reusing its capacity): the waker's fd
+//! first, then every registration; `revents` are mapped back by position.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use super::{
+    cvt, triggers_for, wait_retrying, wants_readable, wants_writable, Event, Readiness,
+    Registration, Registry, Token, Triggers, Waker,
+};
+
+/// Peer half-close, where the OS has it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RDHUP: libc::c_short = libc::POLLRDHUP;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const RDHUP: libc::c_short = 0;
+
+#[derive(Default)]
+pub(super) struct Poll {
+    registry: Registry,
+    /// Rebuilt by each wait; index 0 is the waker, index i + 1 is `tokens[i]`.
+    fds: Vec<libc::pollfd>,
+    tokens: Vec<Token>,
+}
+
+/// poll event mask for an interest. `POLLERR`/`POLLHUP`/`POLLNVAL` are always reported.
+fn os_interest(interest: Triggers) -> libc::c_short {
+    let mut events = RDHUP;
+    if wants_readable(interest) {
+        events |= libc::POLLIN;
+    }
+    if wants_writable(interest) {
+        events |= libc::POLLOUT;
+    }
+    events
+}
+
+impl Poll {
+    pub(super) fn new() -> Poll {
+        Poll::default()
+    }
+
+    pub(super) fn register(
+        &mut self,
+        socket: RawFd,
+        token: Token,
+        interest: Triggers,
+    ) -> io::Result<()> {
+        self.registry.check_vacant(token)?;
+        self.registry
+            .insert(token, Registration { socket, interest });
+        Ok(())
+    }
+
+    pub(super) fn reregister(
+        &mut self,
+        socket: RawFd,
+        token: Token,
+        interest: Triggers,
+    ) -> io::Result<()> {
+        let reg = self.registry.existing(socket, token)?;
+        if reg.interest != interest {
+            self.registry
+                .insert(token, Registration { socket, interest });
+        }
+        Ok(())
+    }
+
+    pub(super) fn deregister(&mut self, socket: RawFd, token: Token) -> io::Result<()> {
+        if self.registry.removable(socket, token)?.is_some() {
+            self.registry.remove(token);
+        }
+        Ok(())
+    }
+
+    /// Fills `events`; returns the number of fds with non-zero `revents` (0 = timed out).
+    pub(super) fn wait(
+        &mut self,
+        waker: &Waker,
+        events: &mut Vec<Event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.fds.clear();
+        self.tokens.clear();
+        self.fds.reserve(self.registry.len() + 1);
+        self.tokens.reserve(self.registry.len());
+        self.fds.push(libc::pollfd {
+            fd: waker.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for (token, reg) in self.registry.iter() {
+            self.fds.push(libc::pollfd {
+                fd: reg.socket,
+                events: os_interest(reg.interest),
+                revents: 0,
+            });
+            self.tokens.push(token);
+        }
+        let nfds = libc::nfds_t::try_from(self.fds.len()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "poller: too many registrations",
+            )
+        })?;
+        let fds = &mut self.fds;
+        let ready = wait_retrying(timeout, |ms| {
+            // SAFETY: `fds` points to `nfds` initialized pollfds, exclusively
+            // borrowed for the duration of the call; the kernel only writes their
+            // `revents` fields and keeps no pointer.
+            let n = cvt(unsafe { libc::poll(fds.as_mut_ptr(), nfds, ms) })?;
+            // cvt only lets non-negative counts through.
+            Ok(n as usize)
+        })?;
+        if ready == 0 {
+            return Ok(0);
+        }
+        let mut slots = self.fds.iter();
+        if slots.next().is_some_and(|w| w.revents != 0) {
+            waker.drain()?;
+            events.push(Event {
+                token: Token::WAKER,
+                triggers: Triggers::NOTIFY,
+            });
+        }
+        for (slot, &token) in slots.zip(&self.tokens) {
+            if slot.revents == 0 {
+                continue;
+            }
+            // The registry cannot change during `wait` (&mut self), so every
+            // token in `self.tokens` is still registered.
+            let Some(reg) = self.registry.get(token) else {
+                continue;
+            };
+            let r = slot.revents;
+            let readiness = Readiness {
+                readable: r & libc::POLLIN != 0,
+                writable: r & libc::POLLOUT != 0,
+                error: r & (libc::POLLERR | libc::POLLNVAL) != 0,
+                hangup: r & (libc::POLLHUP | RDHUP) != 0,
+            };
+            let triggers = triggers_for(reg.interest, readiness);
+            if !triggers.is_empty() {
+                events.push(Event { token, triggers });
+            }
+        }
+        Ok(ready)
+    }
+}

@@ -1,0 +1,434 @@
+//! The per-connection protocol state, free of I/O: the send queue with its partially written
+//! head, the receive decoder, and the Bye rules. The reactor moves bytes between this and a
+//! socket; tests drive it with plain byte slices.
+//!
+//! Send rules:
+//! * frames go out in post order; an `oob` message goes to the front of what is not started;
+//! * the HelloRequest of a client channel is the first frame;
+//! * once a bye-type frame (ByeRequest, ByeResponse, transmitted ByeSignal) is written, only a
+//!   ByeResponse may still be sent (so simultaneous ByeRequests from both ends close instead of
+//!   deadlocking as in Zig tofu); everything else stays queued and is handed back at close.
+//!
+//! Receive rules: after a ByeResponse frame nothing more is read.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use crate::message::{Message, MessageType, OpCode, Origin};
+use crate::status::{Error, Status};
+use crate::wire::{DecodeError, Decoder, FrameHeader, HEADER_LEN};
+
+/// One queued frame: the message and its encoded header.
+struct Outgoing {
+    msg: Message,
+    header: [u8; HEADER_LEN],
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        HEADER_LEN + self.msg.text_headers().len() + self.msg.body().len()
+    }
+}
+
+/// What [`Connection::receive`] stopped on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RecvStop {
+    /// All input was consumed.
+    Drained,
+    /// A message was needed and none was available; the unconsumed bytes were stashed.
+    Starved,
+    /// A ByeResponse was received: the channel must close; later bytes were discarded.
+    ByeResponse,
+}
+
+/// Protocol state of one data channel.
+pub(crate) struct Connection {
+    queue: VecDeque<Outgoing>,
+    head_written: usize,
+    bye_sent: bool,
+    bye_received: bool,
+    decoder: Decoder,
+    stash: Vec<u8>,
+    first_id: Option<u64>,
+}
+
+impl Connection {
+    pub(crate) fn new() -> Connection {
+        Connection {
+            queue: VecDeque::new(),
+            head_written: 0,
+            bye_sent: false,
+            bye_received: false,
+            decoder: Decoder::new(),
+            stash: Vec::new(),
+            first_id: None,
+        }
+    }
+
+    /// Queues a validated message. Sections over 65535 bytes are refused (post validates this,
+    /// so it only guards the invariant).
+    pub(crate) fn enqueue(&mut self, msg: Message) -> Result<(), (Error, Message)> {
+        let header = match FrameHeader::for_message(&msg) {
+            Ok(h) => h.to_bytes(),
+            Err(e) => return Err((e, msg)),
+        };
+        let front = msg.header.oob;
+        let out = Outgoing { msg, header };
+        if front {
+            // Never in front of a started frame or a not-yet-sent HelloRequest.
+            let at = match self.queue.front() {
+                Some(h) if self.head_written > 0 || h.msg.opcode() == OpCode::HelloRequest => 1,
+                _ => 0,
+            };
+            self.queue.insert(at, out);
+        } else {
+            self.queue.push_back(out);
+        }
+        Ok(())
+    }
+
+    /// True when a frame can be written now.
+    pub(crate) fn wants_send(&mut self) -> bool {
+        if self.queue.is_empty() {
+            return false;
+        }
+        if !self.bye_sent {
+            return true;
+        }
+        // After a bye only a ByeResponse may go out: bring the first one to the front.
+        match self
+            .queue
+            .iter()
+            .position(|o| o.msg.opcode() == OpCode::ByeResponse)
+        {
+            Some(0) => true,
+            Some(i) => {
+                if let Some(o) = self.queue.remove(i) {
+                    self.queue.push_front(o);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fills `iov` with the bytes to write next (call after `wants_send` returned true);
+    /// returns how many slices were used. Stops after a bye-type frame.
+    pub(crate) fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut skip = self.head_written;
+        for (i, o) in self.queue.iter().enumerate() {
+            if self.bye_sent && (i > 0 || o.msg.opcode() != OpCode::ByeResponse) {
+                break;
+            }
+            for part in [&o.header[..], o.msg.text_headers(), o.msg.body()] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                if n == iov.len() {
+                    return n;
+                }
+                iov[n] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            if o.msg.opcode().message_type() == MessageType::Bye {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Records that `n` bytes of what [`gather`](Self::gather) offered were written: finished
+    /// frames leave the queue (their messages return to the pool).
+    pub(crate) fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(head) = self.queue.front() else {
+                return;
+            };
+            let left = head.len() - self.head_written;
+            if n < left {
+                self.head_written += n;
+                return;
+            }
+            n -= left;
+            self.head_written = 0;
+            if let Some(done) = self.queue.pop_front() {
+                if done.msg.opcode().message_type() == MessageType::Bye {
+                    self.bye_sent = true;
+                }
+            }
+        }
+    }
+
+    /// Feeds received bytes. Each complete frame goes to `deliver` (channel number still the
+    /// sender's). `supply` provides receive messages; when it has none the rest of `input` is
+    /// stashed until [`resume`](Self::resume).
+    pub(crate) fn receive(
+        &mut self,
+        mut input: &[u8],
+        supply: &mut dyn FnMut() -> Option<Message>,
+        deliver: &mut dyn FnMut(Message),
+    ) -> Result<RecvStop, DecodeError> {
+        while !input.is_empty() {
+            if self.bye_received {
+                return Ok(RecvStop::ByeResponse);
+            }
+            let p = self.decoder.decode(input, supply)?;
+            input = &input[p.consumed..];
+            if let Some(m) = p.frame {
+                if self.first_id.is_none() {
+                    self.first_id = Some(m.message_id());
+                }
+                if m.opcode() == OpCode::ByeResponse {
+                    self.bye_received = true;
+                }
+                deliver(m);
+            } else if self.decoder.is_starved() {
+                self.stash.extend_from_slice(input);
+                return Ok(RecvStop::Starved);
+            }
+        }
+        Ok(if self.bye_received {
+            RecvStop::ByeResponse
+        } else {
+            RecvStop::Drained
+        })
+    }
+
+    /// Continues decoding stashed bytes after starvation.
+    pub(crate) fn resume(
+        &mut self,
+        supply: &mut dyn FnMut() -> Option<Message>,
+        deliver: &mut dyn FnMut(Message),
+    ) -> Result<RecvStop, DecodeError> {
+        let stash = std::mem::take(&mut self.stash);
+        if stash.is_empty() && self.decoder.is_starved() {
+            // Only the header was pending: one empty feed asks supply again.
+            let p = self.decoder.decode(&[], supply)?;
+            if let Some(m) = p.frame {
+                if m.opcode() == OpCode::ByeResponse {
+                    self.bye_received = true;
+                }
+                deliver(m);
+            }
+            if self.decoder.is_starved() {
+                return Ok(RecvStop::Starved);
+            }
+            return Ok(if self.bye_received {
+                RecvStop::ByeResponse
+            } else {
+                RecvStop::Drained
+            });
+        }
+        let r = self.receive(&stash, supply, deliver);
+        // `receive` re-stashes what it could not decode; reuse the old allocation next time.
+        if self.stash.is_empty() {
+            let mut stash = stash;
+            stash.clear();
+            if stash.capacity() <= 64 * 1024 {
+                self.stash = stash;
+            }
+        }
+        r
+    }
+
+    /// True while decoding waits for a message.
+    pub(crate) fn is_starved(&self) -> bool {
+        self.decoder.is_starved()
+    }
+
+    /// True once a ByeResponse was received (reading stops).
+    pub(crate) fn bye_received(&self) -> bool {
+        self.bye_received
+    }
+
+    /// True once a bye-type frame was written.
+    pub(crate) fn bye_sent(&self) -> bool {
+        self.bye_sent
+    }
+
+    /// message_id of the first frame received, if any.
+    pub(crate) fn first_received_id(&self) -> Option<u64> {
+        self.first_id
+    }
+
+    /// Queued messages that were not (completely) sent, marked for the application:
+    /// origin engine and status `reason`.
+    pub(crate) fn take_unsent(&mut self, reason: Status) -> impl Iterator<Item = Message> + '_ {
+        self.head_written = 0;
+        self.queue.drain(..).map(move |o| {
+            let mut m = o.msg;
+            m.header.origin = Origin::Engine;
+            m.header.status = reason;
+            m
+        })
+    }
+
+    /// Number of queued frames.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(op: OpCode, id: u64, body: &[u8]) -> Message {
+        let mut m = Message::with_opcode(op);
+        m.header.channel = 1;
+        m.header.message_id = id;
+        m.header.oob = false;
+        m.set_body(body);
+        m
+    }
+
+    /// Writes everything `c` offers, `chunk` bytes per call.
+    fn write_all(c: &mut Connection, chunk: usize) -> Vec<u8> {
+        let mut wire = Vec::new();
+        while c.wants_send() {
+            let mut iov = [IoSlice::new(&[]); 8];
+            let n = c.gather(&mut iov);
+            assert!(n > 0);
+            let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            let w = bytes.len().min(chunk);
+            wire.extend_from_slice(&bytes[..w]);
+            c.advance(w);
+        }
+        wire
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<(OpCode, u64)> {
+        crate::wire::Decoder::decode_all(bytes)
+            .unwrap()
+            .iter()
+            .map(|m| (m.opcode(), m.message_id()))
+            .collect()
+    }
+
+    #[test]
+    fn frames_in_post_order_with_partial_writes() {
+        for chunk in [1, 3, 17, 1000] {
+            let mut c = Connection::new();
+            for i in 1..=5 {
+                c.enqueue(msg(OpCode::Request, i, &[i as u8; 40])).unwrap();
+            }
+            let wire = write_all(&mut c, chunk);
+            assert_eq!(
+                decode(&wire),
+                (1..=5).map(|i| (OpCode::Request, i)).collect::<Vec<_>>()
+            );
+            assert_eq!(c.queued(), 0);
+        }
+    }
+
+    #[test]
+    fn oob_goes_to_front_but_not_before_hello_or_started_frame() {
+        let mut c = Connection::new();
+        c.enqueue(msg(OpCode::HelloRequest, 1, b"")).unwrap();
+        c.enqueue(msg(OpCode::Request, 2, b"")).unwrap();
+        let mut urgent = msg(OpCode::Signal, 3, b"");
+        urgent.header.oob = true;
+        c.enqueue(urgent).unwrap();
+        let wire = write_all(&mut c, 1000);
+        assert_eq!(
+            decode(&wire).iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![1, 3, 2]
+        );
+    }
+
+    #[test]
+    fn nothing_after_bye_except_bye_response() {
+        let mut c = Connection::new();
+        c.enqueue(msg(OpCode::Request, 1, b"a")).unwrap();
+        c.enqueue(msg(OpCode::ByeRequest, 2, b"")).unwrap();
+        c.enqueue(msg(OpCode::Request, 3, b"late")).unwrap();
+        let wire = write_all(&mut c, 7);
+        assert_eq!(
+            decode(&wire),
+            vec![(OpCode::Request, 1), (OpCode::ByeRequest, 2)]
+        );
+        assert!(c.bye_sent());
+        // The peer's ByeRequest crossed ours: our application answers, and that still goes out.
+        c.enqueue(msg(OpCode::ByeResponse, 9, b"")).unwrap();
+        let wire = write_all(&mut c, 1000);
+        assert_eq!(decode(&wire), vec![(OpCode::ByeResponse, 9)]);
+        let unsent: Vec<Message> = c.take_unsent(Status::ChannelClosed).collect();
+        assert_eq!(unsent.len(), 1);
+        assert_eq!(unsent[0].message_id(), 3);
+        assert_eq!(unsent[0].status(), Status::ChannelClosed);
+        assert_eq!(unsent[0].origin(), Origin::Engine);
+    }
+
+    #[test]
+    fn receive_stops_after_bye_response() {
+        let mut wire = Vec::new();
+        for (op, id) in [
+            (OpCode::Response, 1),
+            (OpCode::ByeResponse, 2),
+            (OpCode::Request, 3),
+        ] {
+            crate::wire::encode(&msg(op, id, b"xy"), &mut wire).unwrap();
+        }
+        let mut c = Connection::new();
+        let mut got = Vec::new();
+        let stop = c
+            .receive(&wire, &mut || Some(Message::new()), &mut |m| {
+                got.push(m.message_id())
+            })
+            .unwrap();
+        assert_eq!(stop, RecvStop::ByeResponse);
+        assert_eq!(got, vec![1, 2]);
+        assert_eq!(c.first_received_id(), Some(1));
+    }
+
+    #[test]
+    fn starvation_stashes_and_resumes_in_order() {
+        let mut wire = Vec::new();
+        for id in 1..=4 {
+            crate::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 10]), &mut wire).unwrap();
+        }
+        let mut c = Connection::new();
+        let mut budget = 1;
+        let mut got = Vec::new();
+        let stop = c
+            .receive(
+                &wire,
+                &mut || {
+                    if budget > 0 {
+                        budget -= 1;
+                        Some(Message::new())
+                    } else {
+                        None
+                    }
+                },
+                &mut |m| got.push(m.message_id()),
+            )
+            .unwrap();
+        assert_eq!(stop, RecvStop::Starved);
+        assert_eq!(got, vec![1]);
+        assert!(c.is_starved());
+        let stop = c
+            .resume(&mut || None, &mut |m| got.push(m.message_id()))
+            .unwrap();
+        assert_eq!(stop, RecvStop::Starved);
+        let stop = c
+            .resume(&mut || Some(Message::new()), &mut |m| {
+                got.push(m.message_id())
+            })
+            .unwrap();
+        assert_eq!(stop, RecvStop::Drained);
+        assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn bad_opcode_is_an_error() {
+        let mut bytes = FrameHeader::default().to_bytes();
+        bytes[2] = 12;
+        let mut c = Connection::new();
+        let r = c.receive(&bytes, &mut || Some(Message::new()), &mut |_| {});
+        assert_eq!(r, Err(DecodeError::InvalidOpCode(12)));
+    }
+}

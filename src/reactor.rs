@@ -1,0 +1,731 @@
+//! The reactor: the engine's I/O thread. It moves bytes between sockets and the protocol
+//! core ([`Connection`]) and messages between the protocol core and channel groups.
+//!
+//! One loop iteration:
+//! 1. take every queued command at once (posts, group destroys) and dispatch them;
+//! 2. retry channels starved of pool messages;
+//! 3. write what the posts queued (one `writev` per channel and batch; no wait for
+//!    writability unless the socket is full);
+//! 4. delete the channels marked for deletion in this iteration;
+//! 5. reconcile interest for every channel touched (where a one-shot backend re-arms);
+//! 6. sleep in the poller, unless more commands arrived;
+//! 7. handle readiness: accept, connect, read, write, errors.
+//!
+//! Nothing here depends on the platform or the backend: the [`Poller`] hides both.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::address::Address;
+use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
+use crate::message::{Message, OpCode, Origin};
+use crate::net::{Listener, Stream};
+use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
+use crate::pool::Allocation;
+use crate::protocol::{Connection, RecvStop};
+use crate::status::Status;
+
+/// Size of the one read buffer all channels share.
+const READ_BUF_LEN: usize = 256 * 1024;
+/// Most reads of one channel per readiness event (fairness between channels).
+const READS_PER_EVENT: usize = 8;
+/// Most accepts of one listener per readiness event.
+const ACCEPTS_PER_EVENT: usize = 64;
+/// Most slices per `writev`.
+const IOV_LEN: usize = 256;
+
+pub(crate) struct Reactor {
+    shared: Arc<Shared>,
+    poller: Poller,
+    events: Vec<Event>,
+    /// Channels by number. Boxed: a channel keeps its address for its whole life, which a
+    /// completion-based backend relies on.
+    channels: HashMap<u16, Box<Channel>>,
+    by_token: HashMap<Token, u16>,
+    next_token: u64,
+    commands: Vec<Command>,
+    read_buf: Box<[u8]>,
+    touched: Vec<u16>,
+    to_flush: Vec<u16>,
+    marked: Vec<u16>,
+    starved: Vec<u16>,
+    deliveries: Vec<Message>,
+}
+
+struct Channel {
+    number: u16,
+    token: Token,
+    group: Arc<GroupShared>,
+    /// message_id for the final ChannelClosed Signal: the request's, replaced by the first
+    /// frame received.
+    mid: u64,
+    registered: bool,
+    touched: bool,
+    closing: Option<Status>,
+    kind: Kind,
+}
+
+enum Kind {
+    Listener(Listener),
+    Io(Box<Io>),
+}
+
+struct Io {
+    stream: Stream,
+    conn: Connection,
+    connected: bool,
+    write_blocked: bool,
+    starving: bool,
+    queued_flush: bool,
+    /// The first received frame's message_id has been copied into the channel's `mid`.
+    mid_taken: bool,
+}
+
+impl Channel {
+    fn raw(&self) -> RawSocket {
+        match &self.kind {
+            Kind::Listener(l) => l.raw(),
+            Kind::Io(io) => io.stream.raw(),
+        }
+    }
+
+    fn interest(&mut self) -> Triggers {
+        match &mut self.kind {
+            Kind::Listener(_) => Triggers::ACCEPT,
+            Kind::Io(io) if !io.connected => Triggers::CONNECT,
+            Kind::Io(io) => {
+                let mut t = Triggers::NONE;
+                if io.write_blocked && io.conn.wants_send() {
+                    t |= Triggers::SEND;
+                }
+                if !io.starving && !io.conn.bye_received() {
+                    t |= Triggers::RECV;
+                }
+                t
+            }
+        }
+    }
+}
+
+impl Reactor {
+    pub(crate) fn new(shared: Arc<Shared>, poller: Poller) -> Reactor {
+        Reactor {
+            shared,
+            poller,
+            events: Vec::with_capacity(1024),
+            channels: HashMap::new(),
+            by_token: HashMap::new(),
+            next_token: 1,
+            commands: Vec::new(),
+            read_buf: vec![0u8; READ_BUF_LEN].into_boxed_slice(),
+            touched: Vec::new(),
+            to_flush: Vec::new(),
+            marked: Vec::new(),
+            starved: Vec::new(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        tracing::debug!(backend = %self.poller.backend(), "reactor started");
+        loop {
+            if self.shared.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            self.dispatch_commands();
+            self.retry_starved();
+            self.flush_posted();
+            self.delete_marked();
+            self.reconcile();
+            self.delete_marked();
+
+            let timeout = self.sleep_timeout();
+            let r = self.poller.wait(&mut self.events, timeout);
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = r {
+                tracing::error!(error = %e, "poller wait failed; the engine stops");
+                break;
+            }
+            let events = std::mem::take(&mut self.events);
+            for ev in &events {
+                if ev.token != Token::WAKER {
+                    self.handle_event(ev.token, ev.triggers);
+                }
+            }
+            self.events = events;
+            self.delete_marked();
+        }
+        self.exit();
+    }
+
+    /// `None` (sleep until woken) when there is nothing to do; zero when more work waits.
+    /// Publishes `sleeping` first, so a post either sees it and wakes us, or is seen here.
+    fn sleep_timeout(&self) -> Option<Duration> {
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        let pending = !self.shared.lock_commands().queue.is_empty()
+            || self.shared.shutdown.load(Ordering::SeqCst)
+            || (!self.starved.is_empty() && !self.shared.pool.is_empty());
+        if pending {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            Some(Duration::ZERO)
+        } else {
+            None
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Commands
+
+    fn dispatch_commands(&mut self) {
+        {
+            let mut c = self.shared.lock_commands();
+            std::mem::swap(&mut c.queue, &mut self.commands);
+        }
+        let mut cmds = std::mem::take(&mut self.commands);
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Command::Post { group, msg } => self.dispatch_post(group, msg),
+                Command::DestroyGroup { group, done } => {
+                    self.destroy_group(group);
+                    done.complete();
+                }
+            }
+        }
+        self.commands = cmds;
+    }
+
+    fn dispatch_post(&mut self, group: Arc<GroupShared>, mut msg: Message) {
+        let number = msg.channel();
+        if group.is_destroyed() {
+            // Posted while the group was being destroyed: nobody can receive an answer.
+            if matches!(msg.opcode(), OpCode::HelloRequest | OpCode::WelcomeRequest) {
+                self.shared.lock_table().release(number);
+            }
+            return;
+        }
+        match msg.opcode() {
+            OpCode::HelloRequest => self.open_client(group, msg),
+            OpCode::WelcomeRequest => self.open_listener(group, msg),
+            OpCode::ByeSignal if msg.header.oob => {
+                msg.header.origin = Origin::Engine;
+                msg.header.status = Status::ChannelClosed;
+                group.deliver(msg);
+                if let Some(ch) = self.channels.get_mut(&number) {
+                    if ch.group.id == group.id {
+                        mark(&mut self.marked, ch, Status::ChannelClosed);
+                    }
+                }
+            }
+            _ => {
+                let ch = self
+                    .channels
+                    .get_mut(&number)
+                    .filter(|ch| ch.group.id == group.id);
+                let Some(ch) = ch else {
+                    return hand_back(&group, msg, Status::ChannelClosed);
+                };
+                let Kind::Io(io) = &mut ch.kind else {
+                    // Data for a listener: returned, and unlike Zig tofu the listener stays.
+                    return hand_back(&group, msg, Status::ChannelClosed);
+                };
+                if let Err((e, msg)) = io.conn.enqueue(msg) {
+                    return hand_back(&group, msg, e.status());
+                }
+                if io.connected && !io.queued_flush && ch.closing.is_none() {
+                    io.queued_flush = true;
+                    self.to_flush.push(number);
+                }
+            }
+        }
+    }
+
+    fn open_client(&mut self, group: Arc<GroupShared>, msg: Message) {
+        let number = msg.channel();
+        let addr = match Address::from_message(&msg) {
+            Ok(a) => a,
+            Err(e) => return self.refuse(group, msg, OpCode::HelloResponse, e.status()),
+        };
+        let (stream, connected) = match Stream::connect(&addr) {
+            Ok(s) => s,
+            Err((status, e)) => {
+                tracing::debug!(channel = number, address = %addr, error = %e, ?status, "connect failed");
+                return self.refuse(group, msg, OpCode::HelloResponse, status);
+            }
+        };
+        let mid = msg.message_id();
+        let mut conn = Connection::new();
+        if let Err((e, msg)) = conn.enqueue(msg) {
+            return self.refuse(group, msg, OpCode::HelloResponse, e.status());
+        }
+        tracing::debug!(channel = number, address = %addr, connected, "connecting");
+        let io = Io {
+            stream,
+            conn,
+            connected,
+            write_blocked: false,
+            starving: false,
+            queued_flush: connected,
+            mid_taken: false,
+        };
+        if connected {
+            self.to_flush.push(number);
+        }
+        self.insert(number, group, mid, Kind::Io(Box::new(io)));
+    }
+
+    fn open_listener(&mut self, group: Arc<GroupShared>, mut msg: Message) {
+        let number = msg.channel();
+        let addr = match Address::from_message(&msg) {
+            Ok(a) => a,
+            Err(e) => return self.refuse(group, msg, OpCode::WelcomeResponse, e.status()),
+        };
+        let listener = match Listener::bind(&addr) {
+            Ok(l) => l,
+            Err((status, e)) => {
+                tracing::debug!(channel = number, address = %addr, error = %e, ?status, "listen failed");
+                return self.refuse(group, msg, OpCode::WelcomeResponse, status);
+            }
+        };
+        tracing::debug!(channel = number, address = %listener.local_addr_string(), "listening");
+        let mid = msg.message_id();
+        // Success comes back with origin application (tofu's behaviour).
+        msg.header.opcode = OpCode::WelcomeResponse;
+        msg.header.origin = Origin::Application;
+        msg.header.status = Status::Success;
+        group.deliver(msg);
+        self.insert(number, group, mid, Kind::Listener(listener));
+    }
+
+    /// A Hello/Welcome request that could not even start: the request comes back as `reply`
+    /// with the status, then the channel's final Signal.
+    fn refuse(&mut self, group: Arc<GroupShared>, mut msg: Message, reply: OpCode, status: Status) {
+        let number = msg.channel();
+        let mid = msg.message_id();
+        msg.header.opcode = reply;
+        msg.header.origin = Origin::Engine;
+        msg.header.status = status;
+        group.deliver(msg);
+        group.deliver(channel_closed_signal(&self.shared.pool, number, mid));
+        self.shared.lock_table().release(number);
+    }
+
+    fn insert(&mut self, number: u16, group: Arc<GroupShared>, mid: u64, kind: Kind) {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let mut ch = Box::new(Channel {
+            number,
+            token,
+            group,
+            mid,
+            registered: false,
+            touched: false,
+            closing: None,
+            kind,
+        });
+        let interest = ch.interest();
+        match self.poller.register(ch.raw(), token, interest) {
+            Ok(()) => ch.registered = true,
+            Err(e) => {
+                tracing::warn!(channel = number, error = %e, "poller registration failed");
+                mark(&mut self.marked, &mut ch, Status::CommunicationFailed);
+            }
+        }
+        self.by_token.insert(token, number);
+        if let Some(old) = self.channels.insert(number, ch) {
+            // The table never hands out a live number; keep the old one's messages anyway.
+            tracing::error!(channel = number, "channel number reused while live");
+            self.finish(old, Status::ChannelClosed, true);
+        }
+    }
+
+    fn destroy_group(&mut self, group: u32) {
+        let numbers: Vec<u16> = self
+            .channels
+            .values()
+            .filter(|c| c.group.id == group)
+            .map(|c| c.number)
+            .collect();
+        for n in numbers {
+            if let Some(ch) = self.channels.remove(&n) {
+                self.finish(ch, Status::ShutdownStarted, false);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // I/O
+
+    fn handle_event(&mut self, token: Token, t: Triggers) {
+        let Some(&number) = self.by_token.get(&token) else {
+            return; // stale: the channel is gone
+        };
+        let Some(ch) = self.channels.get_mut(&number) else {
+            return;
+        };
+        if ch.closing.is_some() {
+            return;
+        }
+        touch(&mut self.touched, ch);
+        let failed = t.intersects(Triggers::ERR | Triggers::HUP);
+        match &mut ch.kind {
+            Kind::Listener(_) => {
+                if t.contains(Triggers::ACCEPT) {
+                    self.accept(number);
+                } else if failed {
+                    mark(&mut self.marked, ch, Status::AcceptFailed);
+                }
+            }
+            Kind::Io(io) if !io.connected => match io.stream.finish_connect() {
+                Ok(true) => {
+                    io.connected = true;
+                    tracing::debug!(channel = number, peer = %io.stream.peer_string(), "connected");
+                    flush(ch);
+                }
+                Ok(false) if !failed => {}
+                Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
+                Err(e) => {
+                    tracing::debug!(channel = number, error = %e, "connect failed");
+                    mark(&mut self.marked, ch, Status::ConnectFailed);
+                }
+            },
+            Kind::Io(_) => {
+                if t.intersects(Triggers::RECV | Triggers::HUP | Triggers::ERR) {
+                    self.read(number);
+                }
+                let Some(ch) = self.channels.get_mut(&number) else {
+                    return;
+                };
+                if ch.closing.is_none() && t.contains(Triggers::SEND) {
+                    flush(ch);
+                }
+                if ch.closing.is_none() && failed {
+                    // Error or hang-up, and reading found no end of stream: the link is dead.
+                    mark(&mut self.marked, ch, Status::CommunicationFailed);
+                }
+            }
+        }
+        if let Some(ch) = self.channels.get(&number) {
+            if ch.closing.is_some() && !self.marked.contains(&number) {
+                self.marked.push(number);
+            }
+        }
+    }
+
+    fn accept(&mut self, number: u16) {
+        for _ in 0..ACCEPTS_PER_EVENT {
+            let Some(ch) = self.channels.get(&number) else {
+                return;
+            };
+            let Kind::Listener(l) = &ch.kind else { return };
+            let stream = match l.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(listener = number, error = %e, "accept failed");
+                    return;
+                }
+            };
+            let group = Arc::clone(&ch.group);
+            let Some(new) = self.shared.lock_table().allocate(group.id) else {
+                tracing::warn!(
+                    listener = number,
+                    "no free channel number; connection dropped"
+                );
+                continue;
+            };
+            tracing::debug!(listener = number, channel = new, peer = %stream.peer_string(), "accepted");
+            let io = Io {
+                stream,
+                conn: Connection::new(),
+                connected: true,
+                write_blocked: false,
+                starving: false,
+                queued_flush: false,
+                mid_taken: false,
+            };
+            self.insert(new, group, 0, Kind::Io(Box::new(io)));
+        }
+    }
+
+    fn read(&mut self, number: u16) {
+        let Some(ch) = self.channels.get_mut(&number) else {
+            return;
+        };
+        let Kind::Io(io) = &mut ch.kind else { return };
+        if io.starving || io.conn.bye_received() {
+            return;
+        }
+        let pool = &self.shared.pool;
+        let deliveries = &mut self.deliveries;
+        let mut outcome = None;
+        for _ in 0..READS_PER_EVENT {
+            let n = match io.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    outcome = Some(Status::PeerDisconnected);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(channel = number, error = %e, "receive failed");
+                    outcome = Some(Status::RecvFailed);
+                    break;
+                }
+            };
+            let r = io.conn.receive(
+                &self.read_buf[..n],
+                &mut || pool.get(Allocation::PoolOnly),
+                &mut |mut m| {
+                    m.header.channel = number;
+                    deliveries.push(m);
+                },
+            );
+            match r {
+                Ok(RecvStop::Drained) if n < self.read_buf.len() => break,
+                Ok(RecvStop::Drained) => {}
+                Ok(RecvStop::Starved) => {
+                    io.starving = true;
+                    deliveries.push(pool_empty_signal(pool, number));
+                    self.starved.push(number);
+                    break;
+                }
+                Ok(RecvStop::ByeResponse) => {
+                    outcome = Some(Status::ChannelClosed);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(channel = number, error = %e, "peer sent an invalid frame");
+                    outcome = Some(e.status());
+                    break;
+                }
+            }
+        }
+        if let Some(id) = io.conn.first_received_id() {
+            if ch.mid_from_peer_pending() {
+                ch.mid = id;
+            }
+        }
+        ch.group.deliver_all(&mut self.deliveries);
+        if let Some(status) = outcome {
+            mark(&mut self.marked, ch, status);
+        }
+    }
+
+    fn retry_starved(&mut self) {
+        if self.starved.is_empty() || self.shared.pool.is_empty() {
+            return;
+        }
+        let starved = std::mem::take(&mut self.starved);
+        for number in starved {
+            let Some(ch) = self.channels.get_mut(&number) else {
+                continue;
+            };
+            let Kind::Io(io) = &mut ch.kind else { continue };
+            let pool = &self.shared.pool;
+            let deliveries = &mut self.deliveries;
+            let r = io
+                .conn
+                .resume(&mut || pool.get(Allocation::PoolOnly), &mut |mut m| {
+                    m.header.channel = number;
+                    deliveries.push(m);
+                });
+            let mut close = None;
+            match r {
+                Ok(RecvStop::Starved) => self.starved.push(number),
+                Ok(RecvStop::Drained) => {
+                    io.starving = false;
+                    touch(&mut self.touched, ch);
+                }
+                Ok(RecvStop::ByeResponse) => close = Some(Status::ChannelClosed),
+                Err(e) => close = Some(e.status()),
+            }
+            if let Kind::Io(io) = &ch.kind {
+                if let Some(id) = io.conn.first_received_id() {
+                    if ch.mid_from_peer_pending() {
+                        ch.mid = id;
+                    }
+                }
+            }
+            ch.group.deliver_all(&mut self.deliveries);
+            if let Some(s) = close {
+                mark(&mut self.marked, ch, s);
+            }
+        }
+    }
+
+    fn flush_posted(&mut self) {
+        let to_flush = std::mem::take(&mut self.to_flush);
+        for &number in &to_flush {
+            let Some(ch) = self.channels.get_mut(&number) else {
+                continue;
+            };
+            if let Kind::Io(io) = &mut ch.kind {
+                io.queued_flush = false;
+            }
+            if ch.closing.is_none() {
+                flush(ch);
+                touch(&mut self.touched, ch);
+                if ch.closing.is_some() {
+                    self.marked.push(number);
+                }
+            }
+        }
+        self.to_flush = to_flush;
+        self.to_flush.clear();
+    }
+
+    fn reconcile(&mut self) {
+        for number in self.touched.drain(..) {
+            let Some(ch) = self.channels.get_mut(&number) else {
+                continue;
+            };
+            ch.touched = false;
+            if ch.closing.is_some() || !ch.registered {
+                continue;
+            }
+            let interest = ch.interest();
+            if let Err(e) = self.poller.reregister(ch.raw(), ch.token, interest) {
+                tracing::warn!(channel = number, error = %e, "poller update failed");
+                mark(&mut self.marked, ch, Status::CommunicationFailed);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Closing
+
+    fn delete_marked(&mut self) {
+        while let Some(number) = self.marked.pop() {
+            if let Some(ch) = self.channels.remove(&number) {
+                let reason = ch.closing.unwrap_or(Status::ChannelClosed);
+                self.finish(ch, reason, true);
+            }
+        }
+    }
+
+    /// Removes a channel: deregisters it, hands its unsent messages back with `reason` and
+    /// sends the final ChannelClosed Signal (when `notify`), closes the socket (RST) and frees
+    /// its number.
+    fn finish(&mut self, mut ch: Box<Channel>, reason: Status, notify: bool) {
+        self.by_token.remove(&ch.token);
+        if ch.registered {
+            if let Err(e) = self.poller.deregister(ch.raw(), ch.token) {
+                tracing::debug!(channel = ch.number, error = %e, "deregister failed");
+            }
+        }
+        if notify {
+            if let Kind::Io(io) = &mut ch.kind {
+                self.deliveries.extend(io.conn.take_unsent(reason));
+            }
+        }
+        let (number, mid, group) = (ch.number, ch.mid, Arc::clone(&ch.group));
+        // Close the socket (SO_LINGER {on, 0} makes it a reset; a UDS listener unlinks its
+        // path) and free the number before the final Signal: once the application sees it,
+        // the socket is gone and posts to the channel are refused.
+        drop(ch);
+        self.shared.lock_table().release(number);
+        tracing::debug!(channel = number, ?reason, "channel closed");
+        if notify {
+            self.deliveries
+                .push(channel_closed_signal(&self.shared.pool, number, mid));
+            group.deliver_all(&mut self.deliveries);
+        } else {
+            self.deliveries.clear();
+        }
+    }
+
+    fn exit(&mut self) {
+        let leftovers = {
+            let mut c = self.shared.lock_commands();
+            c.open = false;
+            std::mem::take(&mut c.queue)
+        };
+        for cmd in leftovers {
+            cmd.abandon(Status::ShutdownStarted);
+        }
+        let numbers: Vec<u16> = self.channels.keys().copied().collect();
+        for n in numbers {
+            if let Some(ch) = self.channels.remove(&n) {
+                self.finish(ch, Status::ShutdownStarted, true);
+            }
+        }
+        tracing::debug!("reactor stopped");
+    }
+}
+
+impl Channel {
+    /// True until the first frame from the peer has set `mid`.
+    fn mid_from_peer_pending(&mut self) -> bool {
+        match &mut self.kind {
+            Kind::Io(io) => {
+                let pending = !io.mid_taken;
+                io.mid_taken = true;
+                pending
+            }
+            Kind::Listener(_) => false,
+        }
+    }
+}
+
+fn touch(touched: &mut Vec<u16>, ch: &mut Channel) {
+    if !ch.touched {
+        ch.touched = true;
+        touched.push(ch.number);
+    }
+}
+
+fn mark(marked: &mut Vec<u16>, ch: &mut Channel, reason: Status) {
+    if ch.closing.is_none() {
+        ch.closing = Some(reason);
+        marked.push(ch.number);
+    }
+}
+
+fn hand_back(group: &GroupShared, mut msg: Message, status: Status) {
+    msg.header.origin = Origin::Engine;
+    msg.header.status = status;
+    group.deliver(msg);
+}
+
+/// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
+fn flush(ch: &mut Channel) {
+    let Kind::Io(io) = &mut ch.kind else { return };
+    if !io.connected {
+        return;
+    }
+    loop {
+        if !io.conn.wants_send() {
+            io.write_blocked = false;
+            return;
+        }
+        let mut iov = [IoSlice::new(&[]); IOV_LEN];
+        let n = io.conn.gather(&mut iov);
+        let offered: usize = iov[..n].iter().map(|s| s.len()).sum();
+        match io.stream.write_vectored(&iov[..n]) {
+            Ok(w) => {
+                io.conn.advance(w);
+                if w < offered {
+                    // The socket buffer is full: wait for writability.
+                    io.write_blocked = true;
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.write_blocked = true;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(channel = ch.number, error = %e, "send failed");
+                if ch.closing.is_none() {
+                    ch.closing = Some(Status::SendFailed);
+                }
+                return;
+            }
+        }
+    }
+}

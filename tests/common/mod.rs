@@ -1,0 +1,127 @@
+//! Shared vocabulary of the behaviour tests. Every scenario runs on every poller backend.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use tofu::poller::Backend;
+use tofu::{
+    Address, ChannelGroup, Engine, EngineOptions, Message, OpCode, Origin, PoolOptions, Status,
+};
+
+pub use tofu::testing::{free_tcp_port, temp_uds_path};
+
+/// Generous bound for anything that should happen "soon"; tests never assert on speed.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs `scenario` once per poller backend of this platform.
+pub fn on_every_backend(scenario: impl Fn(Backend)) {
+    for &b in Backend::available() {
+        eprintln!("--- backend {b}");
+        scenario(b);
+    }
+}
+
+pub fn engine(backend: Backend) -> Engine {
+    engine_with_pool(backend, PoolOptions::DEFAULT)
+}
+
+pub fn engine_with_pool(backend: Backend, pool: PoolOptions) -> Engine {
+    Engine::new(EngineOptions { pool, backend }).expect("engine starts")
+}
+
+/// The next message, or a panic after [`PATIENCE`].
+pub fn recv(group: &ChannelGroup) -> Message {
+    match group.wait_receive(Some(PATIENCE)) {
+        Ok(Some(m)) => m,
+        Ok(None) => panic!("no message within {PATIENCE:?}"),
+        Err(e) => panic!("wait_receive failed: {e}"),
+    }
+}
+
+/// Asserts that nothing arrives within `d`.
+pub fn expect_silence(group: &ChannelGroup, d: Duration) {
+    if let Some(m) = group.wait_receive(Some(d)).expect("group alive") {
+        panic!("unexpected message {m:?}");
+    }
+}
+
+#[track_caller]
+pub fn expect(m: &Message, op: OpCode, status: Status) {
+    assert_eq!((m.opcode(), m.status()), (op, status), "message {m:?}");
+}
+
+#[track_caller]
+pub fn expect_closed_signal(m: &Message, channel: u16) {
+    assert_eq!(m.opcode(), OpCode::Signal, "{m:?}");
+    assert_eq!(m.status(), Status::ChannelClosed, "{m:?}");
+    assert_eq!(m.origin(), Origin::Engine, "{m:?}");
+    assert_eq!(m.channel(), channel, "{m:?}");
+}
+
+pub fn tcp_loopback() -> Address {
+    Address::tcp("127.0.0.1", free_tcp_port().expect("free port"))
+}
+
+pub fn uds_temp() -> Address {
+    Address::uds(temp_uds_path().to_string_lossy().into_owned())
+}
+
+/// Both transports available on this platform.
+pub fn transports() -> Vec<Address> {
+    let mut v = vec![tcp_loopback()];
+    if cfg!(unix) {
+        v.push(uds_temp());
+    }
+    v
+}
+
+/// Posts a WelcomeRequest and waits for its successful WelcomeResponse; returns the listener.
+pub fn listen(group: &ChannelGroup, addr: &Address) -> u16 {
+    let mut m = Message::new();
+    addr.format_listen(&mut m).unwrap();
+    let posted = group.post(m).expect("post welcome");
+    let r = recv(group);
+    expect(&r, OpCode::WelcomeResponse, Status::Success);
+    assert_eq!(
+        r.origin(),
+        Origin::Application,
+        "successful Welcome keeps origin application"
+    );
+    assert_eq!(r.channel(), posted.channel);
+    assert_eq!(r.message_id(), posted.message_id);
+    posted.channel
+}
+
+/// Posts a HelloRequest; returns (client channel, message_id).
+pub fn hello(group: &ChannelGroup, addr: &Address) -> (u16, u64) {
+    let mut m = Message::new();
+    addr.format_connect(&mut m).unwrap();
+    let h = group.post(m).expect("post hello");
+    (h.channel, h.message_id)
+}
+
+/// Full handshake between a client group and a server group whose listener is up.
+/// Returns (client channel, server channel).
+pub fn connect(client: &ChannelGroup, server: &ChannelGroup, addr: &Address) -> (u16, u16) {
+    let (c, id) = hello(client, addr);
+    let mut req = recv(server);
+    expect(&req, OpCode::HelloRequest, Status::Success);
+    assert_eq!(req.message_id(), id);
+    let s = req.channel();
+    req.make_echo().unwrap();
+    server.post(req).expect("post hello response");
+    let resp = recv(client);
+    expect(&resp, OpCode::HelloResponse, Status::Success);
+    assert_eq!(resp.channel(), c);
+    assert_eq!(resp.message_id(), id);
+    (c, s)
+}
+
+/// A data message for `channel`.
+pub fn data(op: OpCode, channel: u16, id: u64, body: &[u8]) -> Message {
+    let mut m = Message::with_opcode(op);
+    m.header.channel = channel;
+    m.header.message_id = id;
+    m.set_body(body);
+    m
+}
