@@ -104,6 +104,7 @@ impl ChannelTable {
     }
 
     /// Number of live channels.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.owners.len()
     }

@@ -693,6 +693,7 @@ impl Stream {
     /// `buf.len()`). `EINTR` is retried; `WouldBlock` means the send buffer
     /// is full. Never raises `SIGPIPE`: a vanished peer gives `EPIPE`
     /// ([`io::ErrorKind::BrokenPipe`]) or `ECONNRESET`.
+    #[cfg(test)]
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
         let socket = self.sock_ref();
         loop {

@@ -116,10 +116,8 @@ impl Pool {
 
     /// Takes a message, allocating when the pool is empty (`get(Allocation::Always)`).
     pub fn message(&self) -> Message {
-        match self.get(Allocation::Always) {
-            Some(m) => m,
-            None => Message::new(), // unreachable: Always never returns None
-        }
+        // `Always` never returns None; the default only satisfies the type.
+        self.get(Allocation::Always).unwrap_or_default()
     }
 
     /// Puts a message into this pool (reset, capacity kept), or frees it if the pool is full.

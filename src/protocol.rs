@@ -235,6 +235,7 @@ impl Connection {
     }
 
     /// True while decoding waits for a message.
+    #[cfg(test)]
     pub(crate) fn is_starved(&self) -> bool {
         self.decoder.is_starved()
     }
@@ -245,6 +246,7 @@ impl Connection {
     }
 
     /// True once a bye-type frame was written.
+    #[cfg(test)]
     pub(crate) fn bye_sent(&self) -> bool {
         self.bye_sent
     }
@@ -267,6 +269,7 @@ impl Connection {
     }
 
     /// Number of queued frames.
+    #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         self.queue.len()
     }

@@ -55,6 +55,16 @@ pub(crate) struct Reactor {
     deliveries: Vec<Message>,
 }
 
+/// How a [`Reactor::read`] ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    NotRead,
+    WouldBlock,
+    Budget,
+    Starved,
+    Closed,
+}
+
 struct Channel {
     number: u16,
     token: Token,
@@ -391,9 +401,11 @@ impl Reactor {
                     mark(&mut self.marked, ch, Status::ConnectFailed);
                 }
             },
+            Kind::Io(io) if io.starving => {} // deregistered; a stale event
             Kind::Io(_) => {
+                let mut end = ReadEnd::NotRead;
                 if t.intersects(Triggers::RECV | Triggers::HUP | Triggers::ERR) {
-                    self.read(number);
+                    end = self.read(number);
                 }
                 let Some(ch) = self.channels.get_mut(&number) else {
                     return;
@@ -401,8 +413,8 @@ impl Reactor {
                 if ch.closing.is_none() && t.contains(Triggers::SEND) {
                     flush(ch);
                 }
-                if ch.closing.is_none() && failed {
-                    // Error or hang-up, and reading found no end of stream: the link is dead.
+                if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
+                    // Error or hang-up, yet no end of stream to read: the link is dead.
                     mark(&mut self.marked, ch, Status::CommunicationFailed);
                 }
             }
@@ -450,17 +462,22 @@ impl Reactor {
         }
     }
 
-    fn read(&mut self, number: u16) {
+    /// Reads and decodes until the socket is drained, the per-event budget is spent, the
+    /// pool runs dry, or the channel must close.
+    fn read(&mut self, number: u16) -> ReadEnd {
         let Some(ch) = self.channels.get_mut(&number) else {
-            return;
+            return ReadEnd::NotRead;
         };
-        let Kind::Io(io) = &mut ch.kind else { return };
+        let Kind::Io(io) = &mut ch.kind else {
+            return ReadEnd::NotRead;
+        };
         if io.starving || io.conn.bye_received() {
-            return;
+            return ReadEnd::NotRead;
         }
         let pool = &self.shared.pool;
         let deliveries = &mut self.deliveries;
         let mut outcome = None;
+        let mut end = ReadEnd::Budget;
         for _ in 0..READS_PER_EVENT {
             let n = match io.stream.read(&mut self.read_buf) {
                 Ok(0) => {
@@ -468,7 +485,10 @@ impl Reactor {
                     break;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    end = ReadEnd::WouldBlock;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(channel = number, error = %e, "receive failed");
@@ -485,12 +505,27 @@ impl Reactor {
                 },
             );
             match r {
-                Ok(RecvStop::Drained) if n < self.read_buf.len() => break,
+                // A short read almost always means the socket is drained; level-triggered
+                // readiness (or a re-armed one-shot poll) reports any rest.
+                Ok(RecvStop::Drained) if n < self.read_buf.len() => {
+                    end = ReadEnd::WouldBlock;
+                    break;
+                }
                 Ok(RecvStop::Drained) => {}
                 Ok(RecvStop::Starved) => {
+                    // Stop watching the socket until messages come back: otherwise a peer's
+                    // hang-up would be reported again and again (and would cut off the data
+                    // still buffered).
                     io.starving = true;
                     deliveries.push(pool_empty_signal(pool, number));
                     self.starved.push(number);
+                    if ch.registered {
+                        if let Err(e) = self.poller.deregister(io.stream.raw(), ch.token) {
+                            tracing::debug!(channel = number, error = %e, "deregister failed");
+                        }
+                        ch.registered = false;
+                    }
+                    end = ReadEnd::Starved;
                     break;
                 }
                 Ok(RecvStop::ByeResponse) => {
@@ -512,7 +547,9 @@ impl Reactor {
         ch.group.deliver_all(&mut self.deliveries);
         if let Some(status) = outcome {
             mark(&mut self.marked, ch, status);
+            end = ReadEnd::Closed;
         }
+        end
     }
 
     fn retry_starved(&mut self) {
@@ -584,11 +621,20 @@ impl Reactor {
                 continue;
             };
             ch.touched = false;
-            if ch.closing.is_some() || !ch.registered {
+            if ch.closing.is_some() {
                 continue;
             }
             let interest = ch.interest();
-            if let Err(e) = self.poller.reregister(ch.raw(), ch.token, interest) {
+            let r = if ch.registered {
+                self.poller.reregister(ch.raw(), ch.token, interest)
+            } else if matches!(&ch.kind, Kind::Io(io) if io.starving) {
+                continue;
+            } else {
+                let r = self.poller.register(ch.raw(), ch.token, interest);
+                ch.registered = r.is_ok();
+                r
+            };
+            if let Err(e) = r {
                 tracing::warn!(channel = number, error = %e, "poller update failed");
                 mark(&mut self.marked, ch, Status::CommunicationFailed);
             }

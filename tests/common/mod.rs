@@ -29,8 +29,19 @@ pub fn engine_with_pool(backend: Backend, pool: PoolOptions) -> Engine {
     Engine::new(EngineOptions { pool, backend }).expect("engine starts")
 }
 
-/// The next message, or a panic after [`PATIENCE`].
+/// The next message other than a `PoolEmpty` Signal (which a burst larger than the pool
+/// legitimately produces), or a panic after [`PATIENCE`].
 pub fn recv(group: &ChannelGroup) -> Message {
+    loop {
+        let m = recv_any(group);
+        if !(m.opcode() == OpCode::Signal && m.status() == Status::PoolEmpty) {
+            return m;
+        }
+    }
+}
+
+/// The next message, whatever it is, or a panic after [`PATIENCE`].
+pub fn recv_any(group: &ChannelGroup) -> Message {
     match group.wait_receive(Some(PATIENCE)) {
         Ok(Some(m)) => m,
         Ok(None) => panic!("no message within {PATIENCE:?}"),
