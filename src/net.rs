@@ -6,9 +6,11 @@
 //! with the poller) and `(Status, io::Error)` pairs for failures (the
 //! [`Status`] for the user, the `io::Error` for logs).
 //!
-//! Unix domain sockets exist only under `cfg(unix)` for now; a Windows branch
-//! (AF_UNIX on Windows, `SOCKET` handles) can be added next to the `unix`
-//! ones.
+//! Unix domain sockets: on unix through std's `UnixListener`/`UnixStream`; on
+//! Windows (AF_UNIX exists since Windows 10 1803, filesystem paths only)
+//! through socket2. Where the system has no AF_UNIX (older Windows, Wine 8),
+//! creating the socket fails with `WSAEAFNOSUPPORT`, reported as
+//! `InvalidAddress` ("AF_UNIX not supported on this system").
 //!
 //! Address resolution ([`Listener::bind`], [`Stream::connect`] with a DNS
 //! name) uses the system resolver and *blocks* until it answers.
@@ -19,7 +21,6 @@ use std::time::Duration;
 
 #[cfg(unix)]
 use std::os::unix::net::{UnixListener, UnixStream};
-#[cfg(unix)]
 use std::path::{Path, PathBuf};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket};
@@ -113,7 +114,6 @@ fn bind_failure(e: io::Error) -> NetError {
 }
 
 /// Where a Unix domain socket lives.
-#[cfg(unix)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum UdsTarget {
     /// A filesystem path.
@@ -123,7 +123,6 @@ enum UdsTarget {
     Abstract(Vec<u8>),
 }
 
-#[cfg(unix)]
 impl UdsTarget {
     /// Validates a non-empty `Address::Uds` path.
     fn parse(path: &str) -> Result<UdsTarget, NetError> {
@@ -201,20 +200,36 @@ fn uds_addr_string(addr: &std::os::unix::net::SocketAddr) -> String {
     "<unnamed>".to_string()
 }
 
-/// Returns the (device, inode) of the file at `path`, if any.
+/// What identifies one socket file: (device, inode) on unix.
 #[cfg(unix)]
-fn file_id(path: &Path) -> Option<(u64, u64)> {
+type FileId = (u64, u64);
+
+/// What identifies one socket file: its creation time on Windows (std has no
+/// stable file index there).
+#[cfg(windows)]
+type FileId = std::time::SystemTime;
+
+/// Returns the identity of the file at `path`, if any.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino()))
 }
 
+/// Returns the identity of the file at `path`, if any.
+#[cfg(windows)]
+fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.created())
+        .ok()
+}
+
 /// Removes the socket file at `path` if it is still the one identified by
 /// `id` (when `id` is unknown, removes it unconditionally). Errors are
 /// ignored: this is cleanup.
-#[cfg(unix)]
-fn unlink_if_ours(path: &Path, id: Option<(u64, u64)>) {
+fn unlink_if_ours(path: &Path, id: Option<FileId>) {
     if id.is_none() || file_id(path) == id {
         let _ = std::fs::remove_file(path);
     }
@@ -232,6 +247,14 @@ fn remove_stale_socket(path: &Path) {
         }
     }
 }
+
+/// On Windows nothing is removed before binding: std cannot tell an AF_UNIX
+/// socket file from other reparse points (cloud placeholders, ...), and
+/// guessing could destroy user data. A stale socket file (left by a process
+/// that died; a [`Listener`] removes its own) makes the bind fail with
+/// `ListenFailed`.
+#[cfg(windows)]
+fn remove_stale_socket(_path: &Path) {}
 
 /// Platform details: socket creation, accept, send flags, connect errors.
 #[cfg(unix)]
@@ -375,6 +398,91 @@ mod sys {
     }
 }
 
+/// Platform details: socket creation, accept, send flags, connect errors.
+#[cfg(windows)]
+mod sys {
+    use std::io;
+
+    use socket2::{Domain, Protocol, SockRef, Socket, Type};
+    use windows_sys::Win32::Networking::WinSock::{
+        WSAEAFNOSUPPORT, WSAEALREADY, WSAEINPROGRESS, WSAEINTR, WSAEINVAL, WSAENOTCONN,
+        WSAEWOULDBLOCK,
+    };
+
+    /// Flags for `send`: Windows raises no signal for a vanished peer.
+    pub const SEND_FLAGS: i32 = 0;
+
+    /// Creates a non-blocking, non-inheritable stream socket (socket2 creates
+    /// every socket with `WSA_FLAG_NO_HANDLE_INHERIT`).
+    pub fn stream_socket(domain: Domain, protocol: Option<Protocol>) -> io::Result<Socket> {
+        let socket = Socket::new(domain, Type::STREAM, protocol)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    }
+
+    /// Accepts one connection as a non-blocking, non-inheritable socket.
+    pub fn accept(listener: SockRef<'_>) -> io::Result<Socket> {
+        // Accepted sockets inherit the listener's non-blocking mode; set it
+        // anyway rather than rely on that.
+        let (socket, _) = listener.accept()?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    }
+
+    /// Whether a failed `accept` only concerned the one pending connection,
+    /// so that accepting again is right (Windows reports a connection reset
+    /// before it was accepted as `WSAECONNRESET`).
+    pub fn accept_should_retry(e: &io::Error) -> bool {
+        matches!(
+            e.kind(),
+            io::ErrorKind::Interrupted
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+        )
+    }
+
+    /// Whether a failed non-blocking `connect` goes on in the background:
+    /// on Windows that is `WSAEWOULDBLOCK` (and `WSAEINPROGRESS`/`WSAEALREADY`
+    /// for a connect already under way).
+    pub fn connect_in_progress(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(WSAEWOULDBLOCK | WSAEINPROGRESS | WSAEALREADY | WSAEINTR)
+        )
+    }
+
+    /// Whether `getpeername` failed only because the connect is still under
+    /// way: `WSAENOTCONN`, or `WSAEINVAL` under Wine.
+    pub fn not_yet_connected(e: &io::Error) -> bool {
+        e.kind() == io::ErrorKind::NotConnected
+            || matches!(e.raw_os_error(), Some(WSAENOTCONN | WSAEINVAL))
+    }
+
+    /// Whether creating a socket failed because the system has no such
+    /// address family (AF_UNIX before Windows 10 1803, and under Wine 8).
+    pub fn family_unsupported(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(WSAEAFNOSUPPORT)
+    }
+}
+
+/// Creates the stream socket of a Unix domain socket; on a system without
+/// AF_UNIX that is an `InvalidAddress` failure, anything else `other`.
+fn uds_socket(other: Status) -> Result<Socket, NetError> {
+    sys::stream_socket(Domain::UNIX, None).map_err(|e| {
+        #[cfg(windows)]
+        if sys::family_unsupported(&e) {
+            return (
+                Status::InvalidAddress,
+                io::Error::new(
+                    e.kind(),
+                    format!("AF_UNIX not supported on this system: {e}"),
+                ),
+            );
+        }
+        (other, e)
+    })
+}
+
 /// A listening socket, non-blocking and close-on-exec.
 ///
 /// Dropping a listener that bound a filesystem Unix domain socket path
@@ -385,17 +493,21 @@ pub enum Listener {
     /// A TCP listener.
     Tcp(TcpListener),
     /// A Unix domain socket listener.
-    #[cfg(unix)]
     Uds {
         /// The listening socket.
+        #[cfg(unix)]
         listener: UnixListener,
+        /// The listening socket.
+        #[cfg(windows)]
+        listener: Socket,
         /// The filesystem path to remove on drop; `None` for an abstract
         /// name.
         path: Option<PathBuf>,
-        /// The (device, inode) of the socket file right after binding, so
-        /// that drop removes only our own file; `None` if it could not be
-        /// read (then drop removes the path unconditionally).
-        file_id: Option<(u64, u64)>,
+        /// The identity of the socket file right after binding (unix:
+        /// device and inode; Windows: creation time), so that drop removes
+        /// only our own file; `None` if it could not be read (then drop
+        /// removes the path unconditionally).
+        file_id: Option<FileId>,
     },
 }
 
@@ -430,12 +542,7 @@ impl Listener {
     pub fn bind(addr: &Address) -> Result<Listener, NetError> {
         match addr {
             Address::Tcp { host, port } => Self::bind_tcp(host, *port),
-            #[cfg(unix)]
             Address::Uds { path } => Self::bind_uds(path),
-            #[cfg(not(unix))]
-            Address::Uds { .. } => Err(invalid_address(
-                "Unix domain sockets are not supported on this platform".into(),
-            )),
         }
     }
 
@@ -462,7 +569,6 @@ impl Listener {
     }
 
     /// [`Listener::bind`] for Unix domain sockets.
-    #[cfg(unix)]
     fn bind_uds(path: &str) -> Result<Listener, NetError> {
         let target = if path.is_empty() {
             UdsTarget::Path(crate::testing::temp_uds_path())
@@ -478,8 +584,7 @@ impl Listener {
         if let Some(p) = &fs_path {
             remove_stale_socket(p);
         }
-        let socket =
-            sys::stream_socket(Domain::UNIX, None).map_err(|e| (Status::ListenFailed, e))?;
+        let socket = uds_socket(Status::ListenFailed)?;
         socket.bind(&sock_addr).map_err(bind_failure)?;
         // From here on the socket file exists and is ours.
         let id = fs_path.as_deref().and_then(file_id);
@@ -490,7 +595,10 @@ impl Listener {
             return Err((Status::ListenFailed, e));
         }
         Ok(Listener::Uds {
+            #[cfg(unix)]
             listener: socket.into(),
+            #[cfg(windows)]
+            listener: socket,
             path: fs_path,
             file_id: id,
         })
@@ -512,7 +620,6 @@ impl Listener {
         loop {
             let accepted = match self {
                 Listener::Tcp(l) => sys::accept(SockRef::from(l)),
-                #[cfg(unix)]
                 Listener::Uds { listener, .. } => sys::accept(SockRef::from(listener)),
             };
             let socket = match accepted {
@@ -529,6 +636,11 @@ impl Listener {
                 }
                 #[cfg(unix)]
                 Listener::Uds { .. } => Stream::Uds(socket.into()),
+                #[cfg(windows)]
+                Listener::Uds { .. } => Stream::Uds {
+                    socket,
+                    peer: format!("<unnamed> via {}", self.local_addr_string()),
+                },
             }));
         }
     }
@@ -546,6 +658,8 @@ impl Listener {
             Listener::Tcp(l) => l.as_raw_socket(),
             #[cfg(unix)]
             Listener::Uds { listener, .. } => listener.as_raw_fd(),
+            #[cfg(windows)]
+            Listener::Uds { listener, .. } => listener.as_raw_socket(),
         }
     }
 
@@ -566,13 +680,18 @@ impl Listener {
                     None => format!("<unknown: {e}>"),
                 },
             },
+            // Windows has filesystem paths only, and socket2 cannot show them.
+            #[cfg(windows)]
+            Listener::Uds { path, .. } => match path {
+                Some(p) => p.display().to_string(),
+                None => "<unnamed>".to_string(),
+            },
         }
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        #[cfg(unix)]
         if let Listener::Uds {
             path: Some(path),
             file_id,
@@ -594,6 +713,15 @@ pub enum Stream {
     /// A Unix domain socket stream.
     #[cfg(unix)]
     Uds(UnixStream),
+    /// A Unix domain socket stream.
+    #[cfg(windows)]
+    Uds {
+        /// The connected socket.
+        socket: Socket,
+        /// The peer for logs (socket2 cannot show AF_UNIX addresses on
+        /// Windows): the path connected to, or `<unnamed> via <path>`.
+        peer: String,
+    },
 }
 
 impl Stream {
@@ -629,21 +757,22 @@ impl Stream {
                 let connected = start_connect(&socket, &target.into(), false)?;
                 Ok((Stream::Tcp(socket.into()), connected))
             }
-            #[cfg(unix)]
             Address::Uds { path } => {
                 let sock_addr = UdsTarget::parse(path)?.sock_addr()?;
-                let socket = sys::stream_socket(Domain::UNIX, None)
-                    .map_err(|e| (Status::InvalidAddress, e))?;
+                let socket = uds_socket(Status::InvalidAddress)?;
                 socket
                     .set_linger(Some(Duration::ZERO))
                     .map_err(|e| (Status::SetsockoptFailed, e))?;
                 let connected = start_connect(&socket, &sock_addr, true)?;
-                Ok((Stream::Uds(socket.into()), connected))
+                #[cfg(unix)]
+                let stream = Stream::Uds(socket.into());
+                #[cfg(windows)]
+                let stream = Stream::Uds {
+                    socket,
+                    peer: path.clone(),
+                };
+                Ok((stream, connected))
             }
-            #[cfg(not(unix))]
-            Address::Uds { .. } => Err(invalid_address(
-                "Unix domain sockets are not supported on this platform".into(),
-            )),
         }
     }
 
@@ -662,7 +791,10 @@ impl Stream {
         }
         match socket.peer_addr() {
             Ok(_) => Ok(true),
+            #[cfg(unix)]
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            #[cfg(windows)]
+            Err(e) if sys::not_yet_connected(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -679,6 +811,11 @@ impl Stream {
                 #[cfg(unix)]
                 Stream::Uds(s) => {
                     let mut s: &UnixStream = s;
+                    s.read(buf)
+                }
+                #[cfg(windows)]
+                Stream::Uds { socket, .. } => {
+                    let mut s: &Socket = socket;
                     s.read(buf)
                 }
             };
@@ -728,6 +865,8 @@ impl Stream {
             Stream::Tcp(s) => s.as_raw_socket(),
             #[cfg(unix)]
             Stream::Uds(s) => s.as_raw_fd(),
+            #[cfg(windows)]
+            Stream::Uds { socket, .. } => socket.as_raw_socket(),
         }
     }
 
@@ -751,6 +890,8 @@ impl Stream {
                 Ok(a) => uds_addr_string(&a),
                 Err(e) => format!("<unknown: {e}>"),
             },
+            #[cfg(windows)]
+            Stream::Uds { peer, .. } => peer.clone(),
         }
     }
 
@@ -760,6 +901,8 @@ impl Stream {
             Stream::Tcp(s) => SockRef::from(s),
             #[cfg(unix)]
             Stream::Uds(s) => SockRef::from(s),
+            #[cfg(windows)]
+            Stream::Uds { socket, .. } => SockRef::from(socket),
         }
     }
 }

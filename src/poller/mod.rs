@@ -47,11 +47,18 @@
 //! * [`Backend::Poll`] (any unix): level-triggered as well; rebuilds its
 //!   `pollfd` array on every `wait` from its registration map, so
 //!   `register`/`reregister`/`deregister` never make a syscall.
-//! * A future Windows IOCP backend will be **one-shot** and re-arm inside
-//!   `reregister`/`wait`. The reactor therefore calls `reregister` once per
-//!   loop iteration for each channel it touched, and every backend must make
-//!   an unchanged `reregister` cost no syscall (both backends here return
-//!   immediately after a map lookup).
+//! * [`Backend::Iocp`] (Windows): an I/O completion port fed by **one-shot**
+//!   `IOCTL_AFD_POLL` requests (the mechanism under `WSAPoll`). A completion
+//!   is reported once; the backend re-issues the poll at the start of the next
+//!   `wait`, when the reactor has run the I/O to `WSAEWOULDBLOCK`, and AFD
+//!   checks the socket's current state when a poll is issued: so it reports
+//!   like the level-triggered backends. A changed interest cancels the poll in
+//!   flight and re-issues it. See `iocp.rs` for the details and the ownership
+//!   of the memory the kernel writes.
+//!
+//! The reactor calls `reregister` once per loop iteration for each channel it
+//! touched, and every backend makes an unchanged `reregister` cost no syscall
+//! (a map lookup).
 //!
 //! # Interrupted waits
 //!
@@ -66,13 +73,22 @@ use std::io;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(unix)]
+use std::time::Instant;
 
+#[cfg(unix)]
 use libc::c_int;
 
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod afd;
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod epoll;
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod iocp;
 #[cfg(unix)]
 #[allow(unsafe_code)]
 mod poll;
@@ -80,6 +96,8 @@ mod poll;
 #[allow(unsafe_code)]
 mod waker;
 
+#[cfg(windows)]
+pub use iocp::Waker;
 #[cfg(unix)]
 pub use waker::Waker;
 
@@ -242,6 +260,10 @@ pub enum Backend {
     /// POSIX `poll(2)`, level-triggered.
     #[cfg(unix)]
     Poll,
+    /// Windows I/O completion port with one-shot `AFD_POLL` requests, re-armed by the
+    /// backend so that it reports like the level-triggered ones.
+    #[cfg(windows)]
+    Iocp,
 }
 
 impl Backend {
@@ -255,7 +277,11 @@ impl Backend {
         {
             &[Backend::Poll]
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            &[Backend::Iocp]
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             &[]
         }
@@ -268,21 +294,27 @@ impl Backend {
             Backend::Epoll => "epoll",
             #[cfg(unix)]
             Backend::Poll => "poll",
+            #[cfg(windows)]
+            Backend::Iocp => "iocp",
         }
     }
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 impl Default for Backend {
-    /// `Epoll` on Linux, `Poll` on other unix.
+    /// `Epoll` on Linux, `Poll` on other unix, `Iocp` on Windows.
     fn default() -> Backend {
         #[cfg(target_os = "linux")]
         {
             Backend::Epoll
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(all(unix, not(target_os = "linux")))]
         {
             Backend::Poll
+        }
+        #[cfg(windows)]
+        {
+            Backend::Iocp
         }
     }
 }
@@ -315,7 +347,8 @@ impl std::error::Error for ParseBackendError {}
 impl FromStr for Backend {
     type Err = ParseBackendError;
 
-    /// Parses `"epoll"` or `"poll"` (ASCII case-insensitive); only available backends parse.
+    /// Parses `"epoll"`, `"poll"` or `"iocp"` (ASCII case-insensitive); only available
+    /// backends parse.
     fn from_str(s: &str) -> Result<Backend, ParseBackendError> {
         let name = s.trim();
         Backend::available()
@@ -332,6 +365,8 @@ enum Flavor {
     Epoll(epoll::Epoll),
     #[cfg(unix)]
     Poll(poll::Poll),
+    #[cfg(windows)]
+    Iocp(iocp::Iocp),
 }
 
 /// Waits for readiness of registered sockets; see the [module docs](self).
@@ -340,17 +375,32 @@ pub struct Poller {
     waker: Arc<Waker>,
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 impl Poller {
     /// Creates a poller using `backend` (see [`Backend::available`]).
     pub fn new(backend: Backend) -> io::Result<Poller> {
-        let waker = Arc::new(Waker::new()?);
-        let flavor = match backend {
+        match backend {
             #[cfg(target_os = "linux")]
-            Backend::Epoll => Flavor::Epoll(epoll::Epoll::new(&waker)?),
-            Backend::Poll => Flavor::Poll(poll::Poll::new()),
-        };
-        Ok(Poller { flavor, waker })
+            Backend::Epoll => {
+                let waker = Arc::new(Waker::new()?);
+                let flavor = Flavor::Epoll(epoll::Epoll::new(&waker)?);
+                Ok(Poller { flavor, waker })
+            }
+            #[cfg(unix)]
+            Backend::Poll => {
+                let waker = Arc::new(Waker::new()?);
+                let flavor = Flavor::Poll(poll::Poll::new());
+                Ok(Poller { flavor, waker })
+            }
+            #[cfg(windows)]
+            Backend::Iocp => {
+                let (iocp, waker) = iocp::Iocp::new()?;
+                Ok(Poller {
+                    flavor: Flavor::Iocp(iocp),
+                    waker: Arc::new(waker),
+                })
+            }
+        }
     }
 
     /// The backend this poller uses.
@@ -358,7 +408,10 @@ impl Poller {
         match self.flavor {
             #[cfg(target_os = "linux")]
             Flavor::Epoll(_) => Backend::Epoll,
+            #[cfg(unix)]
             Flavor::Poll(_) => Backend::Poll,
+            #[cfg(windows)]
+            Flavor::Iocp(_) => Backend::Iocp,
         }
     }
 
@@ -382,7 +435,10 @@ impl Poller {
         match &mut self.flavor {
             #[cfg(target_os = "linux")]
             Flavor::Epoll(b) => b.register(socket, token, interest),
+            #[cfg(unix)]
             Flavor::Poll(b) => b.register(socket, token, interest),
+            #[cfg(windows)]
+            Flavor::Iocp(b) => b.register(socket, token, interest),
         }
     }
 
@@ -400,7 +456,10 @@ impl Poller {
         match &mut self.flavor {
             #[cfg(target_os = "linux")]
             Flavor::Epoll(b) => b.reregister(socket, token, interest),
+            #[cfg(unix)]
             Flavor::Poll(b) => b.reregister(socket, token, interest),
+            #[cfg(windows)]
+            Flavor::Iocp(b) => b.reregister(socket, token, interest),
         }
     }
 
@@ -412,7 +471,10 @@ impl Poller {
         match &mut self.flavor {
             #[cfg(target_os = "linux")]
             Flavor::Epoll(b) => b.deregister(socket, token),
+            #[cfg(unix)]
             Flavor::Poll(b) => b.deregister(socket, token),
+            #[cfg(windows)]
+            Flavor::Iocp(b) => b.deregister(socket, token),
         }
     }
 
@@ -429,7 +491,10 @@ impl Poller {
         let ready = match &mut self.flavor {
             #[cfg(target_os = "linux")]
             Flavor::Epoll(b) => b.wait(&self.waker, events, timeout)?,
+            #[cfg(unix)]
             Flavor::Poll(b) => b.wait(&self.waker, events, timeout)?,
+            #[cfg(windows)]
+            Flavor::Iocp(b) => b.wait(&self.waker, events, timeout)?,
         };
         if ready == 0 {
             events.push(Event {
@@ -449,7 +514,7 @@ impl Poller {
 impl fmt::Debug for Poller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Poller");
-        #[cfg(unix)]
+        #[cfg(any(unix, windows))]
         d.field("backend", &self.backend());
         d.finish_non_exhaustive()
     }
@@ -519,6 +584,7 @@ impl Registry {
         }
     }
 
+    #[cfg(unix)]
     fn get(&self, token: Token) -> Option<Registration> {
         self.map.get(&token).copied()
     }
@@ -531,26 +597,31 @@ impl Registry {
         self.map.remove(&token);
     }
 
+    #[cfg(unix)]
     fn iter(&self) -> impl Iterator<Item = (Token, Registration)> + '_ {
         self.map.iter().map(|(t, r)| (*t, *r))
     }
 
+    #[cfg(unix)]
     fn len(&self) -> usize {
         self.map.len()
     }
 }
 
 /// Whether the OS must be asked for "readable" for this interest.
+#[cfg(unix)]
 fn wants_readable(interest: Triggers) -> bool {
     interest.intersects(Triggers::RECV.union(Triggers::ACCEPT))
 }
 
 /// Whether the OS must be asked for "writable" for this interest.
+#[cfg(unix)]
 fn wants_writable(interest: Triggers) -> bool {
     interest.intersects(Triggers::SEND.union(Triggers::CONNECT))
 }
 
 /// OS readiness of one registration in platform-neutral terms.
+#[cfg(unix)]
 #[derive(Clone, Copy, Debug, Default)]
 struct Readiness {
     readable: bool,
@@ -560,6 +631,7 @@ struct Readiness {
 }
 
 /// Maps OS readiness to triggers given the registered interest.
+#[cfg(unix)]
 fn triggers_for(interest: Triggers, r: Readiness) -> Triggers {
     let mut t = Triggers::NONE;
     if r.error {
@@ -586,19 +658,23 @@ fn triggers_for(interest: Triggers, r: Readiness) -> Triggers {
 }
 
 /// Integer return types of syscalls that signal failure with -1.
+#[cfg(unix)]
 trait SyscallReturn: Copy + PartialEq {
     const FAILED: Self;
 }
 
+#[cfg(unix)]
 impl SyscallReturn for i32 {
     const FAILED: Self = -1;
 }
 
+#[cfg(unix)]
 impl SyscallReturn for isize {
     const FAILED: Self = -1;
 }
 
 /// Turns a syscall's -1 into `io::Error::last_os_error()`.
+#[cfg(unix)]
 fn cvt<T: SyscallReturn>(ret: T) -> io::Result<T> {
     if ret == T::FAILED {
         Err(io::Error::last_os_error())
@@ -610,6 +686,7 @@ fn cvt<T: SyscallReturn>(ret: T) -> io::Result<T> {
 /// Converts a remaining wait time to a millisecond timeout, rounding up so a
 /// sub-millisecond timeout does not become a busy 0. Returns whether the value
 /// was clamped to `c_int::MAX`.
+#[cfg(unix)]
 fn timeout_ms(remaining: Duration) -> (c_int, bool) {
     let ms = remaining.as_nanos().div_ceil(1_000_000);
     match c_int::try_from(ms) {
@@ -622,6 +699,7 @@ fn timeout_ms(remaining: Duration) -> (c_int, bool) {
 /// returning the number of ready entries) until it returns something other than
 /// `EINTR`, recomputing the remaining time on each retry. A timeout clamped to
 /// `c_int::MAX` ms is extended by waiting again until the real deadline.
+#[cfg(unix)]
 fn wait_retrying(
     timeout: Option<Duration>,
     mut sys: impl FnMut(c_int) -> io::Result<usize>,
