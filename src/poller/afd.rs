@@ -55,9 +55,6 @@ const IOCTL_AFD_POLL: u32 = 0x0001_2024;
 
 /// Data can be received (or a graceful close is pending behind the data).
 pub(super) const POLL_RECEIVE: u32 = 0x0001;
-/// Out-of-band data can be received. Never requested: tofu has no urgent data.
-#[cfg(test)]
-pub(super) const POLL_RECEIVE_EXPEDITED: u32 = 0x0002;
 /// Data can be sent (also: a non-blocking connect succeeded).
 pub(super) const POLL_SEND: u32 = 0x0004;
 /// The peer closed its sending half gracefully (FIN).
@@ -70,6 +67,8 @@ pub(super) const POLL_LOCAL_CLOSE: u32 = 0x0020;
 pub(super) const POLL_ACCEPT: u32 = 0x0080;
 /// A non-blocking connect failed.
 pub(super) const POLL_CONNECT_FAIL: u32 = 0x0100;
+// Never requested: RECEIVE_EXPEDITED (0x0002, out-of-band data; tofu has none) and CONNECT
+// (0x0040, which stays signalled on every connected socket; a finished connect shows as SEND).
 
 /// The object name of the helper handle. Anything under `\Device\Afd\` opens AFD; the last
 /// component only names the opener in kernel debuggers.
@@ -392,5 +391,327 @@ impl Drop for Winsock {
         unsafe {
             WSACleanup();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The AFD layer alone: which events Winsock's driver (here: Wine's) signals for each
+    //! socket condition, cancellation, and the base handle query.
+
+    use super::*;
+    use crate::poller::iocp::CompletionPort;
+    use std::io::Write;
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::os::windows::io::AsRawSocket;
+    use std::time::Duration;
+
+    use socket2::{Domain, SockRef, Socket, Type};
+    use windows_sys::Win32::Foundation::STATUS_CANCELLED;
+    use windows_sys::Win32::System::IO::OVERLAPPED_ENTRY;
+
+    /// Every event tofu ever polls for.
+    const ALL: u32 = POLL_RECEIVE
+        | POLL_SEND
+        | POLL_DISCONNECT
+        | POLL_ABORT
+        | POLL_LOCAL_CLOSE
+        | POLL_ACCEPT
+        | POLL_CONNECT_FAIL;
+
+    /// The poll blocks of one request, on the heap, freed only after the completion.
+    struct Request {
+        iosb: Box<IO_STATUS_BLOCK>,
+        info: Box<AfdPollInfo>,
+    }
+
+    /// A completion port with an AFD helper handle.
+    struct Rig {
+        port: CompletionPort,
+        afd: Afd,
+        _winsock: Winsock,
+    }
+
+    /// How a poll ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        /// Completed with these signalled events.
+        Events(u32),
+        /// Nothing within the wait; cancelled (and the cancellation came back).
+        Cancelled,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let winsock = Winsock::start().unwrap();
+            let port = CompletionPort::new().unwrap();
+            let afd = Afd::open(&port, 7).unwrap();
+            Rig {
+                port,
+                afd,
+                _winsock: winsock,
+            }
+        }
+
+        /// Issues a poll for `mask` on `socket`.
+        fn issue(&self, socket: RawSocket, mask: u32) -> Request {
+            let base = base_socket(socket).unwrap();
+            let mut req = Request {
+                iosb: Box::new(new_io_status_block()),
+                info: Box::new(AfdPollInfo::new(base, mask)),
+            };
+            let iosb: *mut IO_STATUS_BLOCK = &mut *req.iosb;
+            let info: *mut AfdPollInfo = &mut *req.info;
+            // SAFETY: both blocks are boxed (stable addresses) and every caller waits for
+            // the completion (`finish`) before dropping or reading the request.
+            unsafe { self.afd.poll(iosb, info, iosb as *const c_void) }.unwrap();
+            req
+        }
+
+        /// Dequeues one completion within `ms`; returns its context.
+        fn next(&self, ms: u32) -> Option<usize> {
+            let mut entries = [OVERLAPPED_ENTRY::default(); 1];
+            let n = self.port.get_many_for_tests(&mut entries, ms).unwrap();
+            (n == 1).then(|| {
+                assert_eq!(entries[0].lpCompletionKey, 7);
+                entries[0].lpOverlapped as usize
+            })
+        }
+
+        /// Waits up to `ms` for `req` to complete; cancels it if it does not.
+        fn finish(&self, req: &mut Request, ms: u32) -> Outcome {
+            let context = &*req.iosb as *const IO_STATUS_BLOCK as usize;
+            if let Some(done) = self.next(ms) {
+                assert_eq!(done, context);
+                assert_eq!(io_status(&req.iosb), STATUS_SUCCESS);
+                return Outcome::Events(req.info.signalled());
+            }
+            // SAFETY: the request was issued through self.afd and has not completed.
+            unsafe { self.afd.cancel(&*req.iosb) }.unwrap();
+            let done = self.next(5000).expect("the cancellation completes");
+            assert_eq!(done, context);
+            assert_eq!(io_status(&req.iosb), STATUS_CANCELLED);
+            Outcome::Cancelled
+        }
+
+        /// One poll, waited for up to `ms`.
+        fn poll(&self, socket: RawSocket, mask: u32, ms: u32) -> Outcome {
+            let mut req = self.issue(socket, mask);
+            self.finish(&mut req, ms)
+        }
+    }
+
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, server)
+    }
+
+    fn nonblocking_connect(addr: SocketAddr) -> Socket {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        match s.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+        }
+        s
+    }
+
+    /// Long enough for loopback traffic to arrive; the polls themselves wait for it.
+    const SOON: u32 = 2000;
+    /// How long "nothing happens" is watched.
+    const QUIET: u32 = 50;
+
+    #[test]
+    fn receive_is_signalled_by_data_and_only_when_asked() {
+        let rig = Rig::new();
+        let (a, mut b) = tcp_pair();
+        let raw = a.as_raw_socket();
+        let quiet = ALL & !POLL_SEND;
+        assert_eq!(rig.poll(raw, quiet, QUIET), Outcome::Cancelled);
+        b.write_all(b"x").unwrap();
+        assert_eq!(rig.poll(raw, quiet, SOON), Outcome::Events(POLL_RECEIVE));
+        // Only requested events are signalled: data does not complete a SEND-less,
+        // RECEIVE-less poll.
+        assert_eq!(
+            rig.poll(raw, POLL_DISCONNECT | POLL_ABORT, QUIET),
+            Outcome::Cancelled
+        );
+    }
+
+    #[test]
+    fn send_is_signalled_while_the_buffer_has_room() {
+        let rig = Rig::new();
+        let (a, _b) = tcp_pair();
+        assert_eq!(
+            rig.poll(a.as_raw_socket(), ALL, SOON),
+            Outcome::Events(POLL_SEND)
+        );
+    }
+
+    #[test]
+    fn accept_is_signalled_on_a_listener_with_a_pending_connection() {
+        let rig = Rig::new();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let raw = listener.as_raw_socket();
+        assert_eq!(rig.poll(raw, ALL, QUIET), Outcome::Cancelled);
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // A listener signals ACCEPT, never RECEIVE.
+        assert_eq!(rig.poll(raw, ALL, SOON), Outcome::Events(POLL_ACCEPT));
+        assert_eq!(rig.poll(raw, POLL_RECEIVE, QUIET), Outcome::Cancelled);
+    }
+
+    #[test]
+    fn disconnect_is_signalled_after_a_graceful_close() {
+        let rig = Rig::new();
+        let (a, b) = tcp_pair();
+        drop(b); // std: FIN
+        assert_eq!(
+            rig.poll(a.as_raw_socket(), ALL & !POLL_SEND, SOON),
+            Outcome::Events(POLL_DISCONNECT)
+        );
+    }
+
+    #[test]
+    fn disconnect_waits_for_unread_data_under_wine() {
+        // Data then FIN: the data is signalled first. (Wine signals DISCONNECT only once
+        // the data has been read; the Iocp backend maps RECEIVE to RECV either way, and the
+        // reactor reads on to the end of stream.)
+        let rig = Rig::new();
+        let (a, mut b) = tcp_pair();
+        b.write_all(b"x").unwrap();
+        drop(b);
+        std::thread::sleep(Duration::from_millis(QUIET.into()));
+        match rig.poll(a.as_raw_socket(), ALL & !POLL_SEND, SOON) {
+            Outcome::Events(e) => assert!(e & POLL_RECEIVE != 0, "{e:#x}"),
+            other => panic!("{other:?}"),
+        }
+        let mut buf = [0u8; 4];
+        assert_eq!(std::io::Read::read(&mut &a, &mut buf).unwrap(), 1);
+        assert_eq!(
+            rig.poll(a.as_raw_socket(), ALL & !POLL_SEND, SOON),
+            Outcome::Events(POLL_DISCONNECT)
+        );
+    }
+
+    #[test]
+    fn abort_is_signalled_after_a_reset() {
+        let rig = Rig::new();
+        let (a, b) = tcp_pair();
+        SockRef::from(&b).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(b); // RST
+        match rig.poll(a.as_raw_socket(), ALL & !POLL_SEND, SOON) {
+            Outcome::Events(e) => assert!(e & POLL_ABORT != 0, "{e:#x}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn connect_fail_is_signalled_for_a_refused_connect() {
+        let rig = Rig::new();
+        let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap(); // closed again: nobody listens
+        let s = nonblocking_connect(addr);
+        assert_eq!(
+            rig.poll(s.as_raw_socket(), ALL, SOON),
+            Outcome::Events(POLL_CONNECT_FAIL)
+        );
+        // The condition persists: a new poll completes at once.
+        assert_eq!(
+            rig.poll(s.as_raw_socket(), ALL, SOON),
+            Outcome::Events(POLL_CONNECT_FAIL)
+        );
+    }
+
+    #[test]
+    fn send_is_signalled_when_a_connect_succeeds() {
+        let rig = Rig::new();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let s = nonblocking_connect(listener.local_addr().unwrap());
+        assert_eq!(
+            rig.poll(s.as_raw_socket(), ALL, SOON),
+            Outcome::Events(POLL_SEND)
+        );
+    }
+
+    #[test]
+    fn local_close_completes_a_pending_poll() {
+        let rig = Rig::new();
+        let (a, _b) = tcp_pair();
+        let mut req = rig.issue(a.as_raw_socket(), ALL & !POLL_SEND);
+        assert!(rig.next(QUIET).is_none(), "completed without an event");
+        drop(a);
+        match rig.finish(&mut req, SOON) {
+            Outcome::Events(e) => assert!(e & POLL_LOCAL_CLOSE != 0, "{e:#x}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancel_then_poll_again() {
+        let rig = Rig::new();
+        let (a, mut b) = tcp_pair();
+        let raw = a.as_raw_socket();
+        let mut req = rig.issue(raw, POLL_RECEIVE);
+        assert_eq!(rig.finish(&mut req, QUIET), Outcome::Cancelled);
+        // Cancelling a completed request is harmless (STATUS_NOT_FOUND counts as done).
+        // SAFETY: only identifies the (finished) request.
+        unsafe { rig.afd.cancel(&*req.iosb) }.unwrap();
+        b.write_all(b"x").unwrap();
+        // The same blocks serve the next poll.
+        let iosb: *mut IO_STATUS_BLOCK = &mut *req.iosb;
+        *req.info = AfdPollInfo::new(base_socket(raw).unwrap(), POLL_RECEIVE);
+        let info: *mut AfdPollInfo = &mut *req.info;
+        // SAFETY: the previous poll's completion was dequeued; we wait for this one.
+        unsafe { rig.afd.poll(iosb, info, iosb as *const c_void) }.unwrap();
+        assert_eq!(rig.finish(&mut req, SOON), Outcome::Events(POLL_RECEIVE));
+    }
+
+    #[test]
+    fn base_socket_of_a_socket_and_of_something_else() {
+        let _winsock = Winsock::start().unwrap();
+        let (a, _b) = tcp_pair();
+        let base = base_socket(a.as_raw_socket()).unwrap();
+        assert_ne!(base, 0);
+        // A handle that is not a socket (a file): Windows says WSAENOTSOCK; Wine 8
+        // answers SIO_BASE_HANDLE with the handle itself, and then AFD refuses the poll.
+        let rig = Rig::new();
+        let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let raw = std::os::windows::io::AsRawHandle::as_raw_handle(&file) as RawSocket;
+        match base_socket(raw) {
+            Err(e) => assert_eq!(e.raw_os_error(), Some(WSAENOTSOCK), "{e}"),
+            Ok(base) => {
+                let mut iosb = Box::new(new_io_status_block());
+                let mut info = Box::new(AfdPollInfo::new(base, ALL));
+                let iosb_ptr: *mut IO_STATUS_BLOCK = &mut *iosb;
+                let info_ptr: *mut AfdPollInfo = &mut *info;
+                // SAFETY: boxed blocks; if the poll were accepted (the assertion below
+                // fails), they are leaked rather than freed under the kernel.
+                let r = unsafe { rig.afd.poll(iosb_ptr, info_ptr, iosb_ptr as *const c_void) };
+                if r.is_ok() {
+                    std::mem::forget((iosb, info));
+                }
+                let e = r.unwrap_err();
+                use windows_sys::Win32::Foundation::ERROR_INVALID_HANDLE;
+                assert_eq!(e.raw_os_error(), Some(ERROR_INVALID_HANDLE as i32), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn ntstatus_errors_map_to_win32_codes() {
+        use windows_sys::Win32::Foundation::{ERROR_INVALID_HANDLE, STATUS_INVALID_HANDLE};
+        assert_eq!(
+            ntstatus_error(STATUS_INVALID_HANDLE).raw_os_error(),
+            Some(ERROR_INVALID_HANDLE as i32)
+        );
+        assert!(is_nt_error(STATUS_CANCELLED));
+        assert!(!is_nt_error(STATUS_PENDING));
+        assert!(!is_nt_error(STATUS_SUCCESS));
     }
 }

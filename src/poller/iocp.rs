@@ -127,6 +127,16 @@ impl CompletionPort {
         Ok(())
     }
 
+    /// [`CompletionPort::get_many`] for the AFD layer's tests.
+    #[cfg(test)]
+    pub(super) fn get_many_for_tests(
+        &self,
+        entries: &mut [OVERLAPPED_ENTRY],
+        timeout_ms: u32,
+    ) -> io::Result<usize> {
+        self.get_many(entries, timeout_ms)
+    }
+
     /// Dequeues up to `entries.len()` packets, waiting up to `timeout_ms` ([`INFINITE`]) for
     /// the first. Returns how many were dequeued; 0 when the wait timed out. Entries of
     /// failed I/O are returned like the others (their status is in the I/O status block).
@@ -293,6 +303,9 @@ pub(super) struct Iocp {
     /// Registrations to (re)arm at the start of the next wait pass.
     to_arm: Vec<Token>,
     next_generation: u64,
+    /// Polls issued so far (tests check that nothing busy-loops).
+    #[cfg(test)]
+    polls_issued: u64,
     /// Declared last: Winsock stays started until everything above is gone.
     _winsock: Winsock,
 }
@@ -396,6 +409,8 @@ impl Iocp {
             zombies: HashMap::new(),
             to_arm: Vec::new(),
             next_generation: 1,
+            #[cfg(test)]
+            polls_issued: 0,
             _winsock: winsock,
         };
         Ok((iocp, waker))
@@ -619,6 +634,10 @@ impl Iocp {
         // freed after its completion (module docs, "Ownership"). `context` is non-null.
         unsafe { self.afd.poll(state.iosb.get(), state.info.get(), context) }?;
         slot.phase = Phase::Pending { mask };
+        #[cfg(test)]
+        {
+            self.polls_issued += 1;
+        }
         Ok(())
     }
 
@@ -688,9 +707,17 @@ impl Iocp {
 }
 
 impl Drop for Iocp {
-    /// Cancels every poll in flight and drains the port until all have come back, so that
-    /// no block is freed while the kernel may still write it (see "Ownership").
     fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Iocp {
+    /// Cancels every poll in flight and drains the port until all have come back, so that
+    /// no block is freed while the kernel may still write it (see "Ownership"). Frees every
+    /// block; returns how many were still on loan after [`DRAIN_LIMIT`] (and are leaked).
+    /// Called by `Drop`; calling it again finds nothing to do.
+    fn shutdown(&mut self) -> usize {
         let mut in_flight = self.zombies.len();
         for slot in self.slots.values_mut() {
             match slot.phase {
@@ -733,6 +760,8 @@ impl Drop for Iocp {
                 }
             }
         }
+        self.by_addr.clear();
+        self.registry = Registry::default();
         for (_, slot) in self.slots.drain() {
             match slot.phase {
                 // SAFETY: no poll in flight.
@@ -741,12 +770,452 @@ impl Drop for Iocp {
                 Phase::Pending { .. } | Phase::Cancelling => {}
             }
         }
+        // Zombies still here are leaked the same way.
+        self.zombies.clear();
+        self.to_arm.clear();
         if in_flight > 0 {
             tracing::error!(
                 in_flight,
                 "iocp: polls did not come back; their memory is leaked"
             );
         }
-        // Remaining zombies are leaked the same way when the map is dropped.
+        in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The backend through its own API (white box: poll counts, zombies, shutdown). The
+    //! behaviour every backend shares is tested in `poller/mod.rs`.
+
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::os::windows::io::AsRawSocket;
+    use std::sync::mpsc;
+    use std::thread;
+
+    use socket2::{Domain, SockRef, Socket, Type};
+
+    const LONG: Duration = Duration::from_secs(3);
+
+    fn new() -> (Iocp, Arc<Waker>) {
+        let (iocp, waker) = Iocp::new().unwrap();
+        (iocp, Arc::new(waker))
+    }
+
+    fn wait(p: &mut Iocp, waker: &Waker, timeout: Duration) -> Vec<Event> {
+        let mut events = Vec::new();
+        let n = p.wait(waker, &mut events, Some(timeout)).unwrap();
+        assert_eq!(n, events.len());
+        events
+    }
+
+    fn triggers_of(events: &[Event], token: Token) -> Triggers {
+        let mut hits = events.iter().filter(|e| e.token == token);
+        let t = hits.next().map_or(Triggers::NONE, |e| e.triggers);
+        assert!(hits.next().is_none(), "{token:?} twice: {events:?}");
+        t
+    }
+
+    /// Waits (up to LONG) until `token` is reported; returns its triggers.
+    fn next_for(p: &mut Iocp, waker: &Waker, token: Token) -> Triggers {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let t = triggers_of(&wait(p, waker, Duration::from_millis(100)), token);
+            if !t.is_empty() {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{token:?} never reported");
+        }
+    }
+
+    fn quiet(p: &mut Iocp, waker: &Waker) {
+        assert_eq!(wait(p, waker, Duration::from_millis(30)), []);
+    }
+
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, server)
+    }
+
+    fn nonblocking_connect(addr: SocketAddr) -> Socket {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        if let Err(e) = s.connect(&addr.into()) {
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        }
+        s
+    }
+
+    fn raw(s: &impl AsRawSocket) -> RawSocket {
+        s.as_raw_socket()
+    }
+
+    #[test]
+    fn masks_and_mapping() {
+        use afd::*;
+        use Triggers as T;
+        let always = POLL_ABORT | POLL_CONNECT_FAIL | POLL_DISCONNECT | POLL_LOCAL_CLOSE;
+        assert_eq!(afd_mask(T::NONE), always);
+        assert_eq!(afd_mask(T::RECV), always | POLL_RECEIVE);
+        assert_eq!(afd_mask(T::ACCEPT), always | POLL_ACCEPT | POLL_RECEIVE);
+        assert_eq!(afd_mask(T::SEND), always | POLL_SEND);
+        assert_eq!(afd_mask(T::CONNECT), always | POLL_SEND);
+        assert_eq!(
+            afd_mask(T::RECV | T::SEND),
+            always | POLL_RECEIVE | POLL_SEND
+        );
+
+        assert_eq!(afd_triggers(POLL_RECEIVE, T::RECV), T::RECV);
+        assert_eq!(afd_triggers(POLL_RECEIVE, T::ACCEPT), T::ACCEPT);
+        assert_eq!(afd_triggers(POLL_ACCEPT, T::ACCEPT), T::ACCEPT);
+        assert_eq!(afd_triggers(POLL_SEND, T::SEND), T::SEND);
+        assert_eq!(afd_triggers(POLL_SEND, T::CONNECT), T::CONNECT);
+        assert_eq!(afd_triggers(POLL_SEND, T::RECV), T::NONE);
+        assert_eq!(afd_triggers(POLL_DISCONNECT, T::RECV), T::RECV | T::HUP);
+        assert_eq!(afd_triggers(POLL_DISCONNECT, T::NONE), T::HUP);
+        assert_eq!(afd_triggers(POLL_ABORT, T::RECV), T::ERR | T::HUP);
+        assert_eq!(
+            afd_triggers(POLL_CONNECT_FAIL, T::CONNECT),
+            T::CONNECT | T::ERR
+        );
+        assert_eq!(afd_triggers(POLL_CONNECT_FAIL, T::NONE), T::ERR);
+        assert_eq!(
+            afd_triggers(POLL_RECEIVE | POLL_SEND, T::RECV | T::SEND),
+            T::RECV | T::SEND
+        );
+    }
+
+    #[test]
+    fn timeouts_round_up_and_cap() {
+        assert_eq!(timeout_ms(None), INFINITE);
+        assert_eq!(timeout_ms(Some(Instant::now())), 0);
+        let now = Instant::now();
+        let ms = timeout_ms(Some(now + Duration::from_micros(100)));
+        assert!(ms <= 1, "{ms}");
+        let ms = timeout_ms(Some(Instant::now() + Duration::from_micros(900)));
+        assert_eq!(ms, 1);
+        let far = Instant::now() + Duration::from_secs(60 * 60 * 24 * 365);
+        assert_eq!(timeout_ms(Some(far)), INFINITE - 1);
+    }
+
+    #[test]
+    fn each_event_kind_becomes_its_triggers() {
+        let (mut p, w) = new();
+        // receive
+        let (a, mut b) = tcp_pair();
+        p.register(raw(&a), Token(1), Triggers::RECV).unwrap();
+        quiet(&mut p, &w);
+        b.write_all(b"x").unwrap();
+        assert_eq!(next_for(&mut p, &w, Token(1)), Triggers::RECV);
+        // disconnect: after the data has been read (see afd.rs), RECV | HUP
+        assert_eq!((&a).read(&mut [0u8; 8]).unwrap(), 1);
+        drop(b);
+        assert_eq!(
+            next_for(&mut p, &w, Token(1)),
+            Triggers::RECV | Triggers::HUP
+        );
+        p.deregister(raw(&a), Token(1)).unwrap();
+        // abort
+        let (a, b) = tcp_pair();
+        p.register(raw(&a), Token(2), Triggers::RECV).unwrap();
+        SockRef::from(&b).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(b);
+        let t = next_for(&mut p, &w, Token(2));
+        assert!(t.contains(Triggers::ERR | Triggers::HUP), "{t:?}");
+        p.deregister(raw(&a), Token(2)).unwrap();
+        // send
+        let (a, _b) = tcp_pair();
+        p.register(raw(&a), Token(3), Triggers::SEND).unwrap();
+        assert_eq!(next_for(&mut p, &w, Token(3)), Triggers::SEND);
+        p.deregister(raw(&a), Token(3)).unwrap();
+        // accept
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        p.register(raw(&listener), Token(4), Triggers::ACCEPT)
+            .unwrap();
+        quiet(&mut p, &w);
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(next_for(&mut p, &w, Token(4)), Triggers::ACCEPT);
+        // connect (success)
+        let s = nonblocking_connect(listener.local_addr().unwrap());
+        p.register(raw(&s), Token(5), Triggers::CONNECT).unwrap();
+        assert_eq!(next_for(&mut p, &w, Token(5)), Triggers::CONNECT);
+        p.deregister(raw(&s), Token(5)).unwrap();
+        p.deregister(raw(&listener), Token(4)).unwrap();
+        // connect failure
+        let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let s = nonblocking_connect(closed);
+        p.register(raw(&s), Token(6), Triggers::CONNECT).unwrap();
+        let t = next_for(&mut p, &w, Token(6));
+        assert!(t.contains(Triggers::ERR), "{t:?}");
+        assert!(s.take_error().unwrap().is_some());
+        p.deregister(raw(&s), Token(6)).unwrap();
+        // local close: the registration goes quiet (and deregistering it later is fine)
+        let (a, mut b) = tcp_pair();
+        let a_raw = raw(&a);
+        p.register(a_raw, Token(7), Triggers::RECV).unwrap();
+        quiet(&mut p, &w);
+        drop(a);
+        let _ = b.write_all(b"x");
+        quiet(&mut p, &w);
+        assert_eq!(p.slots[&Token(7)].phase, Phase::Closed);
+        p.deregister(a_raw, Token(7)).unwrap();
+        assert_eq!(p.shutdown(), 0);
+    }
+
+    #[test]
+    fn reported_once_and_rearmed_only_when_waited_again() {
+        let (mut p, w) = new();
+        let (a, mut b) = tcp_pair();
+        p.register(raw(&a), Token(1), Triggers::RECV).unwrap();
+        assert_eq!(p.polls_issued, 1);
+        b.write_all(b"hello").unwrap();
+        assert_eq!(next_for(&mut p, &w, Token(1)), Triggers::RECV);
+        let issued = p.polls_issued;
+        // Unread: the next wait re-arms once and reports again.
+        let events = wait(&mut p, &w, Duration::ZERO);
+        assert_eq!(triggers_of(&events, Token(1)), Triggers::RECV);
+        assert_eq!(p.polls_issued, issued + 1);
+        // Read: one re-arm, then nothing, and no more polls while it stays pending.
+        assert_eq!((&a).read(&mut [0u8; 16]).unwrap(), 5);
+        quiet(&mut p, &w);
+        assert_eq!(p.polls_issued, issued + 2);
+        for _ in 0..5 {
+            quiet(&mut p, &w);
+        }
+        assert_eq!(p.polls_issued, issued + 2, "a pending poll was re-issued");
+        // An unchanged reregister costs nothing either.
+        p.reregister(raw(&a), Token(1), Triggers::RECV).unwrap();
+        quiet(&mut p, &w);
+        assert_eq!(p.polls_issued, issued + 2);
+    }
+
+    #[test]
+    fn interest_change_cancels_and_polls_again() {
+        let (mut p, w) = new();
+        let (a, mut b) = tcp_pair();
+        let t = Token(1);
+        p.register(raw(&a), t, Triggers::RECV).unwrap();
+        quiet(&mut p, &w);
+        // RECV -> SEND: the pending RECEIVE poll is cancelled, SEND polled in the same wait.
+        p.reregister(raw(&a), t, Triggers::SEND).unwrap();
+        assert_eq!(p.slots[&t].phase, Phase::Cancelling);
+        assert_eq!(triggers_of(&wait(&mut p, &w, LONG), t), Triggers::SEND);
+        assert_eq!(p.polls_issued, 2);
+        // SEND -> NONE (idle, re-armed with the smaller mask): data is not reported.
+        p.reregister(raw(&a), t, Triggers::NONE).unwrap();
+        b.write_all(b"x").unwrap();
+        quiet(&mut p, &w);
+        quiet(&mut p, &w);
+        let issued = p.polls_issued;
+        assert_eq!(issued, 3, "NONE must not busy-loop on unread data");
+        // NONE -> RECV: the data shows (cancel of the NONE poll, re-poll).
+        p.reregister(raw(&a), t, Triggers::RECV).unwrap();
+        assert_eq!(triggers_of(&wait(&mut p, &w, LONG), t), Triggers::RECV);
+        // RECV -> NONE while reported and unread: shrinking stops the reports.
+        p.reregister(raw(&a), t, Triggers::NONE).unwrap();
+        quiet(&mut p, &w);
+        quiet(&mut p, &w);
+        assert_eq!(p.shutdown(), 0);
+    }
+
+    #[test]
+    fn completion_after_deregistration_is_discarded() {
+        let (mut p, w) = new();
+        let (a, mut b) = tcp_pair();
+        p.register(raw(&a), Token(1), Triggers::RECV).unwrap();
+        quiet(&mut p, &w);
+        p.deregister(raw(&a), Token(1)).unwrap();
+        assert_eq!(p.zombies.len(), 1);
+        b.write_all(b"x").unwrap();
+        // The cancelled poll comes back and is dropped; nothing is reported.
+        quiet(&mut p, &w);
+        assert_eq!(p.zombies.len(), 0);
+        // The same socket under the same token again: a new registration that reports.
+        p.register(raw(&a), Token(1), Triggers::RECV).unwrap();
+        assert_eq!(next_for(&mut p, &w, Token(1)), Triggers::RECV);
+        // Deregister with the completion already queued (not yet dequeued).
+        p.reregister(raw(&a), Token(1), Triggers::SEND).unwrap();
+        p.deregister(raw(&a), Token(1)).unwrap();
+        quiet(&mut p, &w);
+        assert_eq!(p.zombies.len(), 0);
+        assert_eq!(p.shutdown(), 0);
+    }
+
+    #[test]
+    fn reused_socket_handle_value_gets_only_its_own_events() {
+        let (mut p, w) = new();
+        // The reactor's order: deregister, then close; then the handle value comes back.
+        let (a, _a_peer) = tcp_pair();
+        let old = raw(&a);
+        p.register(old, Token(1), Triggers::RECV).unwrap();
+        quiet(&mut p, &w);
+        p.deregister(old, Token(1)).unwrap();
+        drop(a);
+        // Closed without deregistering (LOCAL_CLOSE ends that registration).
+        let (c, _c_peer) = tcp_pair();
+        let closed = raw(&c);
+        p.register(closed, Token(2), Triggers::RECV).unwrap();
+        quiet(&mut p, &w);
+        drop(c);
+        quiet(&mut p, &w);
+        // Find sockets that got those handle values (other tests run in parallel, so a
+        // value may go elsewhere: then only the tokens are checked).
+        let mut keep = Vec::new();
+        let mut reused = Vec::new();
+        for _ in 0..64 {
+            let pair = tcp_pair();
+            if [old, closed].contains(&raw(&pair.0)) {
+                reused.push(pair);
+            } else {
+                keep.push(pair);
+            }
+            if reused.len() == 2 {
+                break;
+            }
+        }
+        eprintln!("handle values reused: {}", reused.len());
+        let mut targets: Vec<(TcpStream, TcpStream)> = reused;
+        targets.push(keep.pop().unwrap());
+        for (i, (s, peer)) in targets.iter_mut().enumerate() {
+            let t = Token(10 + i as u64);
+            p.register(raw(s), t, Triggers::RECV).unwrap();
+            peer.write_all(b"x").unwrap();
+            let events = wait(&mut p, &w, LONG);
+            assert_eq!(
+                events,
+                [Event {
+                    token: t,
+                    triggers: Triggers::RECV
+                }]
+            );
+            p.deregister(raw(s), t).unwrap();
+        }
+        p.deregister(closed, Token(2)).unwrap();
+        assert_eq!(p.shutdown(), 0);
+    }
+
+    #[test]
+    fn wake_from_another_thread_while_waiting() {
+        let (mut p, w) = new();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let waker = Arc::clone(&w);
+        let helper = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            for _ in 0..3 {
+                waker.wake().unwrap();
+            }
+            let _ = done_rx.recv_timeout(LONG);
+        });
+        let start = Instant::now();
+        let mut events = Vec::new();
+        p.wait(&w, &mut events, None).unwrap();
+        let _ = done_tx.send(());
+        helper.join().unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(40));
+        assert_eq!(
+            events,
+            [Event {
+                token: Token::WAKER,
+                triggers: Triggers::NOTIFY
+            }]
+        );
+        // Coalesced into one packet: nothing left over.
+        quiet(&mut p, &w);
+        // And the next wake is seen again.
+        w.wake().unwrap();
+        assert_eq!(wait(&mut p, &w, LONG).len(), 1);
+        quiet(&mut p, &w);
+    }
+
+    #[test]
+    fn register_rejects_what_is_not_a_socket() {
+        let (mut p, _w) = new();
+        let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let handle = std::os::windows::io::AsRawHandle::as_raw_handle(&file) as RawSocket;
+        assert!(p.register(handle, Token(1), Triggers::RECV).is_err());
+        assert!(p.slots.is_empty());
+        assert_eq!(p.shutdown(), 0);
+    }
+
+    #[test]
+    fn two_hundred_fifty_sockets_on_one_port() {
+        const N: usize = 250;
+        let (mut p, w) = new();
+        let pairs: Vec<_> = (0..N).map(|_| tcp_pair()).collect();
+        for (i, (local, peer)) in pairs.iter().enumerate() {
+            let interest = if i % 2 == 0 {
+                (&*peer).write_all(b"x").unwrap();
+                Triggers::RECV
+            } else {
+                Triggers::SEND
+            };
+            p.register(raw(local), Token(i as u64 + 1), interest)
+                .unwrap();
+        }
+        // Every one is reported once (possibly over several waits: 256 entries per call).
+        let mut seen = vec![Triggers::NONE; N];
+        let deadline = Instant::now() + LONG;
+        while seen.iter().any(|t| t.is_empty()) {
+            assert!(Instant::now() < deadline, "not all reported");
+            for e in wait(&mut p, &w, Duration::from_millis(100)) {
+                seen[(e.token.0 - 1) as usize] |= e.triggers;
+            }
+        }
+        for (i, t) in seen.iter().enumerate() {
+            let want = if i % 2 == 0 {
+                Triggers::RECV
+            } else {
+                Triggers::SEND
+            };
+            assert_eq!(*t, want, "socket {i}");
+        }
+        // Consume everything: read the data, stop wanting SEND.
+        for (i, (local, _)) in pairs.iter().enumerate() {
+            if i % 2 == 0 {
+                assert_eq!((&*local).read(&mut [0u8; 4]).unwrap(), 1);
+            } else {
+                p.reregister(raw(local), Token(i as u64 + 1), Triggers::RECV)
+                    .unwrap();
+            }
+        }
+        quiet(&mut p, &w);
+        let issued = p.polls_issued;
+        quiet(&mut p, &w);
+        assert_eq!(p.polls_issued, issued, "idle sockets were polled again");
+        // Half deregistered with polls in flight: zombies until their completions come.
+        for (i, (local, _)) in pairs.iter().enumerate().take(N / 2) {
+            p.deregister(raw(local), Token(i as u64 + 1)).unwrap();
+        }
+        quiet(&mut p, &w);
+        assert_eq!(p.zombies.len(), 0);
+        // Shutdown cancels the other half and gets every block back.
+        assert_eq!(p.shutdown(), 0);
+    }
+
+    #[test]
+    fn shutdown_gets_back_pending_and_zombie_polls() {
+        let (mut p, _w) = new();
+        let pairs: Vec<_> = (0..10).map(|_| tcp_pair()).collect();
+        for (i, (local, _)) in pairs.iter().enumerate() {
+            p.register(raw(local), Token(i as u64 + 1), Triggers::RECV)
+                .unwrap();
+        }
+        for (i, (local, _)) in pairs.iter().enumerate().take(5) {
+            p.deregister(raw(local), Token(i as u64 + 1)).unwrap();
+        }
+        assert_eq!(p.zombies.len(), 5);
+        assert_eq!(p.shutdown(), 0);
+        assert!(p.zombies.is_empty() && p.slots.is_empty());
+        assert_eq!(p.shutdown(), 0);
     }
 }
