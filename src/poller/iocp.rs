@@ -1085,7 +1085,7 @@ mod tests {
         }
         eprintln!("handle values reused: {}", reused.len());
         let mut targets: Vec<(TcpStream, TcpStream)> = reused;
-        targets.push(keep.pop().unwrap());
+        targets.push(keep.pop().unwrap_or_else(tcp_pair));
         for (i, (s, peer)) in targets.iter_mut().enumerate() {
             let t = Token(10 + i as u64);
             p.register(raw(s), t, Triggers::RECV).unwrap();
@@ -1111,9 +1111,7 @@ mod tests {
         let waker = Arc::clone(&w);
         let helper = thread::spawn(move || {
             thread::sleep(Duration::from_millis(50));
-            for _ in 0..3 {
-                waker.wake().unwrap();
-            }
+            waker.wake().unwrap();
             let _ = done_rx.recv_timeout(LONG);
         });
         let start = Instant::now();
@@ -1129,9 +1127,31 @@ mod tests {
                 triggers: Triggers::NOTIFY
             }]
         );
-        // Coalesced into one packet: nothing left over.
         quiet(&mut p, &w);
-        // And the next wake is seen again.
+    }
+
+    #[test]
+    fn wakes_before_a_wait_post_one_packet() {
+        let (mut p, w) = new();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let w = Arc::clone(&w);
+                thread::spawn(move || {
+                    for _ in 0..50 {
+                        w.wake().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(w.posted.load(Ordering::Acquire));
+        assert_eq!(wait(&mut p, &w, LONG).len(), 1);
+        assert!(!w.posted.load(Ordering::Acquire));
+        // Nothing left over in the port...
+        quiet(&mut p, &w);
+        // ... and the next wake posts again.
         w.wake().unwrap();
         assert_eq!(wait(&mut p, &w, LONG).len(), 1);
         quiet(&mut p, &w);
