@@ -40,14 +40,14 @@
 //!
 //! # Backends
 //!
-//! * [`Backend::Epoll`] (Linux): used **level-triggered** (no `EPOLLET`): a
+//! * `Backend::Epoll` (Linux): used **level-triggered** (no `EPOLLET`): a
 //!   readiness is reported on every `wait` until the reactor consumes it
 //!   (reads to `EAGAIN`, changes the interest, or deregisters). This includes
 //!   `ERR`/`HUP`: a dead socket must be deregistered or it is reported forever.
-//! * [`Backend::Poll`] (any unix): level-triggered as well; rebuilds its
+//! * `Backend::Poll` (any unix): level-triggered as well; rebuilds its
 //!   `pollfd` array on every `wait` from its registration map, so
 //!   `register`/`reregister`/`deregister` never make a syscall.
-//! * [`Backend::Iocp`] (Windows): an I/O completion port fed by **one-shot**
+//! * `Backend::Iocp` (Windows): an I/O completion port fed by **one-shot**
 //!   `IOCTL_AFD_POLL` requests (the mechanism under `WSAPoll`). A completion
 //!   is reported once; the backend re-issues the poll at the start of the next
 //!   `wait`, when the reactor has run the I/O to `WSAEWOULDBLOCK`, and AFD
@@ -421,7 +421,8 @@ impl Poller {
     ///
     /// Errors: `InvalidInput` for a reserved token or a non-interest trigger,
     /// `AlreadyExists` if `token` is registered; the epoll backend also fails
-    /// if the socket is invalid or already registered under another token.
+    /// if the socket is invalid or already registered under another token, the
+    /// iocp backend if the handle is not a socket.
     pub fn register(
         &mut self,
         socket: RawSocket,
