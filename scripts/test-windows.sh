@@ -17,9 +17,11 @@
 #   3. bcryptprimitives.dll: Rust std imports ProcessPrng from it and Wine ships it only from
 #      9.0 on, so every test executable would die at load time (exit 53, c0000135). A tiny
 #      mingw-built DLL forwarding to RtlGenRandom stands in.
-#   4. cargo test --target x86_64-pc-windows-gnu -Zbuild-std with Wine as the runner, in
+#   4. starts this prefix's wineserver and Wine's services with stdio on /dev/null, so that
+#      none of them holds a test's output pipe (see there).
+#   5. cargo test --target x86_64-pc-windows-gnu -Zbuild-std with Wine as the runner, in
 #      CARGO_TARGET_DIR (default target/winlane, apart from the host build in target/).
-#   5. stops this prefix's wineserver (and with it services.exe etc.), whatever the result,
+#   6. stops this prefix's wineserver (and with it services.exe etc.), whatever the result,
 #      so nothing keeps running or holds CI's pipes open.
 #
 # Exit status: cargo's (non-zero when a test fails or the build breaks); 2 on a setup error.
@@ -91,7 +93,17 @@ EOF
   cmp -s "$shim" "$dest" || cp "$shim" "$dest"
 fi
 
-# --- 4. cargo test -------------------------------------------------------------------------
+# --- 4. one wineserver for the whole run ------------------------------------------------------
+# Wine's service processes (services.exe, winedevice.exe, ...) inherit the stdio of the wine
+# command that starts them. Started by a test executable they would hold cargo's, rustdoc's or
+# CI's output pipes open after the test has exited. So: a persistent wineserver (until the
+# `wineserver -k` of the exit trap) and its services, started here with stdio on /dev/null.
+wineserver -k >/dev/null 2>&1 || true   # a server left by an interrupted run
+wineserver -w >/dev/null 2>&1 || true
+wineserver -p </dev/null >/dev/null 2>&1
+wine cmd /c exit </dev/null >/dev/null 2>&1 || true
+
+# --- 5. cargo test -------------------------------------------------------------------------
 cd "$REPO"
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine    # also runs the doctests

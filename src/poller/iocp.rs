@@ -529,8 +529,13 @@ impl Iocp {
         events: &mut Vec<Event>,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
+        // Whole milliseconds, rounded up, so that a sub-millisecond timeout blocks for a
+        // millisecond even if the port's wait returns a little early (Wine's timers do).
         // A deadline that overflows `Instant` is treated as "forever".
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = timeout.and_then(|t| {
+            let ms = u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            Instant::now().checked_add(Duration::from_millis(ms))
+        });
         let mut entries = [OVERLAPPED_ENTRY::default(); ENTRIES];
         let mut notified = false;
         let mut final_pass = false;
