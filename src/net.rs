@@ -1124,6 +1124,25 @@ mod tests {
     }
 
     #[test]
+    fn tcp_ipv6_connect_accept_round_trip() {
+        // Only where the machine has IPv6 loopback.
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        }
+        let listener = Listener::bind(&tcp("::1", 0)).unwrap();
+        let port: u16 = listener
+            .local_addr_string()
+            .strip_prefix("[::1]:")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (client, server) = pair(&listener, &tcp("::1", port));
+        assert_eq!(client.peer_string(), format!("[::1]:{port}"));
+        round_trip(&client, &server);
+    }
+
+    #[test]
     fn tcp_listener_non_local_ip_is_invalid_address() {
         // TEST-NET-1: never assigned to this machine; bind sends no traffic.
         let (status, e) = bind_err(&tcp("192.0.2.1", free_tcp_port().unwrap()));

@@ -541,12 +541,11 @@ impl Iocp {
         let mut final_pass = false;
         loop {
             self.arm_queued(events);
-            let ms = if final_pass || !events.is_empty() {
+            let mut ms = if final_pass || !events.is_empty() {
                 0
             } else {
                 timeout_ms(deadline)
             };
-            let mut ms = ms;
             for _ in 0..MAX_BATCHES {
                 let n = self.port.get_many(&mut entries, ms)?;
                 for entry in &entries[..n] {
