@@ -27,7 +27,9 @@
 # Exit status: cargo's (non-zero when a test fails or the build breaks); 2 on a setup error.
 #
 # Knobs: WINLANE_HOME, CARGO_TARGET_DIR, WINEDEBUG (default -all), WINLANE_TOOLCHAIN
-# (debian, the default; or rustup, if that toolchain already has the x86_64-pc-windows-gnu std).
+# (debian, the default; or rustup, if that toolchain already has the x86_64-pc-windows-gnu std),
+# WINLANE_CLIPPY=1 (debian toolchain only: first `cargo clippy --all-targets -- -D warnings` for
+# the Windows target, with Debian's rust-web-clippy; the host CI never compiles the Windows code).
 set -euo pipefail
 
 TARGET=x86_64-pc-windows-gnu
@@ -41,6 +43,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
 # --- 1. packages ---------------------------------------------------------------------------
 pkgs=(gcc-mingw-w64-x86-64-posix wine64 wine)
 if [ "$TOOLCHAIN" = debian ]; then pkgs+=(rustc-web cargo-web rust-web-src); fi
+if [ "$TOOLCHAIN" = debian ] && [ "${WINLANE_CLIPPY:-0}" = 1 ]; then pkgs+=(rust-web-clippy); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -113,8 +116,15 @@ case "$TOOLCHAIN" in
   debian)
     # Debian's compiler by absolute path, so rustup's proxies on PATH are bypassed.
     # RUSTC_BOOTSTRAP=1: -Zbuild-std is unstable; it builds std for Windows from rust-web-src.
-    RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
+    export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
+    if [ "${WINLANE_CLIPPY:-0}" = 1 ]; then
+      # /usr/bin first, so cargo finds Debian's cargo-clippy and clippy-driver.
+      PATH=/usr/bin:$PATH /usr/bin/cargo clippy -Zbuild-std --target "$TARGET" --all-targets \
+        -- -D warnings || rc=$?
+    fi
+    if [ $rc -eq 0 ]; then
       /usr/bin/cargo test -Zbuild-std --target "$TARGET" "$@" || rc=$?
+    fi
     ;;
   rustup)
     if [ ! -d "$(rustc --print sysroot)/lib/rustlib/$TARGET/lib" ]; then
