@@ -19,7 +19,7 @@
 //!   `ShutdownStarted` once their queues are empty).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -92,6 +92,8 @@ impl Engine {
             table: Mutex::new(ChannelTable::new()),
             groups: Mutex::new(Vec::new()),
             backend: options.backend,
+            iterations: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -127,6 +129,7 @@ impl Engine {
         static NEXT_GROUP: AtomicU32 = AtomicU32::new(1);
         let group = Arc::new(GroupShared {
             id: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
+            destroyed: AtomicBool::new(false),
             mailbox: Mutex::new(Mailbox {
                 queue: VecDeque::new(),
                 waiters: 0,
@@ -165,6 +168,24 @@ impl Engine {
     pub fn backend(&self) -> Backend {
         self.shared.backend
     }
+
+    /// Counters of the reactor thread, for monitoring and benchmarks.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            iterations: self.shared.iterations.load(Ordering::Relaxed),
+            sleeps: self.shared.sleeps.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Reactor counters (see [`Engine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Loop iterations so far.
+    pub iterations: u64,
+    /// Times the reactor blocked in the poller with no timeout (it has no periodic timer, so
+    /// an idle engine's counters stay still: every wake-up has a cause).
+    pub sleeps: u64,
 }
 
 impl Drop for Engine {
@@ -343,6 +364,9 @@ impl ChannelGroup {
         if self.destroyed.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Seen by the reactor before anything this group posted from now on (and racing
+        // posts): such posts are discarded instead of opening channels nobody owns.
+        self.group.destroyed.store(true, Ordering::SeqCst);
         let done = Arc::new(Completion::default());
         let cmd = Command::DestroyGroup {
             group: self.group.id,
@@ -393,9 +417,21 @@ impl Command {
     pub(crate) fn abandon(self, status: Status) {
         match self {
             Command::Post { group, mut msg } => {
+                let opened = matches!(msg.opcode(), OpCode::HelloRequest | OpCode::WelcomeRequest);
+                let (channel, id) = (msg.channel(), msg.message_id());
                 msg.header.origin = Origin::Engine;
                 msg.header.status = status;
                 group.deliver(msg);
+                if opened {
+                    // Its channel never opened; it still ends with the final Signal.
+                    let mut m = Message::new();
+                    m.header = Header::new(OpCode::Signal);
+                    m.header.origin = Origin::Engine;
+                    m.header.status = Status::ChannelClosed;
+                    m.header.channel = channel;
+                    m.header.message_id = id;
+                    group.deliver(m);
+                }
             }
             Command::DestroyGroup { done, .. } => done.complete(),
         }
@@ -419,6 +455,8 @@ pub(crate) struct Shared {
     pub(crate) table: Mutex<ChannelTable>,
     groups: Mutex<Vec<Weak<GroupShared>>>,
     backend: Backend,
+    pub(crate) iterations: AtomicU64,
+    pub(crate) sleeps: AtomicU64,
 }
 
 impl Shared {
@@ -499,6 +537,7 @@ struct Mailbox {
 /// The receive side of a group, shared with the reactor.
 pub(crate) struct GroupShared {
     pub(crate) id: u32,
+    destroyed: AtomicBool,
     mailbox: Mutex<Mailbox>,
     cond: Condvar,
 }
@@ -509,9 +548,9 @@ impl GroupShared {
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True once the group was destroyed.
+    /// True once the group's destruction started.
     pub(crate) fn is_destroyed(&self) -> bool {
-        self.lock().state == MailboxState::Destroyed
+        self.destroyed.load(Ordering::SeqCst)
     }
 
     /// Appends a message from the reactor. A destroyed group drops it (back to the pool):
@@ -554,7 +593,8 @@ impl GroupShared {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too large to represent is as good as none.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut mb = self.lock();
         loop {
             if mb.state == MailboxState::Destroyed {

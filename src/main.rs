@@ -8,6 +8,11 @@
 
 mod cli;
 
+/// Counts live heap bytes and allocations, so `tofu bench` can report engine memory per idle
+/// channel and allocations per message. Two relaxed atomic adds per allocation.
+#[global_allocator]
+static ALLOC: cli::alloc::Counting = cli::alloc::Counting;
+
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +47,29 @@ enum Command {
     Serve(ServeArgs),
     /// Connect, send Requests, verify every Response, report throughput and round trips.
     Ping(PingArgs),
+    /// Measure tofu against the raw-socket limit in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Runs per figure (the median is reported, with min and max).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A tenth of the messages per run: a smoke run, not for publishing.
+    #[arg(long)]
+    quick: bool,
+    /// Channel counts for the many-connections figure (comma separated; empty to skip).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    many: Vec<usize>,
+    /// Seconds to watch an idle engine for wake-ups (0 to skip).
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
+    /// Also write the throughput plot (SVG) to this file.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args, Clone)]
@@ -159,6 +187,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(a)) => demo(a),
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Ping(a)) => ping(a),
+        Some(Command::Bench(a)) => bench(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -397,6 +426,38 @@ fn ping(a: PingArgs) -> Result<(), String> {
             p50.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6
         );
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<(), String> {
+    if a.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let settings = cli::bench::Settings {
+        runs: a.runs,
+        quick: a.quick,
+        backend: a.common.backend,
+        many: a.many.into_iter().filter(|&n| n > 0).collect(),
+        idle_secs: a.idle_secs,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let report = cli::bench::run(settings, &|step| {
+        if tty {
+            eprint!("\r\x1b[Kmeasuring {step}...");
+        }
+    })?;
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    if a.common.json {
+        println!("{}", cli::bench::json(&report));
+    } else {
+        print!("{}", cli::bench::table(&report));
+    }
+    if let Some(path) = a.svg {
+        std::fs::write(&path, cli::bench::svg(&report))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }

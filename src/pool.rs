@@ -150,6 +150,12 @@ impl Pool {
         self.shared.created.load(Ordering::Relaxed)
     }
 
+    /// Makes the next message returned to the pool call the refill function, as if a
+    /// `PoolOnly` get had just found the pool empty.
+    pub(crate) fn arm_refill_alert(&self) {
+        self.shared.empty_was_returned.store(true, Ordering::SeqCst);
+    }
+
     /// Installs the function called when a message returns to a pool that a `PoolOnly` get
     /// found empty (tofu's freedMemory alert). Only the first call has an effect.
     pub(crate) fn set_on_refill(&self, f: Box<dyn Fn() + Send + Sync>) {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::address::Address;
 use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
@@ -36,6 +36,8 @@ const READS_PER_EVENT: usize = 8;
 const ACCEPTS_PER_EVENT: usize = 64;
 /// Most slices per `writev`.
 const IOV_LEN: usize = 256;
+/// How long a listener stops accepting after an accept failure (EMFILE, ENFILE, ENOMEM).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(crate) struct Reactor {
     shared: Arc<Shared>,
@@ -52,6 +54,8 @@ pub(crate) struct Reactor {
     to_flush: Vec<u16>,
     marked: Vec<u16>,
     starved: Vec<u16>,
+    /// Listeners backing off after accept failures, with the time they resume.
+    paused: Vec<(Instant, u16)>,
     deliveries: Vec<Message>,
 }
 
@@ -79,8 +83,14 @@ struct Channel {
 }
 
 enum Kind {
-    Listener(Listener),
+    Listener(ListenerState),
     Io(Box<Io>),
+}
+
+struct ListenerState {
+    listener: Listener,
+    /// Backing off after an accept failure such as EMFILE: no ACCEPT interest meanwhile.
+    paused: bool,
 }
 
 struct Io {
@@ -92,18 +102,21 @@ struct Io {
     queued_flush: bool,
     /// The first received frame's message_id has been copied into the channel's `mid`.
     mid_taken: bool,
+    /// The poller reported an error or hang-up.
+    hangup: bool,
 }
 
 impl Channel {
     fn raw(&self) -> RawSocket {
         match &self.kind {
-            Kind::Listener(l) => l.raw(),
+            Kind::Listener(l) => l.listener.raw(),
             Kind::Io(io) => io.stream.raw(),
         }
     }
 
     fn interest(&mut self) -> Triggers {
         match &mut self.kind {
+            Kind::Listener(l) if l.paused => Triggers::NONE,
             Kind::Listener(_) => Triggers::ACCEPT,
             Kind::Io(io) if !io.connected => Triggers::CONNECT,
             Kind::Io(io) => {
@@ -135,13 +148,25 @@ impl Reactor {
             to_flush: Vec::new(),
             marked: Vec::new(),
             starved: Vec::new(),
+            paused: Vec::new(),
             deliveries: Vec::new(),
         }
     }
 
     pub(crate) fn run(mut self) {
         tracing::debug!(backend = %self.poller.backend(), "reactor started");
+        // A bug must not leave a dead engine behind: on a panic the exit path still closes
+        // the command queue, hands messages back and completes waiting group destroys.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        if r.is_err() {
+            tracing::error!("reactor panicked; the engine stops");
+        }
+        self.exit();
+    }
+
+    fn run_loop(&mut self) {
         loop {
+            self.resume_paused();
             if self.shared.shutdown.load(Ordering::SeqCst) {
                 break;
             }
@@ -153,6 +178,10 @@ impl Reactor {
             self.delete_marked();
 
             let timeout = self.sleep_timeout();
+            self.shared.iterations.fetch_add(1, Ordering::Relaxed);
+            if timeout.is_none() {
+                self.shared.sleeps.fetch_add(1, Ordering::Relaxed);
+            }
             let r = self.poller.wait(&mut self.events, timeout);
             self.shared.sleeping.store(false, Ordering::SeqCst);
             if let Err(e) = r {
@@ -168,21 +197,49 @@ impl Reactor {
             self.events = events;
             self.delete_marked();
         }
-        self.exit();
     }
 
     /// `None` (sleep until woken) when there is nothing to do; zero when more work waits.
     /// Publishes `sleeping` first, so a post either sees it and wakes us, or is seen here.
     fn sleep_timeout(&self) -> Option<Duration> {
         self.shared.sleeping.store(true, Ordering::SeqCst);
+        if !self.starved.is_empty() {
+            // Ask the pool to wake us on its next refill, whoever emptied it meanwhile.
+            self.shared.pool.arm_refill_alert();
+        }
         let pending = !self.shared.lock_commands().queue.is_empty()
             || self.shared.shutdown.load(Ordering::SeqCst)
             || (!self.starved.is_empty() && !self.shared.pool.is_empty());
         if pending {
             self.shared.sleeping.store(false, Ordering::SeqCst);
-            Some(Duration::ZERO)
-        } else {
-            None
+            return Some(Duration::ZERO);
+        }
+        // Listeners backing off after accept failures are the only timers.
+        self.paused
+            .iter()
+            .map(|&(at, _)| at.saturating_duration_since(Instant::now()))
+            .min()
+    }
+
+    /// Gives listeners whose back-off has expired their ACCEPT interest back.
+    fn resume_paused(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.paused.len() {
+            if self.paused[i].0 > now {
+                i += 1;
+                continue;
+            }
+            let (_, number) = self.paused.swap_remove(i);
+            if let Some(ch) = self.channels.get_mut(&number) {
+                if let Kind::Listener(l) = &mut ch.kind {
+                    l.paused = false;
+                }
+                touch(&mut self.touched, ch);
+            }
         }
     }
 
@@ -279,6 +336,7 @@ impl Reactor {
             starving: false,
             queued_flush: connected,
             mid_taken: false,
+            hangup: false,
         };
         if connected {
             self.to_flush.push(number);
@@ -300,6 +358,10 @@ impl Reactor {
             }
         };
         tracing::debug!(channel = number, address = %listener.local_addr_string(), "listening");
+        let listener = ListenerState {
+            listener,
+            paused: false,
+        };
         let mid = msg.message_id();
         // Success comes back with origin application (tofu's behaviour).
         msg.header.opcode = OpCode::WelcomeResponse;
@@ -380,6 +442,9 @@ impl Reactor {
         }
         touch(&mut self.touched, ch);
         let failed = t.intersects(Triggers::ERR | Triggers::HUP);
+        if let Kind::Io(io) = &mut ch.kind {
+            io.hangup |= failed;
+        }
         match &mut ch.kind {
             Kind::Listener(_) => {
                 if t.contains(Triggers::ACCEPT) {
@@ -401,7 +466,21 @@ impl Reactor {
                     mark(&mut self.marked, ch, Status::ConnectFailed);
                 }
             },
-            Kind::Io(io) if io.starving => {} // deregistered; a stale event
+            Kind::Io(io) if io.starving => {
+                // No read interest (no messages to read into); writes go on.
+                if t.contains(Triggers::SEND) {
+                    flush(ch);
+                }
+                if ch.closing.is_none() && failed && ch.registered {
+                    // The peer is gone, but data it sent may still wait in the socket: stop
+                    // watching (the hang-up would be reported again and again) and read it
+                    // once messages come back.
+                    if let Err(e) = self.poller.deregister(ch.raw(), ch.token) {
+                        tracing::debug!(channel = number, error = %e, "deregister failed");
+                    }
+                    ch.registered = false;
+                }
+            }
             Kind::Io(_) => {
                 let mut end = ReadEnd::NotRead;
                 if t.intersects(Triggers::RECV | Triggers::HUP | Triggers::ERR) {
@@ -432,11 +511,20 @@ impl Reactor {
                 return;
             };
             let Kind::Listener(l) = &ch.kind else { return };
-            let stream = match l.accept() {
+            let stream = match l.listener.accept() {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::debug!(listener = number, error = %e, "accept failed");
+                    // Out of descriptors or memory: the pending connection stays pending and
+                    // level-triggered readiness would spin. Stop watching for a while.
+                    tracing::warn!(listener = number, error = %e, "accept failed; backing off");
+                    if let Some(ch) = self.channels.get_mut(&number) {
+                        if let Kind::Listener(l) = &mut ch.kind {
+                            l.paused = true;
+                        }
+                        touch(&mut self.touched, ch);
+                        self.paused.push((Instant::now() + ACCEPT_BACKOFF, number));
+                    }
                     return;
                 }
             };
@@ -457,6 +545,7 @@ impl Reactor {
                 starving: false,
                 queued_flush: false,
                 mid_taken: false,
+                hangup: false,
             };
             self.insert(new, group, 0, Kind::Io(Box::new(io)));
         }
@@ -506,25 +595,18 @@ impl Reactor {
             );
             match r {
                 // A short read almost always means the socket is drained; level-triggered
-                // readiness (or a re-armed one-shot poll) reports any rest.
-                Ok(RecvStop::Drained) if n < self.read_buf.len() => {
+                // readiness (or a re-armed one-shot poll) reports any rest. After a hang-up,
+                // read on to the end of stream to learn how it ended.
+                Ok(RecvStop::Drained) if n < self.read_buf.len() && !io.hangup => {
                     end = ReadEnd::WouldBlock;
                     break;
                 }
                 Ok(RecvStop::Drained) => {}
                 Ok(RecvStop::Starved) => {
-                    // Stop watching the socket until messages come back: otherwise a peer's
-                    // hang-up would be reported again and again (and would cut off the data
-                    // still buffered).
+                    // Read interest is dropped until messages come back (see reconcile).
                     io.starving = true;
                     deliveries.push(pool_empty_signal(pool, number));
                     self.starved.push(number);
-                    if ch.registered {
-                        if let Err(e) = self.poller.deregister(io.stream.raw(), ch.token) {
-                            tracing::debug!(channel = number, error = %e, "deregister failed");
-                        }
-                        ch.registered = false;
-                    }
                     end = ReadEnd::Starved;
                     break;
                 }
@@ -603,7 +685,9 @@ impl Reactor {
             if let Kind::Io(io) = &mut ch.kind {
                 io.queued_flush = false;
             }
-            if ch.closing.is_none() {
+            let blocked = matches!(&ch.kind, Kind::Io(io) if io.write_blocked);
+            if ch.closing.is_none() && !blocked {
+                // A write-blocked channel waits for SEND readiness instead of a failing writev.
                 flush(ch);
                 touch(&mut self.touched, ch);
                 if ch.closing.is_some() {
@@ -628,7 +712,7 @@ impl Reactor {
             let r = if ch.registered {
                 self.poller.reregister(ch.raw(), ch.token, interest)
             } else if matches!(&ch.kind, Kind::Io(io) if io.starving) {
-                continue;
+                continue; // hung up while starving: registered again once reading resumes
             } else {
                 let r = self.poller.register(ch.raw(), ch.token, interest);
                 ch.registered = r.is_ok();

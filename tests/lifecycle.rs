@@ -156,3 +156,39 @@ fn engine_dropped_hands_back_unsent_messages() {
         assert_eq!(closed, 1, "one final ChannelClosed for the client channel");
     });
 }
+
+/// A Welcome posted while another thread destroys the group never leaves a listener behind.
+#[test]
+fn welcome_racing_destroy_leaves_no_listener() {
+    on_every_backend(|b| {
+        let engine = engine(b);
+        let mut ports = Vec::new();
+        for _ in 0..1000 {
+            let g = Arc::new(engine.create_group().unwrap());
+            let addr = tcp_loopback();
+            let tofu::Address::Tcp { port, .. } = &addr else {
+                unreachable!()
+            };
+            ports.push(*port);
+            let poster = {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || {
+                    let mut m = tofu::Message::new();
+                    addr.format_listen(&mut m).unwrap();
+                    let _ = g.post(m);
+                })
+            };
+            g.destroy();
+            poster.join().unwrap();
+        }
+        // Make sure the reactor has processed everything, then nobody may accept.
+        let g = engine.create_group().unwrap();
+        listen(&g, &tcp_loopback());
+        for port in ports {
+            assert!(
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "a listener on {port} outlived its destroyed group"
+            );
+        }
+    });
+}

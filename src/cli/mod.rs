@@ -1,5 +1,7 @@
 //! The `tofu` command's building blocks.
 
+pub mod alloc;
+pub mod bench;
 pub mod client;
 pub mod service;
 

@@ -24,8 +24,8 @@
 //! # Readiness mapping
 //!
 //! Given the registered interest `I`, every backend asks the OS for
-//! "readable" if `I` has `RECV` or `ACCEPT`, for "writable" if `I` has `SEND`
-//! or `CONNECT` (plus peer-half-close where the OS supports it), and reports:
+//! "readable" (plus peer half-close where the OS supports it) if `I` has `RECV`
+//! or `ACCEPT`, for "writable" if `I` has `SEND` or `CONNECT`, and reports:
 //!
 //! * OS error (including an invalid fd) -> `ERR`;
 //! * hang-up, including a peer half-close (`EPOLLRDHUP`/`POLLRDHUP`) -> `HUP`;
@@ -1281,6 +1281,26 @@ mod tests {
             drop(peer);
             if cfg!(target_os = "linux") {
                 assert_eq!(wait_until(&mut p, Token(4), Triggers::HUP), Triggers::HUP);
+            }
+        });
+    }
+
+    #[test]
+    fn half_close_is_reported_to_readers_only() {
+        for_each_backend(|b| {
+            let mut p = poller(b);
+            let (local, peer) = unix_pair();
+            let fd = local.as_raw_fd();
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+            // A writer is not told about the peer's half-close (it could spin on it).
+            p.register(fd, Token(6), Triggers::NONE).unwrap();
+            assert_times_out(&mut p, 20);
+            // A reader is.
+            p.reregister(fd, Token(6), Triggers::RECV).unwrap();
+            let t = triggers_of(&wait(&mut p, Some(LONG)), Token(6));
+            assert!(t.contains(Triggers::RECV), "{b}: {t:?}");
+            if cfg!(target_os = "linux") {
+                assert!(t.contains(Triggers::HUP), "{b}: {t:?}");
             }
         });
     }
