@@ -6,7 +6,9 @@
 //! released as soon as its channel is deleted (tofu leaks it until the group is destroyed).
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::intmap::IntMap;
 use std::hash::BuildHasher;
 
 use crate::message::{CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
@@ -16,7 +18,7 @@ pub(crate) const QUARANTINE_LEN: usize = 1024;
 
 /// Live channel numbers and their owning group ids.
 pub(crate) struct ChannelTable {
-    owners: HashMap<u16, u32>,
+    owners: IntMap<u16, u32>,
     quarantine: VecDeque<u16>,
     quarantined: Vec<u64>,
     quarantine_cap: usize,
@@ -31,7 +33,7 @@ impl ChannelTable {
 
     pub(crate) fn with_quarantine(quarantine_cap: usize) -> ChannelTable {
         ChannelTable {
-            owners: HashMap::new(),
+            owners: IntMap::default(),
             quarantine: VecDeque::with_capacity(quarantine_cap),
             quarantined: vec![0; 65536 / 64],
             quarantine_cap,

@@ -486,7 +486,10 @@ impl Shared {
 
     /// Wakes the reactor if it sleeps (or is about to).
     pub(crate) fn wake(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        // A plain load first: while the reactor is awake a post writes no shared cache line.
+        // (The command queue's mutex orders this load after the reactor's `sleeping` store
+        // whenever the reactor could have missed the queued command.)
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             self.force_wake();
         }
     }

@@ -35,6 +35,7 @@
 pub mod address;
 mod channels;
 mod engine;
+mod intmap;
 pub mod message;
 mod net;
 pub mod poller;

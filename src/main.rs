@@ -59,7 +59,13 @@ struct BenchArgs {
     /// A tenth of the messages per run: a smoke run, not for publishing.
     #[arg(long)]
     quick: bool,
-    /// Channel counts for the many-connections figure (comma separated; empty to skip).
+    /// One-stream payload sizes in bytes (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,64,1024,65000")]
+    payloads: Vec<u16>,
+    /// Skip the round-trip figures.
+    #[arg(long)]
+    no_round_trip: bool,
+    /// Channel counts for the many-connections figure (comma separated; 0 to skip).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     many: Vec<usize>,
     /// Seconds to watch an idle engine for wake-ups (0 to skip).
@@ -436,6 +442,8 @@ fn bench(a: BenchArgs) -> Result<(), String> {
     }
     let settings = cli::bench::Settings {
         runs: a.runs,
+        payloads: a.payloads.into_iter().map(usize::from).collect(),
+        round_trip: !a.no_round_trip,
         quick: a.quick,
         backend: a.common.backend,
         many: a.many.into_iter().filter(|&n| n > 0).collect(),

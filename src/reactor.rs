@@ -13,7 +13,6 @@
 //!
 //! Nothing here depends on the platform or the backend: the [`Poller`] hides both.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::address::Address;
 use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
+use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
 use crate::net::{Listener, Stream};
 use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
@@ -45,8 +45,8 @@ pub(crate) struct Reactor {
     events: Vec<Event>,
     /// Channels by number. Boxed: a channel keeps its address for its whole life, which a
     /// completion-based backend relies on.
-    channels: HashMap<u16, Box<Channel>>,
-    by_token: HashMap<Token, u16>,
+    channels: IntMap<u16, Box<Channel>>,
+    by_token: IntMap<Token, u16>,
     next_token: u64,
     commands: Vec<Command>,
     read_buf: Box<[u8]>,
@@ -139,8 +139,8 @@ impl Reactor {
             shared,
             poller,
             events: Vec::with_capacity(1024),
-            channels: HashMap::new(),
-            by_token: HashMap::new(),
+            channels: IntMap::default(),
+            by_token: IntMap::default(),
             next_token: 1,
             commands: Vec::new(),
             read_buf: vec![0u8; READ_BUF_LEN].into_boxed_slice(),

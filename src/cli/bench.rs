@@ -72,6 +72,8 @@ impl Spread {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub runs: usize,
+    pub payloads: Vec<usize>,
+    pub round_trip: bool,
     pub quick: bool,
     pub backend: Backend,
     pub many: Vec<usize>,
@@ -117,8 +119,6 @@ pub struct Report {
     pub idle: Option<(usize, Duration, u64)>,
 }
 
-pub const PAYLOADS: [usize; 4] = [0, 64, 1024, 65000];
-
 fn transports() -> Vec<Transport> {
     if cfg!(unix) {
         vec![Transport::Tcp, Transport::Uds]
@@ -144,7 +144,7 @@ fn stream_count(payload: usize, quick: bool) -> u64 {
 pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
     let mut streams = Vec::new();
     for t in transports() {
-        for &p in &PAYLOADS {
+        for &p in &s.payloads {
             progress(&format!("one stream {t} {p} B"));
             let n = stream_count(p, s.quick);
             let raw = Spread::of(
@@ -169,7 +169,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
         }
     }
     let mut rtts = Vec::new();
-    for t in transports() {
+    for t in transports().into_iter().filter(|_| s.round_trip) {
         for pinned in [true, false] {
             progress(&format!(
                 "round trip {t} {}",
@@ -476,7 +476,7 @@ fn tofu_stream(
     let (c, s) = pair(&rx, &tx, &address(t)?)?;
     let allocs_before = super::alloc::allocations();
     let receiver = std::thread::scope(|scope| -> Result<f64, String> {
-        let rx = &rx;
+        let (rx, rx_engine) = (&rx, &rx_engine);
         let handle = scope.spawn(move || -> Result<f64, String> {
             let mut first = None;
             for i in 1..=count {
@@ -516,6 +516,15 @@ fn tofu_stream(
         handle.join().map_err(|_| "receiver panicked".to_string())?
     })?;
     let allocs = (super::alloc::allocations() - allocs_before) as f64 / count as f64;
+    if std::env::var_os("TOFU_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "tx {:?} rx {:?} per msg: tx iter {:.3} rx iter {:.3}",
+            tx_engine.stats(),
+            rx_engine.stats(),
+            tx_engine.stats().iterations as f64 / count as f64,
+            rx_engine.stats().iterations as f64 / count as f64
+        );
+    }
     Ok((receiver, allocs))
 }
 
