@@ -49,6 +49,21 @@ enum Command {
     Ping(PingArgs),
     /// Measure tofu against the raw-socket limit in the same run.
     Bench(BenchArgs),
+    /// The client process of `bench`'s many-connections figure (internal).
+    #[command(hide = true)]
+    BenchClients(BenchClientsArgs),
+}
+
+#[derive(Args)]
+struct BenchClientsArgs {
+    #[arg(value_parser = parse_address)]
+    addr: Address,
+    #[arg(long)]
+    channels: usize,
+    #[arg(long)]
+    messages: u64,
+    #[arg(long, default_value_t = Backend::default())]
+    backend: Backend,
 }
 
 #[derive(Args)]
@@ -194,6 +209,9 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Ping(a)) => ping(a),
         Some(Command::Bench(a)) => bench(a),
+        Some(Command::BenchClients(a)) => {
+            cli::bench::clients(a.backend, &a.addr, a.channels, a.messages)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
