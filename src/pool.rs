@@ -129,6 +129,50 @@ impl Pool {
         self.shared.recycle(text, body);
     }
 
+    /// Puts many messages back with one lock (see [`put`](Self::put)); `msgs` is left empty.
+    pub fn put_all(&self, msgs: &mut Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        {
+            let mut free = self.shared.lock();
+            for mut m in msgs.drain(..) {
+                m.home = None;
+                if free.len() < self.shared.max {
+                    let (mut text, mut body) = m.take_buffers();
+                    text.clear();
+                    body.clear();
+                    free.push((text, body));
+                }
+            }
+        }
+        self.shared.after_refill();
+    }
+
+    /// Takes up to `n` messages (reset) with one lock, appending them to `out`; never
+    /// allocates. Returns how many were taken.
+    pub(crate) fn take_batch(&self, n: usize, out: &mut Vec<Message>) -> usize {
+        let mut free = self.shared.lock();
+        let k = n.min(free.len());
+        let from = free.len() - k;
+        for (text, body) in free.drain(from..) {
+            let mut m = Message::with_buffers(text, body);
+            m.home = Some(Arc::clone(&self.shared));
+            out.push(m);
+        }
+        if k == 0 {
+            self.shared.empty_was_returned.store(true, Ordering::SeqCst);
+        }
+        k
+    }
+
+    /// True when `msg` returns to this pool when dropped.
+    pub(crate) fn owns(&self, msg: &Message) -> bool {
+        msg.home
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(h, &self.shared))
+    }
+
     /// How many messages the pool holds now.
     pub fn len(&self) -> usize {
         self.shared.lock().len()
@@ -201,6 +245,10 @@ impl PoolShared {
             }
             free.push((text, body));
         }
+        self.after_refill();
+    }
+
+    fn after_refill(&self) {
         if self.empty_was_returned.swap(false, Ordering::SeqCst) {
             if let Some(f) = self.on_refill.get() {
                 f();

@@ -24,7 +24,6 @@ use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
 use crate::net::{Listener, Stream};
 use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
-use crate::pool::Allocation;
 use crate::protocol::{Connection, RecvStop};
 use crate::status::Status;
 
@@ -36,6 +35,11 @@ const READS_PER_EVENT: usize = 8;
 const ACCEPTS_PER_EVENT: usize = 64;
 /// Most slices per `writev`.
 const IOV_LEN: usize = 256;
+/// Most messages the reactor keeps for receiving (see `Reactor::spare`).
+const SPARE_MAX: usize = 256;
+/// Messages taken from the pool at once when the spare ones run out.
+const REFILL_BATCH: usize = 32;
+
 /// How long a listener stops accepting after an accept failure (EMFILE, ENFILE, ENOMEM).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -57,6 +61,11 @@ pub(crate) struct Reactor {
     /// Listeners backing off after accept failures, with the time they resume.
     paused: Vec<(Instant, u16)>,
     deliveries: Vec<Message>,
+    /// Messages whose frames were written, waiting to be reused or pooled.
+    sent: Vec<Message>,
+    /// Messages of this engine's pool kept for receiving: written messages are reused here
+    /// and refills take batches, so the pool's lock is taken per batch, not per message.
+    spare: Vec<Message>,
 }
 
 /// How a [`Reactor::read`] ended.
@@ -150,6 +159,8 @@ impl Reactor {
             starved: Vec::new(),
             paused: Vec::new(),
             deliveries: Vec::new(),
+            sent: Vec::new(),
+            spare: Vec::with_capacity(SPARE_MAX),
         }
     }
 
@@ -195,6 +206,7 @@ impl Reactor {
                 }
             }
             self.events = events;
+            self.recycle_sent();
             self.delete_marked();
         }
     }
@@ -209,7 +221,8 @@ impl Reactor {
         }
         let pending = !self.shared.lock_commands().queue.is_empty()
             || self.shared.shutdown.load(Ordering::SeqCst)
-            || (!self.starved.is_empty() && !self.shared.pool.is_empty());
+            || (!self.starved.is_empty()
+                && (!self.spare.is_empty() || !self.shared.pool.is_empty()));
         if pending {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Some(Duration::ZERO);
@@ -457,7 +470,7 @@ impl Reactor {
                 Ok(true) => {
                     io.connected = true;
                     tracing::debug!(channel = number, peer = %io.stream.peer_string(), "connected");
-                    flush(ch);
+                    flush(ch, &mut self.sent);
                 }
                 Ok(false) if !failed => {}
                 Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
@@ -469,7 +482,7 @@ impl Reactor {
             Kind::Io(io) if io.starving => {
                 // No read interest (no messages to read into); writes go on.
                 if t.contains(Triggers::SEND) {
-                    flush(ch);
+                    flush(ch, &mut self.sent);
                 }
                 if ch.closing.is_none() && failed && ch.registered {
                     // The peer is gone, but data it sent may still wait in the socket: stop
@@ -490,7 +503,7 @@ impl Reactor {
                     return;
                 };
                 if ch.closing.is_none() && t.contains(Triggers::SEND) {
-                    flush(ch);
+                    flush(ch, &mut self.sent);
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
                     // Error or hang-up, yet no end of stream to read: the link is dead.
@@ -565,6 +578,8 @@ impl Reactor {
         }
         let pool = &self.shared.pool;
         let deliveries = &mut self.deliveries;
+        let spare = &mut self.spare;
+        let mut supply = || take_spare(spare, pool);
         let mut outcome = None;
         let mut end = ReadEnd::Budget;
         for _ in 0..READS_PER_EVENT {
@@ -585,14 +600,12 @@ impl Reactor {
                     break;
                 }
             };
-            let r = io.conn.receive(
-                &self.read_buf[..n],
-                &mut || pool.get(Allocation::PoolOnly),
-                &mut |mut m| {
+            let r = io
+                .conn
+                .receive(&self.read_buf[..n], &mut supply, &mut |mut m| {
                     m.header.channel = number;
                     deliveries.push(m);
-                },
-            );
+                });
             match r {
                 // A short read almost always means the socket is drained; level-triggered
                 // readiness (or a re-armed one-shot poll) reports any rest. After a hang-up,
@@ -635,7 +648,7 @@ impl Reactor {
     }
 
     fn retry_starved(&mut self) {
-        if self.starved.is_empty() || self.shared.pool.is_empty() {
+        if self.starved.is_empty() || (self.spare.is_empty() && self.shared.pool.is_empty()) {
             return;
         }
         let starved = std::mem::take(&mut self.starved);
@@ -646,9 +659,10 @@ impl Reactor {
             let Kind::Io(io) = &mut ch.kind else { continue };
             let pool = &self.shared.pool;
             let deliveries = &mut self.deliveries;
+            let spare = &mut self.spare;
             let r = io
                 .conn
-                .resume(&mut || pool.get(Allocation::PoolOnly), &mut |mut m| {
+                .resume(&mut || take_spare(spare, pool), &mut |mut m| {
                     m.header.channel = number;
                     deliveries.push(m);
                 });
@@ -688,7 +702,7 @@ impl Reactor {
             let blocked = matches!(&ch.kind, Kind::Io(io) if io.write_blocked);
             if ch.closing.is_none() && !blocked {
                 // A write-blocked channel waits for SEND readiness instead of a failing writev.
-                flush(ch);
+                flush(ch, &mut self.sent);
                 touch(&mut self.touched, ch);
                 if ch.closing.is_some() {
                     self.marked.push(number);
@@ -697,6 +711,23 @@ impl Reactor {
         }
         self.to_flush = to_flush;
         self.to_flush.clear();
+        self.recycle_sent();
+    }
+
+    /// Written messages: keep some for receiving, return the rest to the pool in one go.
+    fn recycle_sent(&mut self) {
+        if self.sent.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.sent.len() && self.spare.len() < SPARE_MAX {
+            if self.shared.pool.owns(&self.sent[i]) {
+                self.spare.push(self.sent.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        self.shared.pool.put_all(&mut self.sent);
     }
 
     fn reconcile(&mut self) {
@@ -801,6 +832,14 @@ impl Channel {
     }
 }
 
+/// A message to receive into: a spare one, else a batch from the pool (never allocates).
+fn take_spare(spare: &mut Vec<Message>, pool: &crate::pool::Pool) -> Option<Message> {
+    if spare.is_empty() {
+        pool.take_batch(REFILL_BATCH, spare);
+    }
+    spare.pop()
+}
+
 fn touch(touched: &mut Vec<u16>, ch: &mut Channel) {
     if !ch.touched {
         ch.touched = true;
@@ -822,7 +861,7 @@ fn hand_back(group: &GroupShared, mut msg: Message, status: Status) {
 }
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
-fn flush(ch: &mut Channel) {
+fn flush(ch: &mut Channel, sent: &mut Vec<Message>) {
     let Kind::Io(io) = &mut ch.kind else { return };
     if !io.connected {
         return;
@@ -837,7 +876,7 @@ fn flush(ch: &mut Channel) {
         let offered: usize = iov[..n].iter().map(|s| s.len()).sum();
         match io.stream.write_vectored(&iov[..n]) {
             Ok(w) => {
-                io.conn.advance(w);
+                io.conn.advance(w, sent);
                 if w < offered {
                     // The socket buffer is full: wait for writability.
                     io.write_blocked = true;
