@@ -38,6 +38,40 @@ pub struct EngineOptions {
     pub pool: PoolOptions,
     /// The OS readiness mechanism of the reactor.
     pub backend: Backend,
+    /// Per-channel bound on messages posted but not yet written.
+    pub send_limit: SendLimit,
+}
+
+/// The send-side high-water mark of every channel: once a channel holds this many posted,
+/// not yet written messages (or bytes of their frames), `post` hands further messages back
+/// with `SendQueueFull` instead of queueing without bound. A single message is always
+/// accepted by an empty queue, whatever its size.
+///
+/// Zig tofu has no such limit; a peer that stops reading made its queues grow forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendLimit {
+    /// Most messages queued per channel.
+    pub messages: u64,
+    /// Most frame bytes (header, text headers, body) queued per channel.
+    pub bytes: u64,
+}
+
+impl SendLimit {
+    /// No limit (Zig tofu's behaviour).
+    pub const UNLIMITED: SendLimit = SendLimit {
+        messages: u64::MAX,
+        bytes: u64::MAX,
+    };
+}
+
+impl Default for SendLimit {
+    /// 65536 messages or 64 MiB per channel.
+    fn default() -> SendLimit {
+        SendLimit {
+            messages: 65_536,
+            bytes: 64 << 20,
+        }
+    }
 }
 
 /// A failed [`ChannelGroup::post`]: the error and the message, handed back to the caller.
@@ -94,6 +128,7 @@ impl Engine {
             backend: options.backend,
             iterations: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
+            send_limit: options.send_limit,
         });
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -244,7 +279,8 @@ impl ChannelGroup {
     /// the message_id. Success means "queued", not "sent": every later outcome comes back
     /// through `wait_receive`. On failure the message is handed back with the error:
     /// validation errors, `InvalidChannelNumber` (no such live channel),
-    /// `InvalidMessageChannelGroup` (another group's channel), `NotificationDisabled`
+    /// `InvalidMessageChannelGroup` (another group's channel), `SendQueueFull` (the channel
+    /// already holds [`SendLimit`] worth of unsent messages), `NotificationDisabled`
     /// (engine shut down), `ShutdownStarted` (this group destroyed), `AllocationFailed`
     /// (no free channel number).
     pub fn post(&self, mut msg: Message) -> Result<Header, PostError> {
@@ -265,7 +301,12 @@ impl ChannelGroup {
             let mut table = self.shared.lock_table();
             if new_channel {
                 match table.allocate(self.group.id) {
-                    Some(ch) => msg.header.channel = ch,
+                    Some(ch) => {
+                        msg.header.channel = ch;
+                        if let Some(r) = table.record(ch) {
+                            r.backlog.add(1, crate::wire::encoded_len(&msg) as u64);
+                        }
+                    }
                     None => {
                         drop(table);
                         msg.header.status = Status::AllocationFailed;
@@ -276,10 +317,15 @@ impl ChannelGroup {
                     }
                 }
             } else {
-                let err = match table.owner(msg.header.channel) {
+                let limit = &self.shared.send_limit;
+                let err = match table.record(msg.header.channel) {
                     None => Some(Error::InvalidChannelNumber),
-                    Some(g) if g != self.group.id => Some(Error::InvalidMessageChannelGroup),
-                    Some(_) => None,
+                    Some(r) if r.group != self.group.id => Some(Error::InvalidMessageChannelGroup),
+                    Some(r) => {
+                        let len = crate::wire::encoded_len(&msg) as u64;
+                        (!r.backlog.try_add(len, limit.messages, limit.bytes))
+                            .then_some(Error::SendQueueFull)
+                    }
                 };
                 if let Some(error) = err {
                     drop(table);
@@ -457,6 +503,7 @@ pub(crate) struct Shared {
     backend: Backend,
     pub(crate) iterations: AtomicU64,
     pub(crate) sleeps: AtomicU64,
+    send_limit: SendLimit,
 }
 
 impl Shared {

@@ -47,7 +47,7 @@ pub mod testing;
 pub mod wire;
 
 pub use address::Address;
-pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError};
+pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError, SendLimit};
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};

@@ -223,8 +223,12 @@ fn main() -> ExitCode {
 }
 
 fn start_engine(backend: Backend, pool: PoolOptions) -> Result<Engine, String> {
-    Engine::new(EngineOptions { pool, backend })
-        .map_err(|e| format!("cannot start the engine ({backend}): {e}"))
+    Engine::new(EngineOptions {
+        pool,
+        backend,
+        ..EngineOptions::default()
+    })
+    .map_err(|e| format!("cannot start the engine ({backend}): {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::address::Address;
+use crate::channels::Backlog;
 use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
 use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
@@ -26,6 +27,7 @@ use crate::net::{Listener, Stream};
 use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
 use crate::protocol::{Connection, RecvStop};
 use crate::status::Status;
+use crate::wire::encoded_len;
 
 /// Size of the one read buffer all channels share.
 const READ_BUF_LEN: usize = 256 * 1024;
@@ -82,6 +84,8 @@ struct Channel {
     number: u16,
     token: Token,
     group: Arc<GroupShared>,
+    /// Posted and not yet written (shared with `post`, which enforces the send limit).
+    backlog: Arc<Backlog>,
     /// message_id for the final ChannelClosed Signal: the request's, replaced by the first
     /// frame received.
     mid: u64,
@@ -309,9 +313,11 @@ impl Reactor {
                 };
                 let Kind::Io(io) = &mut ch.kind else {
                     // Data for a listener: returned, and unlike Zig tofu the listener stays.
+                    ch.backlog.sub(1, encoded_len(&msg) as u64);
                     return hand_back(&group, msg, Status::ChannelClosed);
                 };
                 if let Err((e, msg)) = io.conn.enqueue(msg) {
+                    ch.backlog.sub(1, encoded_len(&msg) as u64);
                     return hand_back(&group, msg, e.status());
                 }
                 if io.connected && !io.queued_flush && ch.closing.is_none() {
@@ -400,10 +406,17 @@ impl Reactor {
     fn insert(&mut self, number: u16, group: Arc<GroupShared>, mid: u64, kind: Kind) {
         let token = Token(self.next_token);
         self.next_token += 1;
+        let backlog = self
+            .shared
+            .lock_table()
+            .record(number)
+            .map(|r| Arc::clone(&r.backlog))
+            .unwrap_or_default();
         let mut ch = Box::new(Channel {
             number,
             token,
             group,
+            backlog,
             mid,
             registered: false,
             touched: false,
@@ -862,6 +875,16 @@ fn hand_back(group: &GroupShared, mut msg: Message, status: Status) {
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
 fn flush(ch: &mut Channel, sent: &mut Vec<Message>) {
+    let before = sent.len();
+    write_queue(ch, sent);
+    let done = &sent[before..];
+    if !done.is_empty() {
+        let bytes: usize = done.iter().map(encoded_len).sum();
+        ch.backlog.sub(done.len() as u64, bytes as u64);
+    }
+}
+
+fn write_queue(ch: &mut Channel, sent: &mut Vec<Message>) {
     let Kind::Io(io) = &mut ch.kind else { return };
     if !io.connected {
         return;

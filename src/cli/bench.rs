@@ -405,6 +405,7 @@ fn engine(backend: Backend, initial: u16, max: u16) -> Result<Engine, String> {
     Engine::new(EngineOptions {
         pool: PoolOptions { initial, max },
         backend,
+        ..EngineOptions::default()
     })
     .map_err(|e| format!("engine: {e}"))
 }
