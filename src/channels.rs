@@ -180,6 +180,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn backlog_limits() {
+        let b = Backlog::default();
+        // An empty queue takes one message whatever its size.
+        assert!(b.try_add(1_000_000, 3, 100));
+        assert!(!b.try_add(1, 3, 100), "bytes over the limit");
+        b.sub(1, 1_000_000);
+        assert_eq!(b.messages(), 0);
+        for _ in 0..3 {
+            assert!(b.try_add(10, 3, 100));
+        }
+        assert!(!b.try_add(10, 3, 100), "messages at the limit");
+        b.sub(1, 10);
+        assert!(b.try_add(10, 3, 100));
+        assert_eq!(b.messages(), 3);
+    }
+
+    #[test]
     fn numbers_are_valid_and_owned() {
         let mut t = ChannelTable::new();
         let a = t.allocate(7).unwrap();
