@@ -226,7 +226,7 @@ impl Reactor {
         let pending = !self.shared.lock_commands().queue.is_empty()
             || self.shared.shutdown.load(Ordering::SeqCst)
             || (!self.starved.is_empty()
-                && (!self.spare.is_empty() || !self.shared.pool.is_empty()));
+                && (!self.spare.is_empty() || self.shared.pool.can_receive()));
         if pending {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Some(Duration::ZERO);
@@ -282,6 +282,7 @@ impl Reactor {
     }
 
     fn dispatch_post(&mut self, group: Arc<GroupShared>, mut msg: Message) {
+        msg.release_hold(); // the application gave it to the engine
         let number = msg.channel();
         if group.is_destroyed() {
             // Posted while the group was being destroyed: nobody can receive an answer.
@@ -294,6 +295,7 @@ impl Reactor {
             OpCode::HelloRequest => self.open_client(group, msg),
             OpCode::WelcomeRequest => self.open_listener(group, msg),
             OpCode::ByeSignal if msg.header.oob => {
+                tracing::debug!(channel = number, "ByeSignal: local abort");
                 msg.header.origin = Origin::Engine;
                 msg.header.status = Status::ChannelClosed;
                 group.deliver(msg);
@@ -617,6 +619,7 @@ impl Reactor {
                 .conn
                 .receive(&self.read_buf[..n], &mut supply, &mut |mut m| {
                     m.header.channel = number;
+                    m.mark_held();
                     deliveries.push(m);
                 });
             match r {
@@ -630,6 +633,7 @@ impl Reactor {
                 Ok(RecvStop::Drained) => {}
                 Ok(RecvStop::Starved) => {
                     // Read interest is dropped until messages come back (see reconcile).
+                    tracing::debug!(channel = number, "pool empty: reading paused");
                     io.starving = true;
                     deliveries.push(pool_empty_signal(pool, number));
                     self.starved.push(number);
@@ -637,6 +641,7 @@ impl Reactor {
                     break;
                 }
                 Ok(RecvStop::ByeResponse) => {
+                    tracing::debug!(channel = number, "ByeResponse received; closing");
                     outcome = Some(Status::ChannelClosed);
                     break;
                 }
@@ -661,7 +666,7 @@ impl Reactor {
     }
 
     fn retry_starved(&mut self) {
-        if self.starved.is_empty() || (self.spare.is_empty() && self.shared.pool.is_empty()) {
+        if self.starved.is_empty() || (self.spare.is_empty() && !self.shared.pool.can_receive()) {
             return;
         }
         let starved = std::mem::take(&mut self.starved);
@@ -677,12 +682,14 @@ impl Reactor {
                 .conn
                 .resume(&mut || take_spare(spare, pool), &mut |mut m| {
                     m.header.channel = number;
+                    m.mark_held();
                     deliveries.push(m);
                 });
             let mut close = None;
             match r {
                 Ok(RecvStop::Starved) => self.starved.push(number),
                 Ok(RecvStop::Drained) => {
+                    tracing::debug!(channel = number, "reading resumed");
                     io.starving = false;
                     touch(&mut self.touched, ch);
                 }
@@ -845,10 +852,10 @@ impl Channel {
     }
 }
 
-/// A message to receive into: a spare one, else a batch from the pool (never allocates).
+/// A message to receive into: a spare one, else from the pool (see `Pool::for_receive`).
 fn take_spare(spare: &mut Vec<Message>, pool: &crate::pool::Pool) -> Option<Message> {
-    if spare.is_empty() {
-        pool.take_batch(REFILL_BATCH, spare);
+    if spare.is_empty() && !pool.for_receive(REFILL_BATCH, spare) {
+        return None;
     }
     spare.pop()
 }
