@@ -49,9 +49,28 @@ enum Command {
     Ping(PingArgs),
     /// Measure tofu against the raw-socket limit in the same run.
     Bench(BenchArgs),
+    /// Run many sessions with random sizes, closes, reconnects and aborts; fail on any lost
+    /// or corrupted message or on resource growth.
+    Soak(SoakArgs),
     /// The client process of `bench`'s many-connections figure (internal).
     #[command(hide = true)]
     BenchClients(BenchClientsArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// How long to run, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 60)]
+    report_secs: u64,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Poller backend.
+    #[arg(long, default_value_t = Backend::default())]
+    backend: Backend,
 }
 
 #[derive(Args)]
@@ -209,6 +228,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Ping(a)) => ping(a),
         Some(Command::Bench(a)) => bench(a),
+        Some(Command::Soak(a)) => soak(a),
         Some(Command::BenchClients(a)) => {
             cli::bench::clients(a.backend, &a.addr, a.channels, a.messages)
         }
@@ -456,6 +476,18 @@ fn ping(a: PingArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+fn soak(a: SoakArgs) -> Result<(), String> {
+    if !(a.minutes > 0.0 && a.minutes.is_finite()) || a.workers == 0 || a.report_secs == 0 {
+        return Err("--minutes, --workers and --report-secs must be positive".into());
+    }
+    cli::soak::run(cli::soak::Settings {
+        duration: Duration::from_secs_f64(a.minutes * 60.0),
+        report_every: Duration::from_secs(a.report_secs),
+        workers: a.workers,
+        backend: a.backend,
+    })
 }
 
 fn bench(a: BenchArgs) -> Result<(), String> {
