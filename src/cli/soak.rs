@@ -101,7 +101,7 @@ pub fn run(s: Settings) -> Result<(), String> {
         for w in 0..s.workers {
             let (engine, addrs, counters, stop) = (&client_engine, &addrs, &counters, &stop);
             scope.spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1) * 0x1234_5678_9ABC_DEF1);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1234_5678_9ABC_DEF1));
                 while !stop.load(Ordering::Relaxed) {
                     let addr = &addrs[rng.below(addrs.len() as u64) as usize];
                     if let Err(e) = session(engine, addr, &mut rng, counters) {
