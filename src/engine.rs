@@ -19,7 +19,7 @@
 //!   `ShutdownStarted` once their queues are empty).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,6 +38,40 @@ pub struct EngineOptions {
     pub pool: PoolOptions,
     /// The OS readiness mechanism of the reactor.
     pub backend: Backend,
+    /// Per-channel bound on messages posted but not yet written.
+    pub send_limit: SendLimit,
+}
+
+/// The send-side high-water mark of every channel: once a channel holds this many posted,
+/// not yet written messages (or bytes of their frames), `post` hands further messages back
+/// with `SendQueueFull` instead of queueing without bound. A single message is always
+/// accepted by an empty queue, whatever its size.
+///
+/// Zig tofu has no such limit; a peer that stops reading made its queues grow forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendLimit {
+    /// Most messages queued per channel.
+    pub messages: u64,
+    /// Most frame bytes (header, text headers, body) queued per channel.
+    pub bytes: u64,
+}
+
+impl SendLimit {
+    /// No limit (Zig tofu's behaviour).
+    pub const UNLIMITED: SendLimit = SendLimit {
+        messages: u64::MAX,
+        bytes: u64::MAX,
+    };
+}
+
+impl Default for SendLimit {
+    /// 65536 messages or 64 MiB per channel.
+    fn default() -> SendLimit {
+        SendLimit {
+            messages: 65_536,
+            bytes: 64 << 20,
+        }
+    }
 }
 
 /// A failed [`ChannelGroup::post`]: the error and the message, handed back to the caller.
@@ -92,6 +126,9 @@ impl Engine {
             table: Mutex::new(ChannelTable::new()),
             groups: Mutex::new(Vec::new()),
             backend: options.backend,
+            iterations: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
+            send_limit: options.send_limit,
         });
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -127,6 +164,7 @@ impl Engine {
         static NEXT_GROUP: AtomicU32 = AtomicU32::new(1);
         let group = Arc::new(GroupShared {
             id: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
+            destroyed: AtomicBool::new(false),
             mailbox: Mutex::new(Mailbox {
                 queue: VecDeque::new(),
                 waiters: 0,
@@ -165,6 +203,24 @@ impl Engine {
     pub fn backend(&self) -> Backend {
         self.shared.backend
     }
+
+    /// Counters of the reactor thread, for monitoring and benchmarks.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            iterations: self.shared.iterations.load(Ordering::Relaxed),
+            sleeps: self.shared.sleeps.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Reactor counters (see [`Engine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Loop iterations so far.
+    pub iterations: u64,
+    /// Times the reactor blocked in the poller with no timeout (it has no periodic timer, so
+    /// an idle engine's counters stay still: every wake-up has a cause).
+    pub sleeps: u64,
 }
 
 impl Drop for Engine {
@@ -223,7 +279,8 @@ impl ChannelGroup {
     /// the message_id. Success means "queued", not "sent": every later outcome comes back
     /// through `wait_receive`. On failure the message is handed back with the error:
     /// validation errors, `InvalidChannelNumber` (no such live channel),
-    /// `InvalidMessageChannelGroup` (another group's channel), `NotificationDisabled`
+    /// `InvalidMessageChannelGroup` (another group's channel), `SendQueueFull` (the channel
+    /// already holds [`SendLimit`] worth of unsent messages), `NotificationDisabled`
     /// (engine shut down), `ShutdownStarted` (this group destroyed), `AllocationFailed`
     /// (no free channel number).
     pub fn post(&self, mut msg: Message) -> Result<Header, PostError> {
@@ -244,7 +301,12 @@ impl ChannelGroup {
             let mut table = self.shared.lock_table();
             if new_channel {
                 match table.allocate(self.group.id) {
-                    Some(ch) => msg.header.channel = ch,
+                    Some(ch) => {
+                        msg.header.channel = ch;
+                        if let Some(r) = table.record(ch) {
+                            r.backlog.add(1, crate::wire::encoded_len(&msg) as u64);
+                        }
+                    }
                     None => {
                         drop(table);
                         msg.header.status = Status::AllocationFailed;
@@ -255,10 +317,15 @@ impl ChannelGroup {
                     }
                 }
             } else {
-                let err = match table.owner(msg.header.channel) {
+                let limit = &self.shared.send_limit;
+                let err = match table.record(msg.header.channel) {
                     None => Some(Error::InvalidChannelNumber),
-                    Some(g) if g != self.group.id => Some(Error::InvalidMessageChannelGroup),
-                    Some(_) => None,
+                    Some(r) if r.group != self.group.id => Some(Error::InvalidMessageChannelGroup),
+                    Some(r) => {
+                        let len = crate::wire::encoded_len(&msg) as u64;
+                        (!r.backlog.try_add(len, limit.messages, limit.bytes))
+                            .then_some(Error::SendQueueFull)
+                    }
                 };
                 if let Some(error) = err {
                     drop(table);
@@ -343,6 +410,9 @@ impl ChannelGroup {
         if self.destroyed.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Seen by the reactor before anything this group posted from now on (and racing
+        // posts): such posts are discarded instead of opening channels nobody owns.
+        self.group.destroyed.store(true, Ordering::SeqCst);
         let done = Arc::new(Completion::default());
         let cmd = Command::DestroyGroup {
             group: self.group.id,
@@ -393,9 +463,21 @@ impl Command {
     pub(crate) fn abandon(self, status: Status) {
         match self {
             Command::Post { group, mut msg } => {
+                let opened = matches!(msg.opcode(), OpCode::HelloRequest | OpCode::WelcomeRequest);
+                let (channel, id) = (msg.channel(), msg.message_id());
                 msg.header.origin = Origin::Engine;
                 msg.header.status = status;
                 group.deliver(msg);
+                if opened {
+                    // Its channel never opened; it still ends with the final Signal.
+                    let mut m = Message::new();
+                    m.header = Header::new(OpCode::Signal);
+                    m.header.origin = Origin::Engine;
+                    m.header.status = Status::ChannelClosed;
+                    m.header.channel = channel;
+                    m.header.message_id = id;
+                    group.deliver(m);
+                }
             }
             Command::DestroyGroup { done, .. } => done.complete(),
         }
@@ -419,6 +501,9 @@ pub(crate) struct Shared {
     pub(crate) table: Mutex<ChannelTable>,
     groups: Mutex<Vec<Weak<GroupShared>>>,
     backend: Backend,
+    pub(crate) iterations: AtomicU64,
+    pub(crate) sleeps: AtomicU64,
+    send_limit: SendLimit,
 }
 
 impl Shared {
@@ -448,7 +533,10 @@ impl Shared {
 
     /// Wakes the reactor if it sleeps (or is about to).
     pub(crate) fn wake(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        // A plain load first: while the reactor is awake a post writes no shared cache line.
+        // (The command queue's mutex orders this load after the reactor's `sleeping` store
+        // whenever the reactor could have missed the queued command.)
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             self.force_wake();
         }
     }
@@ -499,6 +587,7 @@ struct Mailbox {
 /// The receive side of a group, shared with the reactor.
 pub(crate) struct GroupShared {
     pub(crate) id: u32,
+    destroyed: AtomicBool,
     mailbox: Mutex<Mailbox>,
     cond: Condvar,
 }
@@ -509,9 +598,9 @@ impl GroupShared {
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True once the group was destroyed.
+    /// True once the group's destruction started.
     pub(crate) fn is_destroyed(&self) -> bool {
-        self.lock().state == MailboxState::Destroyed
+        self.destroyed.load(Ordering::SeqCst)
     }
 
     /// Appends a message from the reactor. A destroyed group drops it (back to the pool):
@@ -554,7 +643,8 @@ impl GroupShared {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too large to represent is as good as none.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut mb = self.lock();
         loop {
             if mb.state == MailboxState::Destroyed {

@@ -11,12 +11,31 @@
 //!
 //! The protocol core ([`message`], [`wire`], [`address`], [`status`], [`pool`]) does no I/O and
 //! can be tested and fuzzed without sockets.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tofu::{Address, Engine, OpCode, Status};
+//!
+//! let engine = Engine::with_defaults()?;
+//! let group = engine.create_group()?;
+//! let addr = Address::tcp("127.0.0.1", tofu::testing::free_tcp_port()?);
+//!
+//! // Listen: post a WelcomeRequest, receive the WelcomeResponse.
+//! let mut m = engine.pool().message();
+//! addr.format_listen(&mut m)?;
+//! let listener = group.post(m).map_err(|e| e.error)?.channel;
+//! let reply = group.wait_receive(Some(Duration::from_secs(5)))?.expect("an answer");
+//! assert_eq!((reply.opcode(), reply.status()), (OpCode::WelcomeResponse, Status::Success));
+//! assert_eq!(reply.channel(), listener);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod address;
 mod channels;
 mod engine;
+mod intmap;
 pub mod message;
 mod net;
 pub mod poller;
@@ -28,7 +47,7 @@ pub mod testing;
 pub mod wire;
 
 pub use address::Address;
-pub use engine::{ChannelGroup, Engine, EngineOptions, PostError};
+pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError, SendLimit};
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};

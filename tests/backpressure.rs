@@ -58,3 +58,157 @@ fn starvation_and_recovery() {
         }
     });
 }
+
+/// The pool refilled while the reactor was not looking (someone took the returned message
+/// straight back): reading still resumes once messages really come back.
+#[test]
+fn refill_is_not_missed_when_the_pool_empties_again() {
+    on_every_backend(|b| {
+        let se = engine_with_pool(b, PoolOptions { initial: 4, max: 4 });
+        let ce = engine(b);
+        let server = se.create_group().unwrap();
+        let client = ce.create_group().unwrap();
+        let addr = tcp_loopback();
+        listen(&server, &addr);
+        let (c, _) = connect(&client, &server, &addr);
+        const N: u64 = 40;
+        for i in 1..=N {
+            client
+                .post(data(OpCode::Signal, c, i, &[1u8; 100]))
+                .unwrap();
+        }
+        let mut held = Vec::new();
+        while let Some(m) = server
+            .wait_receive(Some(Duration::from_millis(300)))
+            .unwrap()
+        {
+            held.push(m);
+        }
+        // Return one and take it straight back: the pool is empty again.
+        drop(held.pop());
+        held.push(se.get(tofu::Allocation::Always).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        let got_before = held
+            .iter()
+            .filter(|m| m.status() == Status::Success)
+            .count() as u64;
+        drop(held);
+        let mut got = got_before;
+        while got < N {
+            let m = recv_any(&server);
+            if m.status() == Status::Success {
+                got += 1;
+            }
+        }
+    });
+}
+
+/// An echo server whose pool is tied up in replies it cannot send yet (the client is not
+/// reading) must keep writing while it cannot read: no deadlock between the two peers.
+#[test]
+fn starving_channel_keeps_sending() {
+    on_every_backend(|b| {
+        let se = engine_with_pool(b, PoolOptions { initial: 4, max: 4 });
+        let ce = engine_with_pool(
+            b,
+            PoolOptions {
+                initial: 64,
+                max: 512,
+            },
+        );
+        let server = std::sync::Arc::new(se.create_group().unwrap());
+        let client = ce.create_group().unwrap();
+        let addr = tcp_loopback();
+        listen(&server, &addr);
+        let (c, _) = connect(&client, &server, &addr);
+        let echo = {
+            let server = std::sync::Arc::clone(&server);
+            std::thread::spawn(move || {
+                while let Ok(Some(mut m)) = server.wait_receive(Some(Duration::from_secs(3))) {
+                    if m.opcode() == OpCode::Request {
+                        m.make_echo().unwrap();
+                        let _ = server.post(m);
+                    }
+                }
+            })
+        };
+        const N: u64 = 300;
+        for i in 1..=N {
+            client
+                .post(data(OpCode::Request, c, i, &[2u8; 60_000]))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let mut got = 0;
+        while got < N {
+            let m = recv(&client);
+            assert_eq!(m.opcode(), OpCode::Response, "{m:?}");
+            got += 1;
+            assert_eq!(m.message_id(), got);
+        }
+        drop(server);
+        echo.join().unwrap();
+    });
+}
+
+/// The send-side high-water mark: a peer that stops reading makes `post` refuse with
+/// `SendQueueFull` (message handed back intact) instead of queueing without bound; once the
+/// peer reads again, posting works again.
+#[test]
+fn send_queue_limit() {
+    use std::io::Read;
+    on_every_backend(|b| {
+        let e = tofu::Engine::new(tofu::EngineOptions {
+            backend: b,
+            send_limit: tofu::SendLimit {
+                messages: 32,
+                bytes: u64::MAX,
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let g = e.create_group().unwrap();
+        let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tofu::Address::tcp("127.0.0.1", raw.local_addr().unwrap().port());
+        let (c, _) = hello(&g, &addr);
+        let (mut peer, _) = raw.accept().unwrap();
+        let mut posted = 0u64;
+        let refused = loop {
+            match g.post(data(OpCode::Signal, c, posted + 1, &[9u8; 60_000])) {
+                Ok(_) => posted += 1,
+                Err(e) => break e,
+            }
+            assert!(posted < 5_000, "the queue must be bounded");
+            if posted % 32 == 0 {
+                std::thread::sleep(Duration::from_millis(5)); // let the reactor write
+            }
+        };
+        assert_eq!(refused.error, tofu::Error::SendQueueFull);
+        assert_eq!(refused.message.message_id(), posted + 1);
+        assert_eq!(refused.message.body().len(), 60_000);
+        // The peer drains everything; posting is accepted again.
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0usize;
+            peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            while let Ok(n) = peer.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let mut accepted_again = false;
+        for _ in 0..500 {
+            if g.post(data(OpCode::Signal, c, 0, b"again")).is_ok() {
+                accepted_again = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(accepted_again, "posting resumes once the queue drains");
+        drop(g);
+        assert!(reader.join().unwrap() > posted as usize * 60_000 / 2);
+    });
+}

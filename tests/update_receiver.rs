@@ -72,3 +72,14 @@ fn after_destroy_it_fails() {
         );
     });
 }
+
+#[test]
+fn huge_timeouts_do_not_panic() {
+    on_every_backend(|b| {
+        let engine = engine(b);
+        let g = engine.create_group().unwrap();
+        g.update_receiver(None).unwrap();
+        let m = g.wait_receive(Some(Duration::MAX)).unwrap().unwrap();
+        assert_eq!(m.status(), Status::ReceiverUpdate);
+    });
+}

@@ -32,9 +32,11 @@ pub(super) struct Epoll {
 
 /// epoll event mask for an interest. `EPOLLERR`/`EPOLLHUP` are always reported.
 fn os_interest(interest: Triggers) -> u32 {
-    let mut events = libc::EPOLLRDHUP;
+    // A peer's half-close is only of interest to a reader (it is the end of what there is
+    // to read): asking for it without read interest would report it again and again.
+    let mut events = 0;
     if wants_readable(interest) {
-        events |= libc::EPOLLIN;
+        events |= libc::EPOLLIN | libc::EPOLLRDHUP;
     }
     if wants_writable(interest) {
         events |= libc::EPOLLOUT;

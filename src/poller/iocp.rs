@@ -310,16 +310,17 @@ pub(super) struct Iocp {
     _winsock: Winsock,
 }
 
-/// The AFD events polled for an interest. Abort, connect failure, graceful disconnect and
-/// local close are always polled (so even interest `NONE` reports `ERR`/`HUP`, as epoll does).
+/// The AFD events polled for an interest. Abort (reset), connect failure and local close
+/// are always polled, so even interest `NONE` reports `ERR`/`HUP`, as epoll does. The peer's
+/// graceful close (DISCONNECT, a half-close) only for a reader, like `EPOLLRDHUP`: it is the
+/// end of what there is to read, and a writer told about it would be told again and again.
 fn afd_mask(interest: Triggers) -> u32 {
-    let mut mask =
-        afd::POLL_ABORT | afd::POLL_CONNECT_FAIL | afd::POLL_DISCONNECT | afd::POLL_LOCAL_CLOSE;
+    let mut mask = afd::POLL_ABORT | afd::POLL_CONNECT_FAIL | afd::POLL_LOCAL_CLOSE;
     if interest.contains(Triggers::RECV) {
-        mask |= afd::POLL_RECEIVE;
+        mask |= afd::POLL_RECEIVE | afd::POLL_DISCONNECT;
     }
     if interest.contains(Triggers::ACCEPT) {
-        mask |= afd::POLL_ACCEPT | afd::POLL_RECEIVE;
+        mask |= afd::POLL_ACCEPT | afd::POLL_RECEIVE | afd::POLL_DISCONNECT;
     }
     if interest.intersects(Triggers::SEND | Triggers::CONNECT) {
         mask |= afd::POLL_SEND;
@@ -864,16 +865,14 @@ mod tests {
     fn masks_and_mapping() {
         use afd::*;
         use Triggers as T;
-        let always = POLL_ABORT | POLL_CONNECT_FAIL | POLL_DISCONNECT | POLL_LOCAL_CLOSE;
+        let always = POLL_ABORT | POLL_CONNECT_FAIL | POLL_LOCAL_CLOSE;
+        let read = POLL_RECEIVE | POLL_DISCONNECT;
         assert_eq!(afd_mask(T::NONE), always);
-        assert_eq!(afd_mask(T::RECV), always | POLL_RECEIVE);
-        assert_eq!(afd_mask(T::ACCEPT), always | POLL_ACCEPT | POLL_RECEIVE);
+        assert_eq!(afd_mask(T::RECV), always | read);
+        assert_eq!(afd_mask(T::ACCEPT), always | read | POLL_ACCEPT);
         assert_eq!(afd_mask(T::SEND), always | POLL_SEND);
         assert_eq!(afd_mask(T::CONNECT), always | POLL_SEND);
-        assert_eq!(
-            afd_mask(T::RECV | T::SEND),
-            always | POLL_RECEIVE | POLL_SEND
-        );
+        assert_eq!(afd_mask(T::RECV | T::SEND), always | read | POLL_SEND);
 
         assert_eq!(afd_triggers(POLL_RECEIVE, T::RECV), T::RECV);
         assert_eq!(afd_triggers(POLL_RECEIVE, T::ACCEPT), T::ACCEPT);

@@ -29,9 +29,11 @@ pub(super) struct Poll {
 
 /// poll event mask for an interest. `POLLERR`/`POLLHUP`/`POLLNVAL` are always reported.
 fn os_interest(interest: Triggers) -> libc::c_short {
-    let mut events = RDHUP;
+    // Half-close only matters to a reader; without read interest it would be reported again
+    // and again (see epoll.rs).
+    let mut events = 0;
     if wants_readable(interest) {
-        events |= libc::POLLIN;
+        events |= libc::POLLIN | RDHUP;
     }
     if wants_writable(interest) {
         events |= libc::POLLOUT;

@@ -26,7 +26,12 @@ pub fn engine(backend: Backend) -> Engine {
 }
 
 pub fn engine_with_pool(backend: Backend, pool: PoolOptions) -> Engine {
-    Engine::new(EngineOptions { pool, backend }).expect("engine starts")
+    Engine::new(EngineOptions {
+        pool,
+        backend,
+        ..EngineOptions::default()
+    })
+    .expect("engine starts")
 }
 
 /// The next message other than a `PoolEmpty` Signal (which a burst larger than the pool

@@ -1,0 +1,1106 @@
+//! `tofu bench`: tofu measured against the raw-socket limit in the same run.
+//!
+//! * raw limit: std sockets, one writer thread coalescing tofu frames through a 64 KiB buffer,
+//!   one reader thread parsing them (TCP with TCP_NODELAY, and UDS);
+//! * one stream: Signals on one channel from a group of one engine to a group of another,
+//!   rate taken on the receiver from the first to the last message;
+//! * round trip: Request/Response ping-pong, one in flight, all threads pinned to one CPU and
+//!   free;
+//! * many connections: aggregate throughput and memory per idle channel, per backend;
+//! * idle: reactor wake-ups of an engine with idle channels.
+//!
+//! Every figure is the median of `runs` runs, with min and max. Nothing here asserts speed.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tofu::poller::Backend;
+use tofu::wire::{FrameHeader, HEADER_LEN};
+use tofu::{Address, ChannelGroup, Engine, EngineOptions, Message, OpCode, PoolOptions, Status};
+
+use super::json_str;
+
+/// Which stream transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Uds,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Uds => "uds",
+        })
+    }
+}
+
+/// Median, min and max of a figure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Spread::default();
+        }
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"median\":{:.3},\"min\":{:.3},\"max\":{:.3}}}",
+            self.median, self.min, self.max
+        )
+    }
+}
+
+/// Settings of one bench run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub runs: usize,
+    pub payloads: Vec<usize>,
+    pub round_trip: bool,
+    pub quick: bool,
+    pub backend: Backend,
+    pub many: Vec<usize>,
+    pub idle_secs: u64,
+}
+
+/// One-stream result for one transport and payload.
+pub struct StreamRow {
+    pub transport: Transport,
+    pub payload: usize,
+    pub raw: Spread,
+    pub tofu: Spread,
+    /// Heap allocations per message in the process while tofu streamed (both engines and
+    /// both application threads), from the last run.
+    pub allocs_per_msg: f64,
+}
+
+/// Round-trip result (microseconds).
+pub struct RttRow {
+    pub transport: Transport,
+    pub pinned: bool,
+    pub raw_p50: Spread,
+    pub p50: Spread,
+    pub p99: Spread,
+    pub p999: Spread,
+}
+
+/// Many-connections result.
+pub struct ManyRow {
+    pub backend: Backend,
+    pub channels: usize,
+    pub rate: Spread,
+    pub bytes_per_idle_channel: f64,
+}
+
+/// Everything measured.
+pub struct Report {
+    pub machine: String,
+    pub settings: Settings,
+    pub streams: Vec<StreamRow>,
+    pub rtts: Vec<RttRow>,
+    pub many: Vec<ManyRow>,
+    pub idle: Option<(usize, Duration, u64)>,
+}
+
+fn transports() -> Vec<Transport> {
+    if cfg!(unix) {
+        vec![Transport::Tcp, Transport::Uds]
+    } else {
+        vec![Transport::Tcp]
+    }
+}
+
+/// Messages per one-stream run, sized so one run takes well under a second.
+fn stream_count(payload: usize, quick: bool) -> u64 {
+    let n = match payload {
+        0..=64 => 2_000_000,
+        65..=1024 => 1_000_000,
+        _ => 40_000,
+    };
+    if quick {
+        n / 10
+    } else {
+        n
+    }
+}
+
+pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
+    let mut streams = Vec::new();
+    for t in transports() {
+        for &p in &s.payloads {
+            progress(&format!("one stream {t} {p} B"));
+            let n = stream_count(p, s.quick);
+            let raw = Spread::of(
+                (0..s.runs)
+                    .map(|_| raw_stream(t, p, n))
+                    .collect::<Result<_, _>>()?,
+            );
+            let mut rates = Vec::new();
+            let mut allocs_per_msg = 0.0;
+            for _ in 0..s.runs {
+                let (rate, allocs) = tofu_stream(s.backend, t, p, n)?;
+                rates.push(rate);
+                allocs_per_msg = allocs;
+            }
+            streams.push(StreamRow {
+                transport: t,
+                payload: p,
+                raw,
+                tofu: Spread::of(rates),
+                allocs_per_msg,
+            });
+        }
+    }
+    let mut rtts = Vec::new();
+    for t in transports().into_iter().filter(|_| s.round_trip) {
+        for pinned in [true, false] {
+            progress(&format!(
+                "round trip {t} {}",
+                if pinned { "pinned" } else { "free" }
+            ));
+            let n = if s.quick { 2_000 } else { 20_000 };
+            let mut raw = Vec::new();
+            let (mut p50, mut p99, mut p999) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..s.runs {
+                raw.push(with_affinity(pinned, || raw_rtt(t, n))??);
+                let q = with_affinity(pinned, || tofu_rtt(s.backend, t, n))??;
+                p50.push(q[0]);
+                p99.push(q[1]);
+                p999.push(q[2]);
+            }
+            rtts.push(RttRow {
+                transport: t,
+                pinned,
+                raw_p50: Spread::of(raw),
+                p50: Spread::of(p50),
+                p99: Spread::of(p99),
+                p999: Spread::of(p999),
+            });
+        }
+    }
+    let mut many = Vec::new();
+    for &n in &s.many {
+        for &b in Backend::available() {
+            progress(&format!("{n} channels, {b}"));
+            let mut rates = Vec::new();
+            let mut mem = 0.0;
+            for _ in 0..s.runs {
+                let (rate, per) = many_channels(b, n, s.quick)?;
+                rates.push(rate);
+                mem = per;
+            }
+            many.push(ManyRow {
+                backend: b,
+                channels: n,
+                rate: Spread::of(rates),
+                bytes_per_idle_channel: mem,
+            });
+        }
+    }
+    let idle = if s.idle_secs > 0 {
+        progress("idle engine");
+        Some(idle_wakeups(
+            s.backend,
+            1000,
+            Duration::from_secs(s.idle_secs),
+        )?)
+    } else {
+        None
+    };
+    Ok(Report {
+        machine: machine(),
+        settings: s,
+        streams,
+        rtts,
+        many,
+        idle,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw limit
+
+enum RawStream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Uds(std::os::unix::net::UnixStream),
+}
+
+impl RawStream {
+    fn try_clone(&self) -> std::io::Result<RawStream> {
+        Ok(match self {
+            RawStream::Tcp(s) => RawStream::Tcp(s.try_clone()?),
+            #[cfg(unix)]
+            RawStream::Uds(s) => RawStream::Uds(s.try_clone()?),
+        })
+    }
+}
+
+impl Read for RawStream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.read(b),
+            #[cfg(unix)]
+            RawStream::Uds(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for RawStream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.write(b),
+            #[cfg(unix)]
+            RawStream::Uds(s) => s.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn raw_pair(t: Transport) -> Result<(RawStream, RawStream), String> {
+    let e = |e: std::io::Error| format!("raw socket pair: {e}");
+    match t {
+        Transport::Tcp => {
+            let l = TcpListener::bind("127.0.0.1:0").map_err(e)?;
+            let a = TcpStream::connect(l.local_addr().map_err(e)?).map_err(e)?;
+            let (b, _) = l.accept().map_err(e)?;
+            a.set_nodelay(true).map_err(e)?;
+            b.set_nodelay(true).map_err(e)?;
+            Ok((RawStream::Tcp(a), RawStream::Tcp(b)))
+        }
+        #[cfg(unix)]
+        Transport::Uds => {
+            let (a, b) = std::os::unix::net::UnixStream::pair().map_err(e)?;
+            Ok((RawStream::Uds(a), RawStream::Uds(b)))
+        }
+        #[cfg(not(unix))]
+        Transport::Uds => Err("UDS is not available here".into()),
+    }
+}
+
+fn frame_header(payload: usize, id: u64) -> [u8; HEADER_LEN] {
+    FrameHeader {
+        channel: 1,
+        proto: OpCode::Signal as u8,
+        status: 0,
+        message_id: id,
+        thl: 0,
+        bl: payload as u16,
+    }
+    .to_bytes()
+}
+
+/// Frames per second through a plain socket with a coalescing writer.
+fn raw_stream(t: Transport, payload: usize, count: u64) -> Result<f64, String> {
+    let (mut tx, mut rx) = raw_pair(t)?;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let body = vec![0x5au8; payload];
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for id in 1..=count {
+            if buf.len() + HEADER_LEN + payload > buf.capacity() {
+                tx.write_all(&buf)?;
+                buf.clear();
+            }
+            buf.extend_from_slice(&frame_header(payload, id));
+            buf.extend_from_slice(&body);
+        }
+        tx.write_all(&buf)
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut seen = 0u64;
+    let mut header = [0u8; HEADER_LEN];
+    let mut have = 0usize;
+    let mut skip = 0usize;
+    let mut first = None;
+    while seen < count {
+        let n = rx.read(&mut buf).map_err(|e| format!("raw read: {e}"))?;
+        if n == 0 {
+            return Err("raw stream ended early".into());
+        }
+        first.get_or_insert_with(Instant::now);
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            if skip > 0 {
+                let k = skip.min(chunk.len());
+                skip -= k;
+                chunk = &chunk[k..];
+                if skip == 0 {
+                    seen += 1;
+                }
+                continue;
+            }
+            let k = (HEADER_LEN - have).min(chunk.len());
+            header[have..have + k].copy_from_slice(&chunk[..k]);
+            have += k;
+            chunk = &chunk[k..];
+            if have == HEADER_LEN {
+                have = 0;
+                let h = FrameHeader::parse(&header);
+                skip = h.payload_len();
+                if skip == 0 {
+                    seen += 1;
+                }
+            }
+        }
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    writer
+        .join()
+        .map_err(|_| "raw writer panicked".to_string())?
+        .map_err(|e| format!("raw write: {e}"))?;
+    Ok(count as f64 / secs.max(1e-9))
+}
+
+/// Round-trip p50 in microseconds through plain blocking sockets.
+fn raw_rtt(t: Transport, count: u64) -> Result<f64, String> {
+    let (mut a, b) = raw_pair(t)?;
+    let mut b2 = b.try_clone().map_err(|e| e.to_string())?;
+    let mut b = b;
+    let echo = std::thread::spawn(move || {
+        let mut f = [0u8; HEADER_LEN + 64];
+        for _ in 0..count {
+            if b.read_exact(&mut f).is_err() || b2.write_all(&f).is_err() {
+                return;
+            }
+        }
+    });
+    let mut f = [0u8; HEADER_LEN + 64];
+    f[..HEADER_LEN].copy_from_slice(&frame_header(64, 1));
+    let mut samples = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let t0 = Instant::now();
+        a.write_all(&f).map_err(|e| e.to_string())?;
+        a.read_exact(&mut f).map_err(|e| e.to_string())?;
+        samples.push(t0.elapsed());
+    }
+    let _ = echo.join();
+    samples.sort();
+    Ok(us(quantile(&samples, 0.5)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// tofu
+
+fn engine(backend: Backend, initial: u16, max: u16) -> Result<Engine, String> {
+    Engine::new(EngineOptions {
+        pool: PoolOptions { initial, max },
+        backend,
+        ..EngineOptions::default()
+    })
+    .map_err(|e| format!("engine: {e}"))
+}
+
+fn address(t: Transport) -> Result<Address, String> {
+    Ok(match t {
+        Transport::Tcp => Address::tcp(
+            "127.0.0.1",
+            tofu::testing::free_tcp_port().map_err(|e| e.to_string())?,
+        ),
+        Transport::Uds => Address::uds(tofu::testing::temp_uds_path().to_string_lossy()),
+    })
+}
+
+fn next(g: &ChannelGroup) -> Result<Message, String> {
+    loop {
+        match g.wait_receive(Some(Duration::from_secs(20))) {
+            Ok(Some(m)) if m.status() == Status::PoolEmpty => continue,
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => return Err("benchmark stalled (20 s without a message)".into()),
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    }
+}
+
+/// Listens with `server`, connects from `client`; returns (client channel, server channel).
+fn pair(
+    server: &ChannelGroup,
+    client: &ChannelGroup,
+    addr: &Address,
+) -> Result<(u16, u16), String> {
+    let mut m = Message::new();
+    addr.format_listen(&mut m).map_err(|e| e.to_string())?;
+    server.post(m).map_err(|e| e.error.to_string())?;
+    let r = next(server)?;
+    if r.status() != Status::Success {
+        return Err(format!("listen on {addr}: {}", r.status()));
+    }
+    let mut m = Message::new();
+    addr.format_connect(&mut m).map_err(|e| e.to_string())?;
+    let c = client.post(m).map_err(|e| e.error.to_string())?.channel;
+    let mut h = next(server)?;
+    let s = h.channel();
+    h.make_echo().map_err(|e| e.to_string())?;
+    server.post(h).map_err(|e| e.error.to_string())?;
+    let r = next(client)?;
+    if r.opcode() != OpCode::HelloResponse {
+        return Err(format!("connect to {addr}: {}", r.status()));
+    }
+    Ok((c, s))
+}
+
+/// Signals per second on one channel, measured at the receiver. The receiver returns a
+/// credit every quarter window so the sender never queues without bound.
+fn tofu_stream(
+    backend: Backend,
+    t: Transport,
+    payload: usize,
+    count: u64,
+) -> Result<(f64, f64), String> {
+    let frame = HEADER_LEN + payload;
+    let window = (8 * 1024 * 1024 / frame).clamp(64, 16384) as u64;
+    let credit_every = (window / 4).max(1);
+    let pool_max = (window as usize + 1024).min(u16::MAX as usize) as u16;
+    let tx_engine = engine(backend, 1024, pool_max)?;
+    let rx_engine = engine(backend, 1024, pool_max)?;
+    let tx = tx_engine.create_group().map_err(|e| e.to_string())?;
+    let rx = rx_engine.create_group().map_err(|e| e.to_string())?;
+    let (c, s) = pair(&rx, &tx, &address(t)?)?;
+    let allocs_before = super::alloc::allocations();
+    let receiver = std::thread::scope(|scope| -> Result<f64, String> {
+        let (rx, rx_engine) = (&rx, &rx_engine);
+        let handle = scope.spawn(move || -> Result<f64, String> {
+            let mut first = None;
+            for i in 1..=count {
+                let m = next(rx)?;
+                first.get_or_insert_with(Instant::now);
+                if m.opcode() != OpCode::Signal || m.status() != Status::Success {
+                    return Err(format!("unexpected {:?} {}", m.opcode(), m.status()));
+                }
+                drop(m);
+                if i % credit_every == 0 {
+                    let mut credit = rx_engine.pool().message();
+                    credit.header.opcode = OpCode::Signal;
+                    credit.header.channel = s;
+                    rx.post(credit).map_err(|e| e.error.to_string())?;
+                }
+            }
+            let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+            Ok(count as f64 / secs.max(1e-9))
+        });
+        let mut credits = window;
+        let mut sent = 0u64;
+        while sent < count {
+            while sent < credits.min(count) {
+                let mut m = tx_engine.pool().message();
+                m.header.opcode = OpCode::Signal;
+                m.header.channel = c;
+                m.header.message_id = sent + 1;
+                m.body_mut().resize(payload, 0x5a);
+                tx.post(m).map_err(|e| e.error.to_string())?;
+                sent += 1;
+            }
+            if sent < count {
+                let _credit = next(&tx)?;
+                credits += credit_every;
+            }
+        }
+        handle.join().map_err(|_| "receiver panicked".to_string())?
+    })?;
+    let allocs = (super::alloc::allocations() - allocs_before) as f64 / count as f64;
+    if std::env::var_os("TOFU_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "tx {:?} rx {:?} per msg: tx iter {:.3} rx iter {:.3}",
+            tx_engine.stats(),
+            rx_engine.stats(),
+            tx_engine.stats().iterations as f64 / count as f64,
+            rx_engine.stats().iterations as f64 / count as f64
+        );
+    }
+    Ok((receiver, allocs))
+}
+
+/// Round-trip quantiles (p50, p99, p99.9) in microseconds, one Request in flight.
+fn tofu_rtt(backend: Backend, t: Transport, count: u64) -> Result<[f64; 3], String> {
+    let ce = engine(backend, 64, 256)?;
+    let se = engine(backend, 64, 256)?;
+    let client = ce.create_group().map_err(|e| e.to_string())?;
+    let server = Arc::new(se.create_group().map_err(|e| e.to_string())?);
+    let (c, _) = pair(&server, &client, &address(t)?)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(Some(mut m)) = server.wait_receive(Some(Duration::from_millis(100))) else {
+                    continue;
+                };
+                if m.opcode() == OpCode::Request && m.make_echo().is_ok() {
+                    let _ = server.post(m);
+                }
+            }
+        })
+    };
+    let mut samples = Vec::with_capacity(count as usize);
+    for id in 1..=count {
+        let mut m = ce.pool().message();
+        m.header.opcode = OpCode::Request;
+        m.header.channel = c;
+        m.header.message_id = id;
+        m.body_mut().resize(64, 1);
+        let t0 = Instant::now();
+        client.post(m).map_err(|e| e.error.to_string())?;
+        let r = next(&client)?;
+        samples.push(t0.elapsed());
+        if r.message_id() != id {
+            return Err("round trip out of order".into());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    samples.sort();
+    Ok([
+        us(quantile(&samples, 0.5)),
+        us(quantile(&samples, 0.99)),
+        us(quantile(&samples, 0.999)),
+    ])
+}
+
+/// Aggregate Signals per second into one engine holding `n` connections, and the heap memory
+/// that engine spends per idle connection (socket buffers are kernel memory, not counted).
+///
+/// The clients run in a child process (`tofu bench-clients`), so each process needs only `n`
+/// descriptors and the server engine's memory is measured alone.
+fn many_channels(backend: Backend, n: usize, quick: bool) -> Result<(f64, f64), String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    raise_fd_limit(n + 256)?;
+    let pool = (n + 1024).min(u16::MAX as usize) as u16;
+    let se = engine(backend, 1024, pool)?;
+    let server = se.create_group().map_err(|e| e.to_string())?;
+    let addr = address(Transport::Tcp)?;
+    let mut m = Message::new();
+    addr.format_listen(&mut m).map_err(|e| e.to_string())?;
+    server.post(m).map_err(|e| e.error.to_string())?;
+    if next(&server)?.status() != Status::Success {
+        return Err("listen failed".into());
+    }
+    let per_channel: u64 = if quick { 20 } else { 100 };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let heap_before = super::alloc::live_bytes();
+    let mut child = Command::new(exe)
+        .args([
+            "bench-clients",
+            &addr.to_string(),
+            "--channels",
+            &n.to_string(),
+            "--messages",
+            &per_channel.to_string(),
+            "--backend",
+            &backend.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the client process: {e}"))?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
+    let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+
+    let mut answered = 0;
+    while answered < n {
+        let mut h = next(&server)?;
+        if h.opcode() == OpCode::HelloRequest {
+            h.make_echo().map_err(|e| e.to_string())?;
+            server.post(h).map_err(|e| e.error.to_string())?;
+            answered += 1;
+        }
+    }
+    match lines.next() {
+        Some(Ok(l)) if l == "ready" => {}
+        other => return Err(format!("client process failed: {other:?}")),
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let per_idle = super::alloc::live_bytes().saturating_sub(heap_before) as f64 / n as f64;
+
+    writeln!(stdin, "go").map_err(|e| e.to_string())?;
+    let total = per_channel * n as u64;
+    let mut first = None;
+    let mut got = 0;
+    while got < total {
+        let m = next(&server)?;
+        first.get_or_insert_with(Instant::now);
+        if m.opcode() == OpCode::Signal && m.status() == Status::Success {
+            got += 1;
+        }
+    }
+    let rate = total as f64 / first.map_or(1e-9, |f| f.elapsed().as_secs_f64());
+    drop(stdin);
+    let _ = child.wait();
+    Ok((rate, per_idle))
+}
+
+/// The client side of [`many_channels`], run in its own process: connects `n` channels,
+/// prints `ready`, waits for `go` on stdin, sends `messages` Signals per channel, and exits
+/// when stdin closes.
+pub fn clients(backend: Backend, addr: &Address, n: usize, messages: u64) -> Result<(), String> {
+    raise_fd_limit(n + 256)?;
+    let pool = (n + 1024).min(u16::MAX as usize) as u16;
+    let ce = engine(backend, 1024, pool)?;
+    let client = ce.create_group().map_err(|e| e.to_string())?;
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut m = ce.pool().message();
+        addr.format_connect(&mut m).map_err(|e| e.to_string())?;
+        channels.push(client.post(m).map_err(|e| e.error.to_string())?.channel);
+    }
+    let mut connected = 0;
+    while connected < n {
+        let r = next(&client)?;
+        if r.opcode() == OpCode::HelloResponse && r.status() == Status::Success {
+            connected += 1;
+        } else if r.status() != Status::Success {
+            return Err(format!("connect failed: {}", r.status()));
+        }
+    }
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    for round in 0..messages {
+        for &c in &channels {
+            let mut m = ce.pool().message();
+            m.header.opcode = OpCode::Signal;
+            m.header.channel = c;
+            m.header.message_id = round + 1;
+            m.body_mut().resize(64, 3);
+            client.post(m).map_err(|e| e.error.to_string())?;
+        }
+    }
+    // Stay until the parent has counted everything (it closes our stdin).
+    let _ = std::io::stdin().read_line(&mut line);
+    Ok(())
+}
+
+/// Reactor wake-ups of an engine holding `n` idle connections for `d`.
+fn idle_wakeups(backend: Backend, n: usize, d: Duration) -> Result<(usize, Duration, u64), String> {
+    raise_fd_limit(2 * n + 256)?;
+    let e = engine(backend, 1024, (n * 2 + 64) as u16)?;
+    let server = e.create_group().map_err(|e| e.to_string())?;
+    let client = e.create_group().map_err(|e| e.to_string())?;
+    let addr = address(Transport::Tcp)?;
+    let mut m = Message::new();
+    addr.format_listen(&mut m).map_err(|e| e.to_string())?;
+    server.post(m).map_err(|e| e.error.to_string())?;
+    next(&server)?;
+    for _ in 0..n {
+        let mut m = e.pool().message();
+        addr.format_connect(&mut m).map_err(|e| e.to_string())?;
+        client.post(m).map_err(|e| e.error.to_string())?;
+    }
+    for _ in 0..n {
+        let mut h = next(&server)?;
+        h.make_echo().map_err(|e| e.to_string())?;
+        server.post(h).map_err(|e| e.error.to_string())?;
+    }
+    for _ in 0..n {
+        next(&client)?;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = e.stats().iterations;
+    std::thread::sleep(d);
+    let after = e.stats().iterations;
+    Ok((n, d, after - before))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    super::client::quantile(sorted, q)
+}
+
+fn with_affinity<T: Send>(pinned: bool, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    if !pinned {
+        return Ok(f());
+    }
+    // Threads inherit the affinity of the thread that creates them: run the measurement on a
+    // fresh thread pinned to CPU 0, so its engines' reactor threads are pinned too.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            sys::pin_to_cpu0()?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| "pinned run panicked".to_string())?
+    })
+}
+
+fn raise_fd_limit(want: usize) -> Result<(), String> {
+    sys::raise_fd_limit(want as u64).map_err(|e| {
+        format!("{want} file descriptors are needed and the limit cannot be raised: {e}")
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} CPUs, Linux {kernel}")
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod sys {
+    /// Pins the calling thread to CPU 0.
+    pub fn pin_to_cpu0() -> Result<(), String> {
+        // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET writes within it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU 0 is within the set's bounds.
+        unsafe { libc::CPU_SET(0, &mut set) };
+        // SAFETY: pid 0 is the calling thread; the pointer and size describe `set`.
+        let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
+
+    /// Raises RLIMIT_NOFILE's soft limit to at least `want` (up to the hard limit).
+    pub fn raise_fd_limit(want: u64) -> std::io::Result<()> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur >= want {
+            return Ok(());
+        }
+        if lim.rlim_max < want {
+            // Raising the hard limit needs privileges; try, and fall back to what we have.
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            // SAFETY: setrlimit reads the struct we own.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                return Ok(());
+            }
+        }
+        lim.rlim_cur = want.min(lim.rlim_max);
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < want {
+            return Err(std::io::Error::other(format!(
+                "the hard limit is {}",
+                lim.rlim_max
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    pub fn pin_to_cpu0() -> Result<(), String> {
+        Err("pinning is implemented on Linux only".into())
+    }
+    pub fn raise_fd_limit(_want: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+pub fn table(r: &Report) -> String {
+    let mut o = String::new();
+    let p = |o: &mut String, s: String| {
+        o.push_str(&s);
+        o.push('\n');
+    };
+    p(&mut o, format!("machine: {}", r.machine));
+    p(
+        &mut o,
+        format!(
+            "backend: {}, runs per figure: {} (median [min..max]){}",
+            r.settings.backend,
+            r.settings.runs,
+            if r.settings.quick { ", quick" } else { "" }
+        ),
+    );
+    p(&mut o, String::new());
+    p(
+        &mut o,
+        "one stream (Signals, one channel), messages/s".into(),
+    );
+    p(
+        &mut o,
+        format!(
+            "{:<5} {:>7} {:>28} {:>28} {:>7} {:>10} {:>11}",
+            "", "payload", "raw limit", "tofu", "ratio", "tofu MB/s", "allocs/msg"
+        ),
+    );
+    for s in &r.streams {
+        p(
+            &mut o,
+            format!(
+                "{:<5} {:>7} {:>28} {:>28} {:>7.2} {:>10.1} {:>11.3}",
+                s.transport.to_string(),
+                s.payload,
+                fmt_spread(&s.raw, 0),
+                fmt_spread(&s.tofu, 0),
+                s.tofu.median / s.raw.median,
+                s.tofu.median * (s.payload + HEADER_LEN) as f64 / 1e6,
+                s.allocs_per_msg
+            ),
+        );
+    }
+    p(&mut o, String::new());
+    p(
+        &mut o,
+        "round trip (Request/Response, 64 B, one in flight), microseconds".into(),
+    );
+    p(
+        &mut o,
+        format!(
+            "{:<5} {:<7} {:>8} {:>24} {:>7} {:>24} {:>24}",
+            "", "threads", "raw p50", "tofu p50", "ratio", "tofu p99", "tofu p99.9"
+        ),
+    );
+    for t in &r.rtts {
+        p(
+            &mut o,
+            format!(
+                "{:<5} {:<7} {:>8.1} {:>24} {:>7.2} {:>24} {:>24}",
+                t.transport.to_string(),
+                if t.pinned { "pinned" } else { "free" },
+                t.raw_p50.median,
+                fmt_spread(&t.p50, 1),
+                t.p50.median / t.raw_p50.median,
+                fmt_spread(&t.p99, 1),
+                fmt_spread(&t.p999, 1)
+            ),
+        );
+    }
+    if !r.many.is_empty() {
+        p(&mut o, String::new());
+        p(
+            &mut o,
+            "many connections (TCP, 64 B Signals), aggregate messages/s".into(),
+        );
+        p(
+            &mut o,
+            format!(
+                "{:<8} {:>9} {:>28} {:>16} {:>22}",
+                "backend", "channels", "aggregate", "vs one stream", "bytes per idle channel"
+            ),
+        );
+        let one = r
+            .streams
+            .iter()
+            .find(|s| s.transport == Transport::Tcp && s.payload == 64)
+            .map_or(f64::NAN, |s| s.tofu.median);
+        for m in &r.many {
+            p(
+                &mut o,
+                format!(
+                    "{:<8} {:>9} {:>28} {:>16.2} {:>22.0}",
+                    m.backend.to_string(),
+                    m.channels,
+                    fmt_spread(&m.rate, 0),
+                    m.rate.median / one,
+                    m.bytes_per_idle_channel
+                ),
+            );
+        }
+    }
+    if let Some((n, d, w)) = r.idle {
+        p(&mut o, String::new());
+        p(
+            &mut o,
+            format!(
+                "idle: {n} idle channels for {} s: {w} reactor wake-ups ({:.1} per minute)",
+                d.as_secs(),
+                w as f64 * 60.0 / d.as_secs_f64()
+            ),
+        );
+    }
+    o
+}
+
+fn fmt_spread(s: &Spread, decimals: usize) -> String {
+    format!(
+        "{:.*} [{:.*}..{:.*}]",
+        decimals, s.median, decimals, s.min, decimals, s.max
+    )
+}
+
+pub fn json(r: &Report) -> String {
+    let streams: Vec<String> = r
+        .streams
+        .iter()
+        .map(|s| {
+            format!(
+                "{{\"transport\":\"{}\",\"payload\":{},\"raw\":{},\"tofu\":{},\"ratio\":{:.4},\"allocs_per_msg\":{:.4}}}",
+                s.transport,
+                s.payload,
+                s.raw.json(),
+                s.tofu.json(),
+                s.tofu.median / s.raw.median,
+                s.allocs_per_msg
+            )
+        })
+        .collect();
+    let rtts: Vec<String> = r
+        .rtts
+        .iter()
+        .map(|t| {
+            format!(
+                "{{\"transport\":\"{}\",\"pinned\":{},\"raw_p50_us\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+                t.transport,
+                t.pinned,
+                t.raw_p50.json(),
+                t.p50.json(),
+                t.p99.json(),
+                t.p999.json()
+            )
+        })
+        .collect();
+    let many: Vec<String> = r
+        .many
+        .iter()
+        .map(|m| {
+            format!(
+                "{{\"backend\":\"{}\",\"channels\":{},\"rate\":{},\"bytes_per_idle_channel\":{:.0}}}",
+                m.backend,
+                m.channels,
+                m.rate.json(),
+                m.bytes_per_idle_channel
+            )
+        })
+        .collect();
+    let idle = match r.idle {
+        Some((n, d, w)) => format!(
+            "{{\"channels\":{n},\"seconds\":{},\"wakeups\":{w}}}",
+            d.as_secs()
+        ),
+        None => "null".into(),
+    };
+    format!(
+        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{}}}",
+        json_str(&r.machine),
+        r.settings.backend,
+        r.settings.runs,
+        streams.join(","),
+        rtts.join(","),
+        many.join(","),
+        idle
+    )
+}
+
+/// An SVG bar chart of one-stream throughput (MB/s) by payload, tofu next to the raw limit.
+pub fn svg(r: &Report) -> String {
+    let (w, h) = (880.0, 420.0);
+    let (left, right, top, bottom) = (70.0, 20.0, 50.0, 70.0);
+    let rows: Vec<&StreamRow> = r.streams.iter().collect();
+    let mbps = |rate: f64, payload: usize| rate * (payload + HEADER_LEN) as f64 / 1e6;
+    let max = rows
+        .iter()
+        .map(|s| mbps(s.raw.median, s.payload).max(mbps(s.tofu.median, s.payload)))
+        .fold(1.0, f64::max);
+    let plot_w = w - left - right;
+    let plot_h = h - top - bottom;
+    let group_w = plot_w / rows.len().max(1) as f64;
+    let bar_w = group_w * 0.35;
+    let mut o = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">tofu one-stream throughput vs the raw-socket limit (MB/s, median of {})</text>\n",
+        w / 2.0,
+        r.settings.runs
+    );
+    for i in 0..=4 {
+        let v = max * i as f64 / 4.0;
+        let y = top + plot_h - plot_h * i as f64 / 4.0;
+        o.push_str(&format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            w - right,
+            left - 6.0,
+            y + 4.0
+        ));
+    }
+    for (i, s) in rows.iter().enumerate() {
+        let x0 = left + group_w * i as f64 + group_w * 0.15;
+        for (j, (v, color)) in [
+            (mbps(s.raw.median, s.payload), "#9aa5b1"),
+            (mbps(s.tofu.median, s.payload), "#2f7ed8"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let bh = plot_h * v / max;
+            let x = x0 + bar_w * j as f64;
+            o.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{color}\"/>\n",
+                top + plot_h - bh,
+                bar_w - 2.0
+            ));
+        }
+        o.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} {} B</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{:.2}x</text>\n",
+            x0 + bar_w,
+            top + plot_h + 18.0,
+            s.transport,
+            s.payload,
+            x0 + bar_w,
+            top + plot_h + 34.0,
+            s.tofu.median / s.raw.median
+        ));
+    }
+    o.push_str(&format!(
+        "<rect x=\"{left}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"#9aa5b1\"/><text x=\"{}\" y=\"{}\">raw limit (std sockets, 64 KiB coalescing writer)</text>\n\
+         <rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"#2f7ed8\"/><text x=\"{}\" y=\"{}\">tofu (engine to engine, Signals on one channel)</text>\n</svg>\n",
+        h - 24.0,
+        left + 16.0,
+        h - 14.0,
+        left + 360.0,
+        h - 24.0,
+        left + 376.0,
+        h - 14.0
+    ));
+    o
+}

@@ -1,0 +1,71 @@
+//! Out of file descriptors: the listener backs off instead of spinning, and accepts again once
+//! descriptors are free. Alone in its own test binary because it lowers the process's limit.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::time::Duration;
+use tofu::wire::encode;
+use tofu::{Address, Message, OpCode, Status};
+
+fn set_nofile(soft: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        let old = lim.rlim_cur;
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        old
+    }
+}
+
+#[test]
+fn accept_backs_off_and_resumes() {
+    on_every_backend(|b| {
+        let e = engine(b);
+        let g = e.create_group().unwrap();
+        let addr = tcp_loopback();
+        listen(&g, &addr);
+        let Address::Tcp { port, .. } = &addr else {
+            unreachable!()
+        };
+        let mut peer = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
+
+        // Use up every descriptor under a low limit.
+        let old = set_nofile(256);
+        let mut filler = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            filler.push(f);
+        }
+        assert!(
+            std::fs::File::open("/dev/null").is_err(),
+            "descriptors exhausted"
+        );
+
+        let before = e.stats().iterations;
+        std::thread::sleep(Duration::from_secs(1));
+        let spins = e.stats().iterations - before;
+        assert!(spins < 100, "the reactor spun {spins} times in a second");
+
+        drop(filler);
+        set_nofile(old);
+        let mut hello = Message::with_opcode(OpCode::HelloRequest);
+        hello.header.channel = 1;
+        hello.header.message_id = 11;
+        hello
+            .append_header("~connect_to", &addr.to_string())
+            .unwrap();
+        let mut bytes = Vec::new();
+        encode(&hello, &mut bytes).unwrap();
+        peer.write_all(&bytes).unwrap();
+        let m = recv(&g);
+        expect(&m, OpCode::HelloRequest, Status::Success);
+        assert_eq!(m.message_id(), 11);
+    });
+}
