@@ -233,14 +233,7 @@ impl Drop for Engine {
             }
         }
         // The reactor is gone: refuse further posts, hand back what is still queued.
-        let leftovers = {
-            let mut c = self.shared.lock_commands();
-            c.open = false;
-            std::mem::take(&mut c.queue)
-        };
-        for cmd in leftovers {
-            cmd.abandon(Status::ShutdownStarted);
-        }
+        self.shared.close_commands();
         let groups =
             std::mem::take(&mut *self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()));
         for g in groups.iter().filter_map(Weak::upgrade) {
@@ -388,13 +381,7 @@ impl ChannelGroup {
                 m.header.status = Status::ReceiverUpdate;
                 m
             }
-            None => {
-                let mut m = self.shared.pool.message();
-                m.header = Header::new(OpCode::Signal);
-                m.header.origin = Origin::Engine;
-                m.header.status = Status::ReceiverUpdate;
-                m
-            }
+            None => engine_signal(self.shared.pool.message(), Status::ReceiverUpdate, 0, 0),
         };
         if self.group.deliver_if_open(msg) {
             Ok(())
@@ -470,12 +457,7 @@ impl Command {
                 group.deliver(msg);
                 if opened {
                     // Its channel never opened; it still ends with the final Signal.
-                    let mut m = Message::new();
-                    m.header = Header::new(OpCode::Signal);
-                    m.header.origin = Origin::Engine;
-                    m.header.status = Status::ChannelClosed;
-                    m.header.channel = channel;
-                    m.header.message_id = id;
+                    let m = engine_signal(Message::new(), Status::ChannelClosed, channel, id);
                     group.deliver(m);
                 }
             }
@@ -529,6 +511,18 @@ impl Shared {
         }
         self.wake();
         Ok(())
+    }
+
+    /// Stops taking commands and hands back those still queued (engine shutdown).
+    pub(crate) fn close_commands(&self) {
+        let leftovers = {
+            let mut c = self.lock_commands();
+            c.open = false;
+            std::mem::take(&mut c.queue)
+        };
+        for cmd in leftovers {
+            cmd.abandon(Status::ShutdownStarted);
+        }
     }
 
     /// Wakes the reactor if it sleeps (or is about to).
@@ -695,10 +689,15 @@ impl GroupShared {
 
 /// Builds the engine Signal that ends every channel: origin engine, status `ChannelClosed`.
 pub(crate) fn channel_closed_signal(pool: &Pool, channel: u16, message_id: u64) -> Message {
-    let mut m = pool.message();
+    engine_signal(pool.message(), Status::ChannelClosed, channel, message_id)
+}
+
+/// Turns `m` into a Signal from the engine (its buffers are cleared).
+fn engine_signal(mut m: Message, status: Status, channel: u16, message_id: u64) -> Message {
+    m.reset();
     m.header = Header::new(OpCode::Signal);
     m.header.origin = Origin::Engine;
-    m.header.status = Status::ChannelClosed;
+    m.header.status = status;
     m.header.channel = channel;
     m.header.message_id = message_id;
     m
@@ -707,10 +706,6 @@ pub(crate) fn channel_closed_signal(pool: &Pool, channel: u16, message_id: u64) 
 /// Builds the `PoolEmpty` Signal for a starved channel. It comes from the pool's `Always`
 /// path, so the application dropping it adds a message to the pool.
 pub(crate) fn pool_empty_signal(pool: &Pool, channel: u16) -> Message {
-    let mut m = pool.get(Allocation::Always).unwrap_or_default();
-    m.header = Header::new(OpCode::Signal);
-    m.header.origin = Origin::Engine;
-    m.header.status = Status::PoolEmpty;
-    m.header.channel = channel;
-    m
+    let m = pool.get(Allocation::Always).unwrap_or_default();
+    engine_signal(m, Status::PoolEmpty, channel, 0)
 }

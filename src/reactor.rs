@@ -820,14 +820,7 @@ impl Reactor {
     }
 
     fn exit(&mut self) {
-        let leftovers = {
-            let mut c = self.shared.lock_commands();
-            c.open = false;
-            std::mem::take(&mut c.queue)
-        };
-        for cmd in leftovers {
-            cmd.abandon(Status::ShutdownStarted);
-        }
+        self.shared.close_commands();
         let numbers: Vec<u16> = self.channels.keys().copied().collect();
         for n in numbers {
             if let Some(ch) = self.channels.remove(&n) {
