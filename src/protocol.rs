@@ -235,7 +235,7 @@ impl Connection {
     }
 
     /// True while decoding waits for a message.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn is_starved(&self) -> bool {
         self.decoder.is_starved()
     }
@@ -246,7 +246,7 @@ impl Connection {
     }
 
     /// True once a bye-type frame was written.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn bye_sent(&self) -> bool {
         self.bye_sent
     }
@@ -269,7 +269,7 @@ impl Connection {
     }
 
     /// Number of queued frames.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn queued(&self) -> usize {
         self.queue.len()
     }
