@@ -41,10 +41,14 @@ cargo +nightly fuzz build
 
 failed=()
 for t in $targets; do
-    mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
+    mkdir -p "fuzz/corpus/$t"
+    corpora=("fuzz/corpus/$t")
+    if [ -d "fuzz/seeds/$t" ]; then
+        corpora+=("fuzz/seeds/$t")
+    fi
     log="$logs/$t.log"
     echo "fuzz-smoke: $t for ${seconds}s"
-    if cargo +nightly fuzz run "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+    if cargo +nightly fuzz run "$t" "${corpora[@]}" -- \
         -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
         # The libFuzzer summary line: runs, coverage, corpus, exec/s.
         grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || tail -n 3 "$log"
