@@ -6,7 +6,11 @@
 //! released as soon as its channel is deleted (tofu leaks it until the group is destroyed).
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::intmap::IntMap;
 use std::hash::BuildHasher;
 
 use crate::message::{CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
@@ -14,9 +18,54 @@ use crate::message::{CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
 /// How many released numbers are kept out of circulation.
 pub(crate) const QUARANTINE_LEN: usize = 1024;
 
+/// What a channel has accepted from `post` and not yet written or handed back: the send
+/// queue's size, shared by posting threads (which add) and the reactor (which subtracts).
+#[derive(Default, Debug)]
+pub(crate) struct Backlog {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Backlog {
+    /// Counts a message in if the limits allow it.
+    pub(crate) fn try_add(&self, bytes: u64, max_messages: u64, max_bytes: u64) -> bool {
+        // Posts to one channel from several threads may overshoot by a message each; the
+        // limit is a bound on memory, not an exact count, so that is acceptable.
+        let m = self.messages.load(Ordering::Relaxed);
+        let b = self.bytes.load(Ordering::Relaxed);
+        if m >= max_messages || (m > 0 && b + bytes > max_bytes) {
+            return false;
+        }
+        self.add(1, bytes);
+        true
+    }
+
+    pub(crate) fn add(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_sub(messages, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Messages currently counted.
+    #[cfg(test)]
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+}
+
+/// One live channel number.
+pub(crate) struct Record {
+    pub(crate) group: u32,
+    pub(crate) backlog: Arc<Backlog>,
+}
+
 /// Live channel numbers and their owning group ids.
 pub(crate) struct ChannelTable {
-    owners: HashMap<u16, u32>,
+    owners: IntMap<u16, Record>,
     quarantine: VecDeque<u16>,
     quarantined: Vec<u64>,
     quarantine_cap: usize,
@@ -31,7 +80,7 @@ impl ChannelTable {
 
     pub(crate) fn with_quarantine(quarantine_cap: usize) -> ChannelTable {
         ChannelTable {
-            owners: HashMap::new(),
+            owners: IntMap::default(),
             quarantine: VecDeque::with_capacity(quarantine_cap),
             quarantined: vec![0; 65536 / 64],
             quarantine_cap,
@@ -49,7 +98,7 @@ impl ChannelTable {
             self.draws += 1;
             let cand = (self.random.hash_one(self.draws) & 0xffff) as u16;
             if self.is_free(cand) {
-                self.owners.insert(cand, group);
+                self.insert(cand, group);
                 return Some(cand);
             }
         }
@@ -57,8 +106,18 @@ impl ChannelTable {
         let found = (0..=u16::MAX)
             .map(|i| start.wrapping_add(i))
             .find(|&c| self.is_free(c))?;
-        self.owners.insert(found, group);
+        self.insert(found, group);
         Some(found)
+    }
+
+    fn insert(&mut self, ch: u16, group: u32) {
+        self.owners.insert(
+            ch,
+            Record {
+                group,
+                backlog: Arc::default(),
+            },
+        );
     }
 
     fn is_free(&self, ch: u16) -> bool {
@@ -82,8 +141,14 @@ impl ChannelTable {
     }
 
     /// The group owning a live number.
+    #[cfg(test)]
     pub(crate) fn owner(&self, ch: u16) -> Option<u32> {
-        self.owners.get(&ch).copied()
+        self.owners.get(&ch).map(|r| r.group)
+    }
+
+    /// The record of a live number.
+    pub(crate) fn record(&self, ch: u16) -> Option<&Record> {
+        self.owners.get(&ch)
     }
 
     /// Releases a number into quarantine. Releasing a number that is not live does nothing.
@@ -113,6 +178,23 @@ impl ChannelTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backlog_limits() {
+        let b = Backlog::default();
+        // An empty queue takes one message whatever its size.
+        assert!(b.try_add(1_000_000, 3, 100));
+        assert!(!b.try_add(1, 3, 100), "bytes over the limit");
+        b.sub(1, 1_000_000);
+        assert_eq!(b.messages(), 0);
+        for _ in 0..3 {
+            assert!(b.try_add(10, 3, 100));
+        }
+        assert!(!b.try_add(10, 3, 100), "messages at the limit");
+        b.sub(1, 10);
+        assert!(b.try_add(10, 3, 100));
+        assert_eq!(b.messages(), 3);
+    }
 
     #[test]
     fn numbers_are_valid_and_owned() {

@@ -38,6 +38,40 @@ pub struct EngineOptions {
     pub pool: PoolOptions,
     /// The OS readiness mechanism of the reactor.
     pub backend: Backend,
+    /// Per-channel bound on messages posted but not yet written.
+    pub send_limit: SendLimit,
+}
+
+/// The send-side high-water mark of every channel: once a channel holds this many posted,
+/// not yet written messages (or bytes of their frames), `post` hands further messages back
+/// with `SendQueueFull` instead of queueing without bound. A single message is always
+/// accepted by an empty queue, whatever its size.
+///
+/// Zig tofu has no such limit; a peer that stops reading made its queues grow forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendLimit {
+    /// Most messages queued per channel.
+    pub messages: u64,
+    /// Most frame bytes (header, text headers, body) queued per channel.
+    pub bytes: u64,
+}
+
+impl SendLimit {
+    /// No limit (Zig tofu's behaviour).
+    pub const UNLIMITED: SendLimit = SendLimit {
+        messages: u64::MAX,
+        bytes: u64::MAX,
+    };
+}
+
+impl Default for SendLimit {
+    /// 65536 messages or 64 MiB per channel.
+    fn default() -> SendLimit {
+        SendLimit {
+            messages: 65_536,
+            bytes: 64 << 20,
+        }
+    }
 }
 
 /// A failed [`ChannelGroup::post`]: the error and the message, handed back to the caller.
@@ -94,6 +128,7 @@ impl Engine {
             backend: options.backend,
             iterations: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
+            send_limit: options.send_limit,
         });
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -198,14 +233,7 @@ impl Drop for Engine {
             }
         }
         // The reactor is gone: refuse further posts, hand back what is still queued.
-        let leftovers = {
-            let mut c = self.shared.lock_commands();
-            c.open = false;
-            std::mem::take(&mut c.queue)
-        };
-        for cmd in leftovers {
-            cmd.abandon(Status::ShutdownStarted);
-        }
+        self.shared.close_commands();
         let groups =
             std::mem::take(&mut *self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()));
         for g in groups.iter().filter_map(Weak::upgrade) {
@@ -244,7 +272,8 @@ impl ChannelGroup {
     /// the message_id. Success means "queued", not "sent": every later outcome comes back
     /// through `wait_receive`. On failure the message is handed back with the error:
     /// validation errors, `InvalidChannelNumber` (no such live channel),
-    /// `InvalidMessageChannelGroup` (another group's channel), `NotificationDisabled`
+    /// `InvalidMessageChannelGroup` (another group's channel), `SendQueueFull` (the channel
+    /// already holds [`SendLimit`] worth of unsent messages), `NotificationDisabled`
     /// (engine shut down), `ShutdownStarted` (this group destroyed), `AllocationFailed`
     /// (no free channel number).
     pub fn post(&self, mut msg: Message) -> Result<Header, PostError> {
@@ -265,7 +294,12 @@ impl ChannelGroup {
             let mut table = self.shared.lock_table();
             if new_channel {
                 match table.allocate(self.group.id) {
-                    Some(ch) => msg.header.channel = ch,
+                    Some(ch) => {
+                        msg.header.channel = ch;
+                        if let Some(r) = table.record(ch) {
+                            r.backlog.add(1, crate::wire::encoded_len(&msg) as u64);
+                        }
+                    }
                     None => {
                         drop(table);
                         msg.header.status = Status::AllocationFailed;
@@ -276,10 +310,15 @@ impl ChannelGroup {
                     }
                 }
             } else {
-                let err = match table.owner(msg.header.channel) {
+                let limit = &self.shared.send_limit;
+                let err = match table.record(msg.header.channel) {
                     None => Some(Error::InvalidChannelNumber),
-                    Some(g) if g != self.group.id => Some(Error::InvalidMessageChannelGroup),
-                    Some(_) => None,
+                    Some(r) if r.group != self.group.id => Some(Error::InvalidMessageChannelGroup),
+                    Some(r) => {
+                        let len = crate::wire::encoded_len(&msg) as u64;
+                        (!r.backlog.try_add(len, limit.messages, limit.bytes))
+                            .then_some(Error::SendQueueFull)
+                    }
                 };
                 if let Some(error) = err {
                     drop(table);
@@ -342,13 +381,7 @@ impl ChannelGroup {
                 m.header.status = Status::ReceiverUpdate;
                 m
             }
-            None => {
-                let mut m = self.shared.pool.message();
-                m.header = Header::new(OpCode::Signal);
-                m.header.origin = Origin::Engine;
-                m.header.status = Status::ReceiverUpdate;
-                m
-            }
+            None => engine_signal(self.shared.pool.message(), Status::ReceiverUpdate, 0, 0),
         };
         if self.group.deliver_if_open(msg) {
             Ok(())
@@ -424,12 +457,7 @@ impl Command {
                 group.deliver(msg);
                 if opened {
                     // Its channel never opened; it still ends with the final Signal.
-                    let mut m = Message::new();
-                    m.header = Header::new(OpCode::Signal);
-                    m.header.origin = Origin::Engine;
-                    m.header.status = Status::ChannelClosed;
-                    m.header.channel = channel;
-                    m.header.message_id = id;
+                    let m = engine_signal(Message::new(), Status::ChannelClosed, channel, id);
                     group.deliver(m);
                 }
             }
@@ -457,6 +485,7 @@ pub(crate) struct Shared {
     backend: Backend,
     pub(crate) iterations: AtomicU64,
     pub(crate) sleeps: AtomicU64,
+    send_limit: SendLimit,
 }
 
 impl Shared {
@@ -484,9 +513,24 @@ impl Shared {
         Ok(())
     }
 
+    /// Stops taking commands and hands back those still queued (engine shutdown).
+    pub(crate) fn close_commands(&self) {
+        let leftovers = {
+            let mut c = self.lock_commands();
+            c.open = false;
+            std::mem::take(&mut c.queue)
+        };
+        for cmd in leftovers {
+            cmd.abandon(Status::ShutdownStarted);
+        }
+    }
+
     /// Wakes the reactor if it sleeps (or is about to).
     pub(crate) fn wake(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        // A plain load first: while the reactor is awake a post writes no shared cache line.
+        // (The command queue's mutex orders this load after the reactor's `sleeping` store
+        // whenever the reactor could have missed the queued command.)
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             self.force_wake();
         }
     }
@@ -645,10 +689,15 @@ impl GroupShared {
 
 /// Builds the engine Signal that ends every channel: origin engine, status `ChannelClosed`.
 pub(crate) fn channel_closed_signal(pool: &Pool, channel: u16, message_id: u64) -> Message {
-    let mut m = pool.message();
+    engine_signal(pool.message(), Status::ChannelClosed, channel, message_id)
+}
+
+/// Turns `m` into a Signal from the engine (its buffers are cleared).
+fn engine_signal(mut m: Message, status: Status, channel: u16, message_id: u64) -> Message {
+    m.reset();
     m.header = Header::new(OpCode::Signal);
     m.header.origin = Origin::Engine;
-    m.header.status = Status::ChannelClosed;
+    m.header.status = status;
     m.header.channel = channel;
     m.header.message_id = message_id;
     m
@@ -657,10 +706,6 @@ pub(crate) fn channel_closed_signal(pool: &Pool, channel: u16, message_id: u64) 
 /// Builds the `PoolEmpty` Signal for a starved channel. It comes from the pool's `Always`
 /// path, so the application dropping it adds a message to the pool.
 pub(crate) fn pool_empty_signal(pool: &Pool, channel: u16) -> Message {
-    let mut m = pool.get(Allocation::Always).unwrap_or_default();
-    m.header = Header::new(OpCode::Signal);
-    m.header.origin = Origin::Engine;
-    m.header.status = Status::PoolEmpty;
-    m.header.channel = channel;
-    m
+    let m = pool.get(Allocation::Always).unwrap_or_default();
+    engine_signal(m, Status::PoolEmpty, channel, 0)
 }

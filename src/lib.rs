@@ -35,6 +35,7 @@
 pub mod address;
 mod channels;
 mod engine;
+mod intmap;
 pub mod message;
 mod net;
 pub mod poller;
@@ -46,7 +47,7 @@ pub mod testing;
 pub mod wire;
 
 pub use address::Address;
-pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError};
+pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError, SendLimit};
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};

@@ -49,6 +49,40 @@ enum Command {
     Ping(PingArgs),
     /// Measure tofu against the raw-socket limit in the same run.
     Bench(BenchArgs),
+    /// Run many sessions with random sizes, closes, reconnects and aborts; fail on any lost
+    /// or corrupted message or on resource growth.
+    Soak(SoakArgs),
+    /// The client process of `bench`'s many-connections figure (internal).
+    #[command(hide = true)]
+    BenchClients(BenchClientsArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// How long to run, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 60)]
+    report_secs: u64,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Poller backend.
+    #[arg(long, default_value_t = Backend::default())]
+    backend: Backend,
+}
+
+#[derive(Args)]
+struct BenchClientsArgs {
+    #[arg(value_parser = parse_address)]
+    addr: Address,
+    #[arg(long)]
+    channels: usize,
+    #[arg(long)]
+    messages: u64,
+    #[arg(long, default_value_t = Backend::default())]
+    backend: Backend,
 }
 
 #[derive(Args)]
@@ -59,7 +93,13 @@ struct BenchArgs {
     /// A tenth of the messages per run: a smoke run, not for publishing.
     #[arg(long)]
     quick: bool,
-    /// Channel counts for the many-connections figure (comma separated; empty to skip).
+    /// One-stream payload sizes in bytes (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,64,1024,65000")]
+    payloads: Vec<u16>,
+    /// Skip the round-trip figures.
+    #[arg(long)]
+    no_round_trip: bool,
+    /// Channel counts for the many-connections figure (comma separated; 0 to skip).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     many: Vec<usize>,
     /// Seconds to watch an idle engine for wake-ups (0 to skip).
@@ -188,6 +228,10 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Ping(a)) => ping(a),
         Some(Command::Bench(a)) => bench(a),
+        Some(Command::Soak(a)) => soak(a),
+        Some(Command::BenchClients(a)) => {
+            cli::bench::clients(a.backend, &a.addr, a.channels, a.messages)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,8 +243,12 @@ fn main() -> ExitCode {
 }
 
 fn start_engine(backend: Backend, pool: PoolOptions) -> Result<Engine, String> {
-    Engine::new(EngineOptions { pool, backend })
-        .map_err(|e| format!("cannot start the engine ({backend}): {e}"))
+    Engine::new(EngineOptions {
+        pool,
+        backend,
+        ..EngineOptions::default()
+    })
+    .map_err(|e| format!("cannot start the engine ({backend}): {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,12 +478,26 @@ fn ping(a: PingArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn soak(a: SoakArgs) -> Result<(), String> {
+    if !(a.minutes > 0.0 && a.minutes.is_finite()) || a.workers == 0 || a.report_secs == 0 {
+        return Err("--minutes, --workers and --report-secs must be positive".into());
+    }
+    cli::soak::run(cli::soak::Settings {
+        duration: Duration::from_secs_f64(a.minutes * 60.0),
+        report_every: Duration::from_secs(a.report_secs),
+        workers: a.workers,
+        backend: a.backend,
+    })
+}
+
 fn bench(a: BenchArgs) -> Result<(), String> {
     if a.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
     let settings = cli::bench::Settings {
         runs: a.runs,
+        payloads: a.payloads.into_iter().map(usize::from).collect(),
+        round_trip: !a.no_round_trip,
         quick: a.quick,
         backend: a.common.backend,
         many: a.many.into_iter().filter(|&n| n > 0).collect(),

@@ -339,6 +339,9 @@ pub struct Message {
     text: Vec<u8>,
     body: Vec<u8>,
     pub(crate) home: Option<Arc<PoolShared>>,
+    /// A frame received from a peer that the application holds (counted by its pool: the
+    /// reactor stops reading when the application holds too many).
+    pub(crate) held: bool,
 }
 
 impl Message {
@@ -356,6 +359,7 @@ impl Message {
             text,
             body,
             home: None,
+            held: false,
         }
     }
 
@@ -475,6 +479,7 @@ impl Message {
             text: self.text.clone(),
             body: self.body.clone(),
             home: None,
+            held: false,
         }
     }
 
@@ -538,6 +543,26 @@ impl Message {
         self.body.capacity()
     }
 
+    /// Counts this message as a received frame held by the application.
+    pub(crate) fn mark_held(&mut self) {
+        if !self.held {
+            if let Some(home) = &self.home {
+                home.hold();
+                self.held = true;
+            }
+        }
+    }
+
+    /// The application gave this message back (dropped, pooled or posted).
+    pub(crate) fn release_hold(&mut self) {
+        if self.held {
+            self.held = false;
+            if let Some(home) = &self.home {
+                home.release();
+            }
+        }
+    }
+
     pub(crate) fn take_buffers(&mut self) -> (Vec<u8>, Vec<u8>) {
         (
             std::mem::take(&mut self.text),
@@ -554,6 +579,7 @@ impl Default for Message {
 
 impl Drop for Message {
     fn drop(&mut self) {
+        self.release_hold();
         if let Some(home) = self.home.take() {
             let (text, body) = self.take_buffers();
             home.recycle(text, body);

@@ -6,7 +6,7 @@
 //! steady state neither the application nor the engine allocates per message. When the pool
 //! already holds `max` messages, a returned message is freed instead.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::message::Message;
@@ -78,6 +78,7 @@ impl Pool {
             empty_was_returned: AtomicBool::new(false),
             on_refill: OnceLock::new(),
             created: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
         });
         {
             let mut free = shared.lock();
@@ -124,9 +125,90 @@ impl Pool {
     /// Any message may be put, also one made with [`Message::new`]: this is how an
     /// application adds messages to a pool. Dropping a pooled message does the same.
     pub fn put(&self, mut msg: Message) {
+        msg.release_hold();
         msg.home = None;
         let (text, body) = msg.take_buffers();
         self.shared.recycle(text, body);
+    }
+
+    /// Puts many messages back with one lock (see [`put`](Self::put)); `msgs` is left empty.
+    pub fn put_all(&self, msgs: &mut Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        {
+            let mut free = self.shared.lock();
+            for mut m in msgs.drain(..) {
+                m.release_hold();
+                m.home = None;
+                if free.len() < self.shared.max {
+                    let (mut text, mut body) = m.take_buffers();
+                    text.clear();
+                    body.clear();
+                    free.push((text, body));
+                }
+            }
+        }
+        self.shared.after_refill();
+    }
+
+    /// Takes up to `n` messages (reset) with one lock, appending them to `out`; never
+    /// allocates. Returns how many were taken.
+    pub(crate) fn take_batch(&self, n: usize, out: &mut Vec<Message>) -> usize {
+        let mut free = self.shared.lock();
+        let k = n.min(free.len());
+        let from = free.len() - k;
+        for (text, body) in free.drain(from..) {
+            let mut m = Message::with_buffers(text, body);
+            m.home = Some(Arc::clone(&self.shared));
+            out.push(m);
+        }
+        if k == 0 {
+            self.shared.empty_was_returned.store(true, Ordering::SeqCst);
+        }
+        k
+    }
+
+    /// A message to receive a frame into, for the reactor: from the pool, else newly
+    /// allocated as long as the application holds fewer than `max` received frames. `None`
+    /// means the application holds too many: reading pauses until it gives some back.
+    ///
+    /// Counting held frames rather than looking at the pool keeps an application that
+    /// allocates many messages for sending from starving its own receive path (two peers
+    /// doing so would each stop reading, then each stop writing: a deadlock).
+    pub(crate) fn for_receive(&self, batch: usize, out: &mut Vec<Message>) -> bool {
+        if self.take_batch(batch, out) > 0 {
+            return true;
+        }
+        if self.shared.held.load(Ordering::SeqCst) >= self.shared.max {
+            self.shared.empty_was_returned.store(true, Ordering::SeqCst);
+            // A frame released since the check above would have found the flag clear.
+            if self.shared.held.load(Ordering::SeqCst) >= self.shared.max {
+                return false;
+            }
+        }
+        self.shared.created.fetch_add(1, Ordering::Relaxed);
+        let mut m = Message::new();
+        m.home = Some(Arc::clone(&self.shared));
+        out.push(m);
+        true
+    }
+
+    /// True when [`for_receive`](Self::for_receive) would give a message now.
+    pub(crate) fn can_receive(&self) -> bool {
+        self.shared.held.load(Ordering::SeqCst) < self.shared.max || !self.is_empty()
+    }
+
+    /// Received frames the application holds now.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// True when `msg` returns to this pool when dropped.
+    pub(crate) fn owns(&self, msg: &Message) -> bool {
+        msg.home
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(h, &self.shared))
     }
 
     /// How many messages the pool holds now.
@@ -182,6 +264,8 @@ pub(crate) struct PoolShared {
     empty_was_returned: AtomicBool,
     on_refill: OnceLock<Box<dyn Fn() + Send + Sync>>,
     created: AtomicU64,
+    /// Received frames the application holds (see `Pool::for_receive`).
+    held: AtomicUsize,
 }
 
 impl PoolShared {
@@ -201,6 +285,19 @@ impl PoolShared {
             }
             free.push((text, body));
         }
+        self.after_refill();
+    }
+
+    pub(crate) fn hold(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn release(&self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        self.after_refill();
+    }
+
+    fn after_refill(&self) {
         if self.empty_was_returned.swap(false, Ordering::SeqCst) {
             if let Some(f) = self.on_refill.get() {
                 f();

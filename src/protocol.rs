@@ -141,8 +141,8 @@ impl Connection {
     }
 
     /// Records that `n` bytes of what [`gather`](Self::gather) offered were written: finished
-    /// frames leave the queue (their messages return to the pool).
-    pub(crate) fn advance(&mut self, mut n: usize) {
+    /// frames leave the queue and their messages go to `sent` (for reuse or the pool).
+    pub(crate) fn advance(&mut self, mut n: usize, sent: &mut Vec<Message>) {
         while n > 0 {
             let Some(head) = self.queue.front() else {
                 return;
@@ -158,6 +158,7 @@ impl Connection {
                 if done.msg.opcode().message_type() == MessageType::Bye {
                     self.bye_sent = true;
                 }
+                sent.push(done.msg);
             }
         }
     }
@@ -301,7 +302,7 @@ mod tests {
             let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
             let w = bytes.len().min(chunk);
             wire.extend_from_slice(&bytes[..w]);
-            c.advance(w);
+            c.advance(w, &mut Vec::new());
         }
         wire
     }

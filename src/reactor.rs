@@ -13,20 +13,21 @@
 //!
 //! Nothing here depends on the platform or the backend: the [`Poller`] hides both.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::address::Address;
+use crate::channels::Backlog;
 use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
+use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
 use crate::net::{Listener, Stream};
 use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
-use crate::pool::Allocation;
 use crate::protocol::{Connection, RecvStop};
 use crate::status::Status;
+use crate::wire::encoded_len;
 
 /// Size of the one read buffer all channels share.
 const READ_BUF_LEN: usize = 256 * 1024;
@@ -36,6 +37,11 @@ const READS_PER_EVENT: usize = 8;
 const ACCEPTS_PER_EVENT: usize = 64;
 /// Most slices per `writev`.
 const IOV_LEN: usize = 256;
+/// Most messages the reactor keeps for receiving (see `Reactor::spare`).
+const SPARE_MAX: usize = 256;
+/// Messages taken from the pool at once when the spare ones run out.
+const REFILL_BATCH: usize = 32;
+
 /// How long a listener stops accepting after an accept failure (EMFILE, ENFILE, ENOMEM).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -45,8 +51,8 @@ pub(crate) struct Reactor {
     events: Vec<Event>,
     /// Channels by number. Boxed: a channel keeps its address for its whole life, which a
     /// completion-based backend relies on.
-    channels: HashMap<u16, Box<Channel>>,
-    by_token: HashMap<Token, u16>,
+    channels: IntMap<u16, Box<Channel>>,
+    by_token: IntMap<Token, u16>,
     next_token: u64,
     commands: Vec<Command>,
     read_buf: Box<[u8]>,
@@ -57,6 +63,11 @@ pub(crate) struct Reactor {
     /// Listeners backing off after accept failures, with the time they resume.
     paused: Vec<(Instant, u16)>,
     deliveries: Vec<Message>,
+    /// Messages whose frames were written, waiting to be reused or pooled.
+    sent: Vec<Message>,
+    /// Messages of this engine's pool kept for receiving: written messages are reused here
+    /// and refills take batches, so the pool's lock is taken per batch, not per message.
+    spare: Vec<Message>,
 }
 
 /// How a [`Reactor::read`] ended.
@@ -73,6 +84,8 @@ struct Channel {
     number: u16,
     token: Token,
     group: Arc<GroupShared>,
+    /// Posted and not yet written (shared with `post`, which enforces the send limit).
+    backlog: Arc<Backlog>,
     /// message_id for the final ChannelClosed Signal: the request's, replaced by the first
     /// frame received.
     mid: u64,
@@ -139,8 +152,8 @@ impl Reactor {
             shared,
             poller,
             events: Vec::with_capacity(1024),
-            channels: HashMap::new(),
-            by_token: HashMap::new(),
+            channels: IntMap::default(),
+            by_token: IntMap::default(),
             next_token: 1,
             commands: Vec::new(),
             read_buf: vec![0u8; READ_BUF_LEN].into_boxed_slice(),
@@ -150,6 +163,8 @@ impl Reactor {
             starved: Vec::new(),
             paused: Vec::new(),
             deliveries: Vec::new(),
+            sent: Vec::new(),
+            spare: Vec::with_capacity(SPARE_MAX),
         }
     }
 
@@ -195,6 +210,7 @@ impl Reactor {
                 }
             }
             self.events = events;
+            self.recycle_sent();
             self.delete_marked();
         }
     }
@@ -209,7 +225,8 @@ impl Reactor {
         }
         let pending = !self.shared.lock_commands().queue.is_empty()
             || self.shared.shutdown.load(Ordering::SeqCst)
-            || (!self.starved.is_empty() && !self.shared.pool.is_empty());
+            || (!self.starved.is_empty()
+                && (!self.spare.is_empty() || self.shared.pool.can_receive()));
         if pending {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Some(Duration::ZERO);
@@ -265,6 +282,7 @@ impl Reactor {
     }
 
     fn dispatch_post(&mut self, group: Arc<GroupShared>, mut msg: Message) {
+        msg.release_hold(); // the application gave it to the engine
         let number = msg.channel();
         if group.is_destroyed() {
             // Posted while the group was being destroyed: nobody can receive an answer.
@@ -277,6 +295,7 @@ impl Reactor {
             OpCode::HelloRequest => self.open_client(group, msg),
             OpCode::WelcomeRequest => self.open_listener(group, msg),
             OpCode::ByeSignal if msg.header.oob => {
+                tracing::debug!(channel = number, "ByeSignal: local abort");
                 msg.header.origin = Origin::Engine;
                 msg.header.status = Status::ChannelClosed;
                 group.deliver(msg);
@@ -296,9 +315,11 @@ impl Reactor {
                 };
                 let Kind::Io(io) = &mut ch.kind else {
                     // Data for a listener: returned, and unlike Zig tofu the listener stays.
+                    ch.backlog.sub(1, encoded_len(&msg) as u64);
                     return hand_back(&group, msg, Status::ChannelClosed);
                 };
                 if let Err((e, msg)) = io.conn.enqueue(msg) {
+                    ch.backlog.sub(1, encoded_len(&msg) as u64);
                     return hand_back(&group, msg, e.status());
                 }
                 if io.connected && !io.queued_flush && ch.closing.is_none() {
@@ -387,10 +408,17 @@ impl Reactor {
     fn insert(&mut self, number: u16, group: Arc<GroupShared>, mid: u64, kind: Kind) {
         let token = Token(self.next_token);
         self.next_token += 1;
+        let backlog = self
+            .shared
+            .lock_table()
+            .record(number)
+            .map(|r| Arc::clone(&r.backlog))
+            .unwrap_or_default();
         let mut ch = Box::new(Channel {
             number,
             token,
             group,
+            backlog,
             mid,
             registered: false,
             touched: false,
@@ -457,7 +485,7 @@ impl Reactor {
                 Ok(true) => {
                     io.connected = true;
                     tracing::debug!(channel = number, peer = %io.stream.peer_string(), "connected");
-                    flush(ch);
+                    flush(ch, &mut self.sent);
                 }
                 Ok(false) if !failed => {}
                 Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
@@ -469,7 +497,7 @@ impl Reactor {
             Kind::Io(io) if io.starving => {
                 // No read interest (no messages to read into); writes go on.
                 if t.contains(Triggers::SEND) {
-                    flush(ch);
+                    flush(ch, &mut self.sent);
                 }
                 if ch.closing.is_none() && failed && ch.registered {
                     // The peer is gone, but data it sent may still wait in the socket: stop
@@ -490,7 +518,7 @@ impl Reactor {
                     return;
                 };
                 if ch.closing.is_none() && t.contains(Triggers::SEND) {
-                    flush(ch);
+                    flush(ch, &mut self.sent);
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
                     // Error or hang-up, yet no end of stream to read: the link is dead.
@@ -565,6 +593,8 @@ impl Reactor {
         }
         let pool = &self.shared.pool;
         let deliveries = &mut self.deliveries;
+        let spare = &mut self.spare;
+        let mut supply = || take_spare(spare, pool);
         let mut outcome = None;
         let mut end = ReadEnd::Budget;
         for _ in 0..READS_PER_EVENT {
@@ -585,14 +615,13 @@ impl Reactor {
                     break;
                 }
             };
-            let r = io.conn.receive(
-                &self.read_buf[..n],
-                &mut || pool.get(Allocation::PoolOnly),
-                &mut |mut m| {
+            let r = io
+                .conn
+                .receive(&self.read_buf[..n], &mut supply, &mut |mut m| {
                     m.header.channel = number;
+                    m.mark_held();
                     deliveries.push(m);
-                },
-            );
+                });
             match r {
                 // A short read almost always means the socket is drained; level-triggered
                 // readiness (or a re-armed one-shot poll) reports any rest. After a hang-up,
@@ -604,6 +633,7 @@ impl Reactor {
                 Ok(RecvStop::Drained) => {}
                 Ok(RecvStop::Starved) => {
                     // Read interest is dropped until messages come back (see reconcile).
+                    tracing::debug!(channel = number, "pool empty: reading paused");
                     io.starving = true;
                     deliveries.push(pool_empty_signal(pool, number));
                     self.starved.push(number);
@@ -611,6 +641,7 @@ impl Reactor {
                     break;
                 }
                 Ok(RecvStop::ByeResponse) => {
+                    tracing::debug!(channel = number, "ByeResponse received; closing");
                     outcome = Some(Status::ChannelClosed);
                     break;
                 }
@@ -635,7 +666,7 @@ impl Reactor {
     }
 
     fn retry_starved(&mut self) {
-        if self.starved.is_empty() || self.shared.pool.is_empty() {
+        if self.starved.is_empty() || (self.spare.is_empty() && !self.shared.pool.can_receive()) {
             return;
         }
         let starved = std::mem::take(&mut self.starved);
@@ -646,16 +677,19 @@ impl Reactor {
             let Kind::Io(io) = &mut ch.kind else { continue };
             let pool = &self.shared.pool;
             let deliveries = &mut self.deliveries;
+            let spare = &mut self.spare;
             let r = io
                 .conn
-                .resume(&mut || pool.get(Allocation::PoolOnly), &mut |mut m| {
+                .resume(&mut || take_spare(spare, pool), &mut |mut m| {
                     m.header.channel = number;
+                    m.mark_held();
                     deliveries.push(m);
                 });
             let mut close = None;
             match r {
                 Ok(RecvStop::Starved) => self.starved.push(number),
                 Ok(RecvStop::Drained) => {
+                    tracing::debug!(channel = number, "reading resumed");
                     io.starving = false;
                     touch(&mut self.touched, ch);
                 }
@@ -688,7 +722,7 @@ impl Reactor {
             let blocked = matches!(&ch.kind, Kind::Io(io) if io.write_blocked);
             if ch.closing.is_none() && !blocked {
                 // A write-blocked channel waits for SEND readiness instead of a failing writev.
-                flush(ch);
+                flush(ch, &mut self.sent);
                 touch(&mut self.touched, ch);
                 if ch.closing.is_some() {
                     self.marked.push(number);
@@ -697,6 +731,23 @@ impl Reactor {
         }
         self.to_flush = to_flush;
         self.to_flush.clear();
+        self.recycle_sent();
+    }
+
+    /// Written messages: keep some for receiving, return the rest to the pool in one go.
+    fn recycle_sent(&mut self) {
+        if self.sent.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.sent.len() && self.spare.len() < SPARE_MAX {
+            if self.shared.pool.owns(&self.sent[i]) {
+                self.spare.push(self.sent.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        self.shared.pool.put_all(&mut self.sent);
     }
 
     fn reconcile(&mut self) {
@@ -769,14 +820,7 @@ impl Reactor {
     }
 
     fn exit(&mut self) {
-        let leftovers = {
-            let mut c = self.shared.lock_commands();
-            c.open = false;
-            std::mem::take(&mut c.queue)
-        };
-        for cmd in leftovers {
-            cmd.abandon(Status::ShutdownStarted);
-        }
+        self.shared.close_commands();
         let numbers: Vec<u16> = self.channels.keys().copied().collect();
         for n in numbers {
             if let Some(ch) = self.channels.remove(&n) {
@@ -801,6 +845,14 @@ impl Channel {
     }
 }
 
+/// A message to receive into: a spare one, else from the pool (see `Pool::for_receive`).
+fn take_spare(spare: &mut Vec<Message>, pool: &crate::pool::Pool) -> Option<Message> {
+    if spare.is_empty() && !pool.for_receive(REFILL_BATCH, spare) {
+        return None;
+    }
+    spare.pop()
+}
+
 fn touch(touched: &mut Vec<u16>, ch: &mut Channel) {
     if !ch.touched {
         ch.touched = true;
@@ -822,7 +874,17 @@ fn hand_back(group: &GroupShared, mut msg: Message, status: Status) {
 }
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
-fn flush(ch: &mut Channel) {
+fn flush(ch: &mut Channel, sent: &mut Vec<Message>) {
+    let before = sent.len();
+    write_queue(ch, sent);
+    let done = &sent[before..];
+    if !done.is_empty() {
+        let bytes: usize = done.iter().map(encoded_len).sum();
+        ch.backlog.sub(done.len() as u64, bytes as u64);
+    }
+}
+
+fn write_queue(ch: &mut Channel, sent: &mut Vec<Message>) {
     let Kind::Io(io) = &mut ch.kind else { return };
     if !io.connected {
         return;
@@ -837,7 +899,7 @@ fn flush(ch: &mut Channel) {
         let offered: usize = iov[..n].iter().map(|s| s.len()).sum();
         match io.stream.write_vectored(&iov[..n]) {
             Ok(w) => {
-                io.conn.advance(w);
+                io.conn.advance(w, sent);
                 if w < offered {
                     // The socket buffer is full: wait for writability.
                     io.write_blocked = true;

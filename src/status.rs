@@ -76,13 +76,16 @@ pub enum Status {
     SetsockoptFailed = 29,
     /// Application-level processing failed (for recipes).
     ProcessingFailed = 30,
-    /// Any other failure, and every status byte above 30.
+    /// Any other failure, and every status byte above 32.
     UnknownError = 31,
+    /// The channel's send queue is at its limit (`EngineOptions::send_limit`); the message
+    /// was not queued. Not in Zig tofu, whose send queues are unbounded.
+    SendQueueFull = 32,
 }
 
 impl Status {
     /// Every status, in numeric order.
-    pub const ALL: [Status; 32] = [
+    pub const ALL: [Status; 33] = [
         Status::Success,
         Status::NotImplementedYet,
         Status::WrongAddress,
@@ -115,9 +118,10 @@ impl Status {
         Status::SetsockoptFailed,
         Status::ProcessingFailed,
         Status::UnknownError,
+        Status::SendQueueFull,
     ];
 
-    /// Converts a raw status byte; bytes above 30 give [`Status::UnknownError`].
+    /// Converts a raw status byte; bytes above 32 give [`Status::UnknownError`].
     #[doc(alias = "raw_to_status")]
     pub const fn from_u8(raw: u8) -> Status {
         if (raw as usize) < Status::ALL.len() {
@@ -201,6 +205,7 @@ pub enum Error {
     SetsockoptFailed,
     ProcessingFailed,
     UnknownError,
+    SendQueueFull,
 }
 
 impl Error {
@@ -239,6 +244,7 @@ impl Error {
             Error::SetsockoptFailed => Status::SetsockoptFailed,
             Error::ProcessingFailed => Status::ProcessingFailed,
             Error::UnknownError => Status::UnknownError,
+            Error::SendQueueFull => Status::SendQueueFull,
         }
     }
 
@@ -277,10 +283,11 @@ impl Error {
             Status::SetsockoptFailed => Error::SetsockoptFailed,
             Status::ProcessingFailed => Error::ProcessingFailed,
             Status::UnknownError => Error::UnknownError,
+            Status::SendQueueFull => Error::SendQueueFull,
         })
     }
 
-    /// The error of a raw status byte; `None` for 0, `UnknownError` for bytes above 30.
+    /// The error of a raw status byte; `None` for 0, `UnknownError` for bytes above 32.
     pub const fn from_u8(raw: u8) -> Option<Error> {
         Error::from_status(Status::from_u8(raw))
     }
@@ -321,6 +328,7 @@ impl Error {
             Error::SetsockoptFailed => "setsockopt failed",
             Error::ProcessingFailed => "processing failed",
             Error::UnknownError => "unknown error",
+            Error::SendQueueFull => "the channel's send queue is full; retry after it drains",
         }
     }
 }
@@ -361,7 +369,7 @@ mod tests {
     fn every_byte_converts_without_panic() {
         for b in 0..=255u8 {
             let s = Status::from(b);
-            if b <= 31 {
+            if b <= 32 {
                 assert_eq!(u8::from(s), b);
             } else {
                 assert_eq!(s, Status::UnknownError);

@@ -150,3 +150,65 @@ fn starving_channel_keeps_sending() {
         echo.join().unwrap();
     });
 }
+
+/// The send-side high-water mark: a peer that stops reading makes `post` refuse with
+/// `SendQueueFull` (message handed back intact) instead of queueing without bound; once the
+/// peer reads again, posting works again.
+#[test]
+fn send_queue_limit() {
+    use std::io::Read;
+    on_every_backend(|b| {
+        let e = tofu::Engine::new(tofu::EngineOptions {
+            backend: b,
+            send_limit: tofu::SendLimit {
+                messages: 32,
+                bytes: u64::MAX,
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let g = e.create_group().unwrap();
+        let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tofu::Address::tcp("127.0.0.1", raw.local_addr().unwrap().port());
+        let (c, _) = hello(&g, &addr);
+        let (mut peer, _) = raw.accept().unwrap();
+        let mut posted = 0u64;
+        let refused = loop {
+            match g.post(data(OpCode::Signal, c, posted + 1, &[9u8; 60_000])) {
+                Ok(_) => posted += 1,
+                Err(e) => break e,
+            }
+            assert!(posted < 5_000, "the queue must be bounded");
+            if posted % 32 == 0 {
+                std::thread::sleep(Duration::from_millis(5)); // let the reactor write
+            }
+        };
+        assert_eq!(refused.error, tofu::Error::SendQueueFull);
+        assert_eq!(refused.message.message_id(), posted + 1);
+        assert_eq!(refused.message.body().len(), 60_000);
+        // The peer drains everything; posting is accepted again.
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0usize;
+            peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            while let Ok(n) = peer.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let mut accepted_again = false;
+        for _ in 0..500 {
+            if g.post(data(OpCode::Signal, c, 0, b"again")).is_ok() {
+                accepted_again = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(accepted_again, "posting resumes once the queue drains");
+        drop(g);
+        assert!(reader.join().unwrap() > posted as usize * 60_000 / 2);
+    });
+}

@@ -199,3 +199,19 @@ fn demo_exits_zero_and_reports() {
     assert!(o.status.success());
     assert!(stdout(&o).contains("\"responses\":800"), "{}", stdout(&o));
 }
+
+#[test]
+fn soak_runs_clean_for_a_few_seconds() {
+    let o = tofu(&[
+        "soak",
+        "--minutes",
+        "0.05",
+        "--report-secs",
+        "1",
+        "--workers",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("soak:") && out.contains(" 0 errors"), "{out}");
+}

@@ -114,6 +114,7 @@ fn hello_to_nothing_listening_is_connect_failed() {
     });
 }
 
+// Unix only: the Windows lane runs under Wine 8, which has no AF_UNIX.
 #[cfg(unix)]
 #[test]
 fn hello_to_missing_uds_path() {

@@ -72,6 +72,8 @@ impl Spread {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub runs: usize,
+    pub payloads: Vec<usize>,
+    pub round_trip: bool,
     pub quick: bool,
     pub backend: Backend,
     pub many: Vec<usize>,
@@ -117,8 +119,6 @@ pub struct Report {
     pub idle: Option<(usize, Duration, u64)>,
 }
 
-pub const PAYLOADS: [usize; 4] = [0, 64, 1024, 65000];
-
 fn transports() -> Vec<Transport> {
     if cfg!(unix) {
         vec![Transport::Tcp, Transport::Uds]
@@ -144,7 +144,7 @@ fn stream_count(payload: usize, quick: bool) -> u64 {
 pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
     let mut streams = Vec::new();
     for t in transports() {
-        for &p in &PAYLOADS {
+        for &p in &s.payloads {
             progress(&format!("one stream {t} {p} B"));
             let n = stream_count(p, s.quick);
             let raw = Spread::of(
@@ -169,7 +169,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
         }
     }
     let mut rtts = Vec::new();
-    for t in transports() {
+    for t in transports().into_iter().filter(|_| s.round_trip) {
         for pinned in [true, false] {
             progress(&format!(
                 "round trip {t} {}",
@@ -405,6 +405,7 @@ fn engine(backend: Backend, initial: u16, max: u16) -> Result<Engine, String> {
     Engine::new(EngineOptions {
         pool: PoolOptions { initial, max },
         backend,
+        ..EngineOptions::default()
     })
     .map_err(|e| format!("engine: {e}"))
 }
@@ -476,7 +477,7 @@ fn tofu_stream(
     let (c, s) = pair(&rx, &tx, &address(t)?)?;
     let allocs_before = super::alloc::allocations();
     let receiver = std::thread::scope(|scope| -> Result<f64, String> {
-        let rx = &rx;
+        let (rx, rx_engine) = (&rx, &rx_engine);
         let handle = scope.spawn(move || -> Result<f64, String> {
             let mut first = None;
             for i in 1..=count {
@@ -516,6 +517,15 @@ fn tofu_stream(
         handle.join().map_err(|_| "receiver panicked".to_string())?
     })?;
     let allocs = (super::alloc::allocations() - allocs_before) as f64 / count as f64;
+    if std::env::var_os("TOFU_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "tx {:?} rx {:?} per msg: tx iter {:.3} rx iter {:.3}",
+            tx_engine.stats(),
+            rx_engine.stats(),
+            tx_engine.stats().iterations as f64 / count as f64,
+            rx_engine.stats().iterations as f64 / count as f64
+        );
+    }
     Ok((receiver, allocs))
 }
 
@@ -565,16 +575,19 @@ fn tofu_rtt(backend: Backend, t: Transport, count: u64) -> Result<[f64; 3], Stri
     ])
 }
 
-/// Aggregate Signals per second over `n` channels between two engines, and the heap memory
-/// each idle channel costs (both ends counted, so the figure is per channel end; socket
-/// buffers are kernel memory and not included).
+/// Aggregate Signals per second into one engine holding `n` connections, and the heap memory
+/// that engine spends per idle connection (socket buffers are kernel memory, not counted).
+///
+/// The clients run in a child process (`tofu bench-clients`), so each process needs only `n`
+/// descriptors and the server engine's memory is measured alone.
 fn many_channels(backend: Backend, n: usize, quick: bool) -> Result<(f64, f64), String> {
-    raise_fd_limit(2 * n + 256);
-    let pool = (n * 2 + 1024).min(u16::MAX as usize) as u16;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    raise_fd_limit(n + 256)?;
+    let pool = (n + 1024).min(u16::MAX as usize) as u16;
     let se = engine(backend, 1024, pool)?;
-    let ce = engine(backend, 1024, pool)?;
     let server = se.create_group().map_err(|e| e.to_string())?;
-    let client = ce.create_group().map_err(|e| e.to_string())?;
     let addr = address(Transport::Tcp)?;
     let mut m = Message::new();
     addr.format_listen(&mut m).map_err(|e| e.to_string())?;
@@ -582,13 +595,27 @@ fn many_channels(backend: Backend, n: usize, quick: bool) -> Result<(f64, f64), 
     if next(&server)?.status() != Status::Success {
         return Err("listen failed".into());
     }
+    let per_channel: u64 = if quick { 20 } else { 100 };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let heap_before = super::alloc::live_bytes();
-    let mut channels = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut m = ce.pool().message();
-        addr.format_connect(&mut m).map_err(|e| e.to_string())?;
-        channels.push(client.post(m).map_err(|e| e.error.to_string())?.channel);
-    }
+    let mut child = Command::new(exe)
+        .args([
+            "bench-clients",
+            &addr.to_string(),
+            "--channels",
+            &n.to_string(),
+            "--messages",
+            &per_channel.to_string(),
+            "--backend",
+            &backend.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the client process: {e}"))?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
+    let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+
     let mut answered = 0;
     while answered < n {
         let mut h = next(&server)?;
@@ -598,52 +625,76 @@ fn many_channels(backend: Backend, n: usize, quick: bool) -> Result<(f64, f64), 
             answered += 1;
         }
     }
+    match lines.next() {
+        Some(Ok(l)) if l == "ready" => {}
+        other => return Err(format!("client process failed: {other:?}")),
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let per_idle = super::alloc::live_bytes().saturating_sub(heap_before) as f64 / n as f64;
+
+    writeln!(stdin, "go").map_err(|e| e.to_string())?;
+    let total = per_channel * n as u64;
+    let mut first = None;
+    let mut got = 0;
+    while got < total {
+        let m = next(&server)?;
+        first.get_or_insert_with(Instant::now);
+        if m.opcode() == OpCode::Signal && m.status() == Status::Success {
+            got += 1;
+        }
+    }
+    let rate = total as f64 / first.map_or(1e-9, |f| f.elapsed().as_secs_f64());
+    drop(stdin);
+    let _ = child.wait();
+    Ok((rate, per_idle))
+}
+
+/// The client side of [`many_channels`], run in its own process: connects `n` channels,
+/// prints `ready`, waits for `go` on stdin, sends `messages` Signals per channel, and exits
+/// when stdin closes.
+pub fn clients(backend: Backend, addr: &Address, n: usize, messages: u64) -> Result<(), String> {
+    raise_fd_limit(n + 256)?;
+    let pool = (n + 1024).min(u16::MAX as usize) as u16;
+    let ce = engine(backend, 1024, pool)?;
+    let client = ce.create_group().map_err(|e| e.to_string())?;
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut m = ce.pool().message();
+        addr.format_connect(&mut m).map_err(|e| e.to_string())?;
+        channels.push(client.post(m).map_err(|e| e.error.to_string())?.channel);
+    }
     let mut connected = 0;
     while connected < n {
         let r = next(&client)?;
-        if r.opcode() == OpCode::HelloResponse {
+        if r.opcode() == OpCode::HelloResponse && r.status() == Status::Success {
             connected += 1;
         } else if r.status() != Status::Success {
             return Err(format!("connect failed: {}", r.status()));
         }
     }
-    std::thread::sleep(Duration::from_millis(100));
-    let per_idle = super::alloc::live_bytes().saturating_sub(heap_before) as f64 / (2 * n) as f64;
-
-    let per_channel: u64 = if quick { 20 } else { 100 };
-    let total = per_channel * n as u64;
-    let received = std::thread::scope(|scope| -> Result<f64, String> {
-        let server = &server;
-        let h = scope.spawn(move || -> Result<f64, String> {
-            let mut first = None;
-            let mut got = 0;
-            while got < total {
-                let m = next(server)?;
-                first.get_or_insert_with(Instant::now);
-                if m.opcode() == OpCode::Signal && m.status() == Status::Success {
-                    got += 1;
-                }
-            }
-            Ok(total as f64 / first.map_or(1e-9, |f| f.elapsed().as_secs_f64()))
-        });
-        for round in 0..per_channel {
-            for &c in &channels {
-                let mut m = ce.pool().message();
-                m.header.opcode = OpCode::Signal;
-                m.header.channel = c;
-                m.header.message_id = round + 1;
-                m.body_mut().resize(64, 3);
-                client.post(m).map_err(|e| e.error.to_string())?;
-            }
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    for round in 0..messages {
+        for &c in &channels {
+            let mut m = ce.pool().message();
+            m.header.opcode = OpCode::Signal;
+            m.header.channel = c;
+            m.header.message_id = round + 1;
+            m.body_mut().resize(64, 3);
+            client.post(m).map_err(|e| e.error.to_string())?;
         }
-        h.join().map_err(|_| "receiver panicked".to_string())?
-    })?;
-    Ok((received, per_idle))
+    }
+    // Stay until the parent has counted everything (it closes our stdin).
+    let _ = std::io::stdin().read_line(&mut line);
+    Ok(())
 }
 
 /// Reactor wake-ups of an engine holding `n` idle connections for `d`.
 fn idle_wakeups(backend: Backend, n: usize, d: Duration) -> Result<(usize, Duration, u64), String> {
-    raise_fd_limit(2 * n + 256);
+    raise_fd_limit(2 * n + 256)?;
     let e = engine(backend, 1024, (n * 2 + 64) as u16)?;
     let server = e.create_group().map_err(|e| e.to_string())?;
     let client = e.create_group().map_err(|e| e.to_string())?;
@@ -699,10 +750,10 @@ fn with_affinity<T: Send>(pinned: bool, f: impl FnOnce() -> T + Send) -> Result<
     })
 }
 
-fn raise_fd_limit(want: usize) {
-    if let Err(e) = sys::raise_fd_limit(want as u64) {
-        eprintln!("warning: cannot raise the open-file limit to {want}: {e}");
-    }
+fn raise_fd_limit(want: usize) -> Result<(), String> {
+    sys::raise_fd_limit(want as u64).map_err(|e| {
+        format!("{want} file descriptors are needed and the limit cannot be raised: {e}")
+    })
 }
 
 fn machine() -> String {
@@ -756,13 +807,27 @@ mod sys {
         if lim.rlim_cur >= want {
             return Ok(());
         }
+        if lim.rlim_max < want {
+            // Raising the hard limit needs privileges; try, and fall back to what we have.
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            // SAFETY: setrlimit reads the struct we own.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                return Ok(());
+            }
+        }
         lim.rlim_cur = want.min(lim.rlim_max);
         // SAFETY: setrlimit reads the struct we own.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         if lim.rlim_cur < want {
-            return Err(std::io::Error::other("hard limit too low"));
+            return Err(std::io::Error::other(format!(
+                "the hard limit is {}",
+                lim.rlim_max
+            )));
         }
         Ok(())
     }

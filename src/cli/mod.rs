@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod bench;
 pub mod client;
 pub mod service;
+pub mod soak;
 
 /// Escapes a string for JSON output.
 pub fn json_str(s: &str) -> String {
