@@ -67,9 +67,10 @@ impl Connection {
         self.0.gather(iov)
     }
 
-    /// Records that `n` bytes of what [`gather`](Self::gather) offered were written.
-    pub fn advance(&mut self, n: usize) {
-        self.0.advance(n)
+    /// Records that `n` bytes of what [`gather`](Self::gather) offered were written; the
+    /// messages of finished frames are pushed to `sent`.
+    pub fn advance(&mut self, n: usize, sent: &mut Vec<Message>) {
+        self.0.advance(n, sent)
     }
 
     /// Feeds received bytes; complete frames go to `deliver`, `supply` provides messages.

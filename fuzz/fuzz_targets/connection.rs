@@ -9,9 +9,10 @@
 //! * what `gather` offers is exactly the model's next bytes (stopping after a bye-type frame);
 //! * the bytes written, parsed on their own, are the enqueued messages' exact encodings in the
 //!   model's order; after the first bye-type frame only ByeResponses follow;
-//! * every enqueued message is accounted for exactly once: fully written, refused by
-//!   `enqueue` (returned), or returned by `take_unsent` (origin engine, the given status,
-//!   content unchanged); the queue never holds more than what was enqueued and not written.
+//! * every enqueued message is accounted for exactly once: fully written and handed back by
+//!   `advance` (unchanged, in write order), refused by `enqueue` (returned), or returned by
+//!   `take_unsent` (origin engine, the given status, content unchanged); the queue never holds
+//!   more than what was enqueued and not written.
 //!
 //! Receive side, against a one-piece decode of the same bytes (the reference): the delivered
 //! messages are the reference's frames in order, nothing after a ByeResponse, the same error
@@ -94,6 +95,8 @@ struct Harness {
     written: Vec<u8>,
     parsed: usize,
     written_ids: Vec<u64>,
+    /// Messages `advance` handed back after their frame was written.
+    returned_ids: Vec<u64>,
     refused_ids: Vec<u64>,
     unsent_ids: Vec<u64>,
     /// What the peer sent, and how much of it was read.
@@ -116,6 +119,7 @@ impl Harness {
             written: Vec::new(),
             parsed: 0,
             written_ids: Vec::new(),
+            returned_ids: Vec::new(),
             refused_ids: Vec::new(),
             unsent_ids: Vec::new(),
             peer: Vec::new(),
@@ -225,8 +229,12 @@ impl Harness {
         if !self.closed {
             self.take_unsent(Status::ChannelClosed);
         }
+        assert_eq!(
+            self.returned_ids, self.written_ids,
+            "written but not handed back"
+        );
         let mut all: Vec<u64> = self
-            .written_ids
+            .returned_ids
             .iter()
             .chain(&self.refused_ids)
             .chain(&self.unsent_ids)
@@ -289,10 +297,29 @@ impl Harness {
             assert_eq!(offered.len(), want_len, "gather stopped early");
         }
         let w = budget.min(offered.len());
-        self.conn.advance(w);
+        let mut finished = Vec::new();
+        self.conn.advance(w, &mut finished);
         self.written.extend_from_slice(&offered[..w]);
+        let before = self.model.done.len();
         self.model.advance(w, &self.sent);
         self.parse_written();
+        // The messages of exactly the finished frames come back, unchanged, in order.
+        let ids: Vec<u64> = finished.iter().map(Message::message_id).collect();
+        assert_eq!(
+            ids,
+            self.model.done[before..],
+            "advance handed back other messages"
+        );
+        for m in &finished {
+            let mut bytes = Vec::new();
+            encode(m, &mut bytes).expect("small sections");
+            assert_eq!(
+                bytes,
+                self.sent[&m.message_id()].bytes,
+                "a sent message changed"
+            );
+        }
+        self.returned_ids.extend(ids);
         w > 0 || iov_len == 0
     }
 
