@@ -81,7 +81,8 @@ impl Address {
     }
 
     /// Checks the limits: host at most 255 bytes, path shorter than [`UDS_PATH_MAX`], no `|`
-    /// or NUL in host or path, `@` names only on Linux. Errors are `InvalidAddress`.
+    /// or NUL in host or path, no space or tab at the end of a path, `@` names only on Linux.
+    /// Errors are `InvalidAddress`.
     pub fn validate(&self) -> Result<(), Error> {
         match self {
             Address::Tcp { host, .. } => {
@@ -98,6 +99,12 @@ impl Address {
                     path.len() >= UDS_PATH_MAX
                 };
                 if too_long || path.contains(['|', '\0', '\r', '\n']) {
+                    return Err(Error::InvalidAddress);
+                }
+                // The path ends the header value, and header values are read back trimmed:
+                // a trailing space or tab would be lost on the way (`uds| ` would even turn
+                // into the empty "temporary path").
+                if path.ends_with([' ', '\t']) {
                     return Err(Error::InvalidAddress);
                 }
                 if path.starts_with('@') && !cfg!(any(target_os = "linux", target_os = "android")) {
@@ -284,6 +291,36 @@ mod tests {
         let mut m = Message::with_opcode(OpCode::Request);
         m.append_header(CONNECT_TO, "tcp|a|1").unwrap();
         assert_eq!(Address::from_message(&m), Err(Error::InvalidAddress));
+    }
+
+    #[test]
+    fn uds_paths_ending_in_blanks_are_refused() {
+        // A text-header value loses its trailing spaces and tabs, so `uds|/tmp/s ` would be
+        // read back from `~connect_to` as `/tmp/s`, and `uds| ` as the empty "temporary
+        // path" (found by fuzz/fuzz_targets/address.rs).
+        for path in ["/tmp/s ", "/tmp/s\t", " ", "\t \t"] {
+            let a = Address::uds(path);
+            assert_eq!(a.validate(), Err(Error::InvalidAddress), "{path:?}");
+            assert_eq!(
+                format!("uds|{path}").parse::<Address>(),
+                Err(Error::InvalidAddress)
+            );
+            assert_eq!(
+                a.format_connect(&mut Message::new()),
+                Err(Error::WrongAddress)
+            );
+            assert_eq!(
+                a.format_listen(&mut Message::new()),
+                Err(Error::WrongAddress)
+            );
+        }
+        // Blanks elsewhere travel intact.
+        for path in [" /tmp/s", "/tmp/a b"] {
+            let a = Address::uds(path);
+            let mut m = Message::new();
+            a.format_connect(&mut m).unwrap();
+            assert_eq!(Address::from_message(&m), Ok(a));
+        }
     }
 
     #[cfg(target_os = "linux")]

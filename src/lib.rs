@@ -51,3 +51,8 @@ pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError, Se
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};
+
+// Internals for the fuzz targets in `fuzz/`; not an API (see the module docs).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -179,12 +179,7 @@ impl Connection {
             let p = self.decoder.decode(input, supply)?;
             input = &input[p.consumed..];
             if let Some(m) = p.frame {
-                if self.first_id.is_none() {
-                    self.first_id = Some(m.message_id());
-                }
-                if m.opcode() == OpCode::ByeResponse {
-                    self.bye_received = true;
-                }
+                self.note_received(&m);
                 deliver(m);
             } else if self.decoder.is_starved() {
                 self.stash.extend_from_slice(input);
@@ -209,9 +204,7 @@ impl Connection {
             // Only the header was pending: one empty feed asks supply again.
             let p = self.decoder.decode(&[], supply)?;
             if let Some(m) = p.frame {
-                if m.opcode() == OpCode::ByeResponse {
-                    self.bye_received = true;
-                }
+                self.note_received(&m);
                 deliver(m);
             }
             if self.decoder.is_starved() {
@@ -236,7 +229,7 @@ impl Connection {
     }
 
     /// True while decoding waits for a message.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn is_starved(&self) -> bool {
         self.decoder.is_starved()
     }
@@ -247,7 +240,7 @@ impl Connection {
     }
 
     /// True once a bye-type frame was written.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn bye_sent(&self) -> bool {
         self.bye_sent
     }
@@ -270,9 +263,19 @@ impl Connection {
     }
 
     /// Number of queued frames.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Bookkeeping for every received frame, whether `receive` or `resume` finished it.
+    fn note_received(&mut self, m: &Message) {
+        if self.first_id.is_none() {
+            self.first_id = Some(m.message_id());
+        }
+        if m.opcode() == OpCode::ByeResponse {
+            self.bye_received = true;
+        }
     }
 }
 
@@ -425,6 +428,40 @@ mod tests {
             .unwrap();
         assert_eq!(stop, RecvStop::Drained);
         assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn first_id_of_a_frame_finished_by_resume() {
+        // The pool ran dry right after the header of a frame without payload, so `resume`
+        // finishes it without new bytes; it is still the first frame received (found by
+        // fuzz/fuzz_targets/connection.rs).
+        let mut wire = Vec::new();
+        crate::wire::encode(&msg(OpCode::HelloRequest, 7, b""), &mut wire).unwrap();
+        crate::wire::encode(&msg(OpCode::Request, 8, b"x"), &mut wire).unwrap();
+        let mut c = Connection::new();
+        let mut got = Vec::new();
+        let stop = c
+            .receive(&wire[..HEADER_LEN], &mut || None, &mut |m| {
+                got.push(m.message_id())
+            })
+            .unwrap();
+        assert_eq!(stop, RecvStop::Starved);
+        let stop = c
+            .resume(&mut || Some(Message::new()), &mut |m| {
+                got.push(m.message_id())
+            })
+            .unwrap();
+        assert_eq!(stop, RecvStop::Drained);
+        let stop = c
+            .receive(
+                &wire[HEADER_LEN..],
+                &mut || Some(Message::new()),
+                &mut |m| got.push(m.message_id()),
+            )
+            .unwrap();
+        assert_eq!(stop, RecvStop::Drained);
+        assert_eq!(got, vec![7, 8]);
+        assert_eq!(c.first_received_id(), Some(7));
     }
 
     #[test]

@@ -1,0 +1,660 @@
+//! The per-connection protocol state (`Connection`) driven by an arbitrary sequence of
+//! operations, the way the reactor drives it: enqueue, gather + advance with partial writes,
+//! peer bytes read in arbitrary pieces with a pool that may run dry, resume, take_unsent.
+//!
+//! Send side, checked against a model of the documented rules (post order; `oob` to the front
+//! of what is not started, never before a started frame or an unsent HelloRequest at the head;
+//! after a bye-type frame only a ByeResponse):
+//! * `wants_send` agrees with the model, and a gather with room makes progress;
+//! * what `gather` offers is exactly the model's next bytes (stopping after a bye-type frame);
+//! * the bytes written, parsed on their own, are the enqueued messages' exact encodings in the
+//!   model's order; after the first bye-type frame only ByeResponses follow;
+//! * every enqueued message is accounted for exactly once: fully written and handed back by
+//!   `advance` (unchanged, in write order), refused by `enqueue` (returned), or returned by
+//!   `take_unsent` (origin engine, the given status, content unchanged); the queue never holds
+//!   more than what was enqueued and not written.
+//!
+//! Receive side, against a one-piece decode of the same bytes (the reference): the delivered
+//! messages are the reference's frames in order, nothing after a ByeResponse, the same error
+//! in the same place; stop reasons are truthful; `first_received_id` is the first delivered
+//! message's id.
+#![no_main]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use tofu::fuzzing::{Connection, RecvStop};
+use tofu::message::MAX_SECTION_LEN;
+use tofu::wire::{encode, DecodeError, Decoder, FrameHeader, HEADER_LEN};
+use tofu::{Error, Message, MessageType, OpCode, Origin, Status};
+
+/// Peer bytes kept per run (the reference decode re-reads them).
+const MAX_PEER_BYTES: usize = 1 << 16;
+const IOV_MAX: usize = 8;
+const CLIENT_TO_SERVER: &[u8] = include_bytes!("../../tests/fixtures/wire/client-to-server.bin");
+const SERVER_TO_CLIENT: &[u8] = include_bytes!("../../tests/fixtures/wire/server-to-client.bin");
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// Queue a message (opcode `op % 10`, sections `text % 200` and `body % 600` bytes).
+    Enqueue {
+        op: u8,
+        oob: bool,
+        more: bool,
+        text: u8,
+        body: u16,
+    },
+    /// Queue a message with one section of 65536 bytes: must be refused and handed back.
+    EnqueueOversized { text: bool },
+    /// One `wants_send` + `gather` into `iov % 9` slices + `advance` by `budget` bytes at most.
+    Write { iov: u8, budget: u16 },
+    /// Write until `wants_send` is false, `1 + chunk` bytes per write.
+    Flush { chunk: u8 },
+    /// Append raw bytes to what the peer sent.
+    PeerBytes(Vec<u8>),
+    /// Append a well-formed frame; `junk` sets origin/internal bits and status on the wire.
+    PeerFrame {
+        op: u8,
+        junk: u8,
+        id: u64,
+        text: u8,
+        body: u16,
+    },
+    /// Append a slice of a captured Zig tofu stream.
+    PeerCapture { server: bool, from: u8, len: u8 },
+    /// Read up to `len` sent bytes into `receive`, with `supply % 4` messages in the pool.
+    Read { len: u16, supply: u8 },
+    /// `resume` with `supply % 4` messages in the pool.
+    Resume { supply: u8 },
+    /// Close: `take_unsent`, after which nothing more is written.
+    TakeUnsent { reason: u8 },
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut h = Harness::new();
+    for op in ops {
+        h.apply(op);
+    }
+    h.finish();
+});
+
+struct Sent {
+    opcode: OpCode,
+    bytes: Vec<u8>,
+}
+
+struct Harness {
+    conn: Connection,
+    next_id: u64,
+    sent: HashMap<u64, Sent>,
+    model: Model,
+    closed: bool,
+    /// Everything advanced, in order, and the start of its unfinished frame.
+    written: Vec<u8>,
+    parsed: usize,
+    written_ids: Vec<u64>,
+    /// Messages `advance` handed back after their frame was written.
+    returned_ids: Vec<u64>,
+    refused_ids: Vec<u64>,
+    unsent_ids: Vec<u64>,
+    /// What the peer sent, and how much of it was read.
+    peer: Vec<u8>,
+    read: usize,
+    delivered: Vec<Message>,
+    starving: bool,
+    recv_end: Option<Result<(), DecodeError>>,
+    reference: Reference,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            conn: Connection::new(),
+            next_id: 1,
+            sent: HashMap::new(),
+            model: Model::default(),
+            closed: false,
+            written: Vec::new(),
+            parsed: 0,
+            written_ids: Vec::new(),
+            returned_ids: Vec::new(),
+            refused_ids: Vec::new(),
+            unsent_ids: Vec::new(),
+            peer: Vec::new(),
+            read: 0,
+            delivered: Vec::new(),
+            starving: false,
+            recv_end: None,
+            reference: Reference::default(),
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        if self.closed && matches!(op, Op::Enqueue { .. } | Op::EnqueueOversized { .. }) {
+            // The channel is closed: the reactor queues nothing more.
+            return;
+        }
+        match op {
+            Op::Enqueue {
+                op,
+                oob,
+                more,
+                text,
+                body,
+            } => {
+                let m = self.message(op, oob, more, usize::from(text) % 200, body as usize % 600);
+                self.enqueue(m);
+            }
+            Op::EnqueueOversized { text } => {
+                let mut m = self.message(0, false, false, 0, 0);
+                let (section, want) = if text {
+                    (m.text_headers_mut(), Error::InvalidHeadersLen)
+                } else {
+                    (m.body_mut(), Error::InvalidBodyLen)
+                };
+                section.resize(MAX_SECTION_LEN + 1, b'x');
+                let id = m.message_id();
+                match self.conn.enqueue(m) {
+                    Ok(()) => panic!("an oversized section was queued"),
+                    Err((e, back)) => {
+                        assert_eq!(e, want);
+                        assert_eq!(back.message_id(), id, "another message handed back");
+                        self.refused_ids.push(id);
+                    }
+                }
+            }
+            Op::Write { iov, budget } => {
+                self.write(usize::from(iov) % (IOV_MAX + 1), usize::from(budget));
+            }
+            Op::Flush { chunk } => {
+                let mut rounds = 0;
+                while self.write(IOV_MAX, 1 + usize::from(chunk)) {
+                    rounds += 1;
+                    assert!(rounds < 1 << 20, "flush does not end");
+                }
+            }
+            Op::PeerBytes(bytes) => self.peer_send(&bytes),
+            Op::PeerFrame {
+                op,
+                junk,
+                id,
+                text,
+                body,
+            } => {
+                let mut m = Message::with_opcode(OpCode::ALL[usize::from(op) % 10]);
+                m.header.oob = false;
+                m.header.message_id = id;
+                m.header.channel = 7;
+                m.header.more = junk & 0x20 != 0;
+                fill(m.text_headers_mut(), usize::from(text), id);
+                fill(m.body_mut(), usize::from(body) % 600, !id);
+                let mut frame = Vec::new();
+                encode(&m, &mut frame).expect("small sections");
+                frame[2] |= junk & (0x10 | 0x40 | 0x80);
+                frame[3] = junk >> 3;
+                self.peer_send(&frame);
+            }
+            Op::PeerCapture { server, from, len } => {
+                let s = if server {
+                    SERVER_TO_CLIENT
+                } else {
+                    CLIENT_TO_SERVER
+                };
+                let from = usize::from(from) % s.len();
+                let to = (from + usize::from(len)).min(s.len());
+                self.peer_send(&s[from..to]);
+            }
+            Op::Read { len, supply } => self.read(usize::from(len), supply % 4),
+            Op::Resume { supply } => self.resume(supply % 4),
+            Op::TakeUnsent { reason } => self.take_unsent(Status::from_u8(reason % 32)),
+        }
+        assert_eq!(self.conn.queued(), self.model.queue.len(), "queue length");
+        assert_eq!(self.conn.bye_sent(), self.model.bye_sent, "bye_sent");
+    }
+
+    fn finish(&mut self) {
+        // Read what is left with a full pool, then close.
+        while self.recv_end.is_none() {
+            if self.starving {
+                self.resume(u8::MAX);
+            } else if self.read < self.peer.len() {
+                self.read(usize::MAX, u8::MAX);
+            } else {
+                break;
+            }
+        }
+        self.check_received(true);
+        if !self.closed {
+            self.take_unsent(Status::ChannelClosed);
+        }
+        assert_eq!(
+            self.returned_ids, self.written_ids,
+            "written but not handed back"
+        );
+        let mut all: Vec<u64> = self
+            .returned_ids
+            .iter()
+            .chain(&self.refused_ids)
+            .chain(&self.unsent_ids)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        let want: Vec<u64> = (1..self.next_id).collect();
+        assert_eq!(all, want, "a message lost or accounted for twice");
+    }
+
+    /// A message with a unique id; its expected encoding is recorded on enqueue.
+    fn message(&mut self, op: u8, oob: bool, more: bool, text: usize, body: usize) -> Message {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut m = Message::with_opcode(OpCode::ALL[usize::from(op) % 10]);
+        m.header.channel = 1 + (id % 1000) as u16;
+        m.header.message_id = id;
+        m.header.oob = oob;
+        m.header.more = more;
+        fill(m.text_headers_mut(), text, id);
+        fill(m.body_mut(), body, id.rotate_left(7));
+        m
+    }
+
+    fn enqueue(&mut self, m: Message) {
+        let id = m.message_id();
+        let mut bytes = Vec::new();
+        encode(&m, &mut bytes).expect("small sections");
+        let (opcode, oob) = (m.opcode(), m.header.oob);
+        if let Err((e, _)) = self.conn.enqueue(m) {
+            panic!("enqueue refused a valid message: {e:?}");
+        }
+        self.sent.insert(id, Sent { opcode, bytes });
+        self.model.enqueue(id, oob, &self.sent);
+    }
+
+    /// One write round; false when nothing was to be sent.
+    fn write(&mut self, iov_len: usize, budget: usize) -> bool {
+        if self.closed {
+            return false;
+        }
+        let wants = self.conn.wants_send();
+        assert_eq!(wants, self.model.wants_send(&self.sent), "wants_send");
+        if !wants {
+            return false;
+        }
+        let mut iov = [IoSlice::new(&[]); IOV_MAX];
+        let n = self.conn.gather(&mut iov[..iov_len]);
+        assert!(n <= iov_len);
+        if iov_len > 0 {
+            assert!(n > 0, "nothing offered although wants_send");
+        }
+        let mut offered = Vec::new();
+        for s in &iov[..n] {
+            offered.extend_from_slice(s);
+        }
+        let (want, want_len) = self.model.offer(&self.sent, offered.len());
+        assert_eq!(offered, want, "gather offered other bytes");
+        if n < iov_len {
+            assert_eq!(offered.len(), want_len, "gather stopped early");
+        }
+        let w = budget.min(offered.len());
+        let mut finished = Vec::new();
+        self.conn.advance(w, &mut finished);
+        self.written.extend_from_slice(&offered[..w]);
+        let before = self.model.done.len();
+        self.model.advance(w, &self.sent);
+        self.parse_written();
+        // The messages of exactly the finished frames come back, unchanged, in order.
+        let ids: Vec<u64> = finished.iter().map(Message::message_id).collect();
+        assert_eq!(
+            ids,
+            self.model.done[before..],
+            "advance handed back other messages"
+        );
+        for m in &finished {
+            let mut bytes = Vec::new();
+            encode(m, &mut bytes).expect("small sections");
+            assert_eq!(
+                bytes,
+                self.sent[&m.message_id()].bytes,
+                "a sent message changed"
+            );
+        }
+        self.returned_ids.extend(ids);
+        w > 0 || iov_len == 0
+    }
+
+    /// Parses complete frames of what was written and matches them to the model's order.
+    fn parse_written(&mut self) {
+        loop {
+            let rest = &self.written[self.parsed..];
+            if rest.len() < HEADER_LEN {
+                break;
+            }
+            let mut b = [0u8; HEADER_LEN];
+            b.copy_from_slice(&rest[..HEADER_LEN]);
+            let h = FrameHeader::parse(&b);
+            let len = HEADER_LEN + h.payload_len();
+            if rest.len() < len {
+                break;
+            }
+            let id = h.message_id;
+            let sent = self.sent.get(&id).expect("a frame of an enqueued message");
+            assert_eq!(&rest[..len], &sent.bytes[..], "frame bytes of {id}");
+            let i = self.written_ids.len();
+            assert_eq!(
+                self.model.done.get(i),
+                Some(&id),
+                "frames out of the documented order"
+            );
+            // The Bye rule of src/protocol.rs, independent of the model: after a bye-type
+            // frame only ByeResponses. (Their number is not limited: two ByeResponses queued
+            // after a ByeRequest both go out; a peer ignores anything after the first.)
+            let after_bye = self
+                .written_ids
+                .iter()
+                .any(|x| self.sent[x].opcode.message_type() == MessageType::Bye);
+            if after_bye {
+                assert_eq!(
+                    sent.opcode,
+                    OpCode::ByeResponse,
+                    "{:?} after a bye-type frame",
+                    sent.opcode
+                );
+            }
+            self.written_ids.push(id);
+            self.parsed += len;
+        }
+        assert_eq!(self.written_ids.len(), self.model.done.len());
+    }
+
+    fn take_unsent(&mut self, reason: Status) {
+        if self.closed {
+            assert!(self.conn.take_unsent(reason).is_empty());
+            return;
+        }
+        let back = self.conn.take_unsent(reason);
+        let ids: Vec<u64> = back.iter().map(Message::message_id).collect();
+        let want: Vec<u64> = self.model.queue.iter().copied().collect();
+        assert_eq!(ids, want, "take_unsent: other messages or order");
+        for m in &back {
+            assert_eq!(m.origin(), Origin::Engine);
+            assert_eq!(m.status(), reason);
+            let mut bytes = Vec::new();
+            encode(m, &mut bytes).expect("small sections");
+            let sent = &self.sent[&m.message_id()].bytes;
+            // Same content; only origin (proto bit 4) and status changed.
+            assert_eq!(bytes[HEADER_LEN..], sent[HEADER_LEN..]);
+            assert_eq!(bytes[..2], sent[..2]);
+            assert_eq!(bytes[4..HEADER_LEN], sent[4..HEADER_LEN]);
+        }
+        // A partly written head is returned, and what went out of it is a prefix of its frame.
+        let partial = &self.written[self.parsed..];
+        if let Some(head) = ids.first() {
+            assert!(self.sent[head].bytes.starts_with(partial));
+        } else {
+            assert!(partial.is_empty());
+        }
+        assert_eq!(partial.len(), self.model.head_written);
+        self.unsent_ids.extend(ids);
+        self.model.queue.clear();
+        self.model.head_written = 0;
+        // The stream now ends in the middle of a frame: the harness stops writing.
+        self.closed = true;
+        assert_eq!(self.conn.queued(), 0);
+    }
+
+    fn peer_send(&mut self, bytes: &[u8]) {
+        let room = MAX_PEER_BYTES - self.peer.len();
+        self.peer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Like the reactor's read: only while not starving and not finished.
+    fn read(&mut self, len: usize, supply: u8) {
+        if self.starving || self.recv_end.is_some() {
+            return;
+        }
+        let end = self.read.saturating_add(len).min(self.peer.len());
+        let input = &self.peer[self.read..end];
+        self.read = end;
+        let mut pool = Supply::new(supply);
+        let delivered = &mut self.delivered;
+        let r = self
+            .conn
+            .receive(input, &mut || pool.get(), &mut |m| delivered.push(m));
+        self.after_receive(r, &pool);
+    }
+
+    fn resume(&mut self, supply: u8) {
+        if self.recv_end.is_some() {
+            return;
+        }
+        let before = self.delivered.len();
+        let was_starving = self.starving;
+        let mut pool = Supply::new(supply);
+        let delivered = &mut self.delivered;
+        let r = self
+            .conn
+            .resume(&mut || pool.get(), &mut |m| delivered.push(m));
+        if !was_starving {
+            assert_eq!(r, Ok(RecvStop::Drained), "resume without starvation");
+            assert_eq!(self.delivered.len(), before);
+        }
+        self.after_receive(r, &pool);
+    }
+
+    fn after_receive(&mut self, r: Result<RecvStop, DecodeError>, pool: &Supply) {
+        match r {
+            Ok(RecvStop::Drained) => {
+                assert!(!self.conn.is_starved());
+                assert!(!self.conn.bye_received());
+                self.starving = false;
+            }
+            Ok(RecvStop::Starved) => {
+                assert!(pool.ran_dry, "starved with messages in the pool");
+                assert!(self.conn.is_starved());
+                self.starving = true;
+            }
+            Ok(RecvStop::ByeResponse) => {
+                assert!(self.conn.bye_received());
+                self.recv_end = Some(Ok(()));
+            }
+            Err(e) => self.recv_end = Some(Err(e)),
+        }
+        assert_eq!(
+            self.conn.first_received_id(),
+            self.delivered.first().map(Message::message_id),
+            "first_received_id"
+        );
+        self.check_received(false);
+    }
+
+    /// Delivered messages against the reference decode of the bytes read.
+    fn check_received(&mut self, complete: bool) {
+        let r = &mut self.reference;
+        r.catch_up(&self.peer[..self.read]);
+        let bye = r
+            .frames
+            .iter()
+            .position(|m| m.opcode() == OpCode::ByeResponse);
+        let expected = &r.frames[..bye.map_or(r.frames.len(), |i| i + 1)];
+        assert!(self.delivered.len() <= expected.len(), "delivered too much");
+        for (got, want) in self.delivered[r.checked..]
+            .iter()
+            .zip(&expected[r.checked..])
+        {
+            assert_eq!(got.header, want.header);
+            assert_eq!(got.text_headers(), want.text_headers());
+            assert_eq!(got.body(), want.body());
+        }
+        r.checked = self.delivered.len();
+        match self.recv_end {
+            Some(Ok(())) => {
+                assert!(bye.is_some());
+                assert_eq!(self.delivered.len(), expected.len());
+            }
+            Some(Err(e)) => {
+                assert!(bye.is_none(), "decoded past a ByeResponse");
+                assert_eq!(r.error, Some(e), "an error the reference does not see");
+                assert_eq!(self.delivered.len(), expected.len());
+            }
+            None if !self.starving => {
+                // Everything read was decoded (a trailing partial frame aside).
+                assert!(bye.is_none() && r.error.is_none());
+                assert_eq!(self.delivered.len(), expected.len());
+            }
+            None => assert!(!complete, "still starving with a full pool"),
+        }
+    }
+}
+
+/// The peer's bytes decoded with a pool that never runs dry, extended as more are read.
+#[derive(Default)]
+struct Reference {
+    decoder: Decoder,
+    pos: usize,
+    frames: Vec<Message>,
+    error: Option<DecodeError>,
+    /// Delivered messages already compared.
+    checked: usize,
+}
+
+impl Reference {
+    fn catch_up(&mut self, bytes: &[u8]) {
+        while self.error.is_none() && self.pos < bytes.len() {
+            match self
+                .decoder
+                .decode(&bytes[self.pos..], &mut || Some(Message::new()))
+            {
+                Ok(p) => {
+                    self.pos += p.consumed;
+                    self.frames.extend(p.frame);
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+}
+
+/// The documented send rules, on message ids.
+#[derive(Default)]
+struct Model {
+    queue: VecDeque<u64>,
+    head_written: usize,
+    bye_sent: bool,
+    /// Ids of completely written frames, in order.
+    done: Vec<u64>,
+}
+
+impl Model {
+    fn enqueue(&mut self, id: u64, oob: bool, sent: &HashMap<u64, Sent>) {
+        if !oob {
+            self.queue.push_back(id);
+            return;
+        }
+        let at = match self.queue.front() {
+            Some(h) if self.head_written > 0 || sent[h].opcode == OpCode::HelloRequest => 1,
+            _ => 0,
+        };
+        self.queue.insert(at, id);
+    }
+
+    fn wants_send(&mut self, sent: &HashMap<u64, Sent>) -> bool {
+        if !self.bye_sent {
+            return !self.queue.is_empty();
+        }
+        let Some(i) = self
+            .queue
+            .iter()
+            .position(|id| sent[id].opcode == OpCode::ByeResponse)
+        else {
+            return false;
+        };
+        if i > 0 {
+            assert_eq!(self.head_written, 0, "a started frame overtaken");
+            let id = self.queue.remove(i).expect("found above");
+            self.queue.push_front(id);
+        }
+        true
+    }
+
+    /// The first `limit` bytes the rules allow to be written now, and how many there are.
+    fn offer(&self, sent: &HashMap<u64, Sent>, limit: usize) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut total = 0;
+        let mut skip = self.head_written;
+        for (i, id) in self.queue.iter().enumerate() {
+            let s = &sent[id];
+            if self.bye_sent && (i > 0 || s.opcode != OpCode::ByeResponse) {
+                break;
+            }
+            let frame = &s.bytes[skip.min(s.bytes.len())..];
+            skip = 0;
+            total += frame.len();
+            let room = limit.saturating_sub(out.len());
+            out.extend_from_slice(&frame[..frame.len().min(room)]);
+            if s.opcode.message_type() == MessageType::Bye {
+                break;
+            }
+        }
+        (out, total)
+    }
+
+    fn advance(&mut self, mut n: usize, sent: &HashMap<u64, Sent>) {
+        while n > 0 {
+            let id = *self.queue.front().expect("advance within the offer");
+            let left = sent[&id].bytes.len() - self.head_written;
+            if n < left {
+                self.head_written += n;
+                return;
+            }
+            n -= left;
+            self.head_written = 0;
+            self.queue.pop_front();
+            self.done.push(id);
+            if sent[&id].opcode.message_type() == MessageType::Bye {
+                self.bye_sent = true;
+            }
+        }
+    }
+}
+
+/// A pool with a few messages, some with leftovers from an earlier use.
+struct Supply {
+    left: u8,
+    ran_dry: bool,
+}
+
+impl Supply {
+    fn new(left: u8) -> Supply {
+        Supply {
+            left,
+            ran_dry: false,
+        }
+    }
+
+    fn get(&mut self) -> Option<Message> {
+        if self.left == 0 {
+            self.ran_dry = true;
+            return None;
+        }
+        self.left -= 1;
+        let mut m = Message::with_opcode(OpCode::ByeSignal);
+        if self.left % 2 == 1 {
+            m.header.origin = Origin::Engine;
+            m.header.status = Status::PoolEmpty;
+            m.header.message_id = 99;
+            m.text_headers_mut().extend_from_slice(b"stale:1\r\n");
+            m.set_body(b"stale");
+        }
+        Some(m)
+    }
+}
+
+/// `len` bytes that differ between seeds (the header's message_id already tells frames apart).
+fn fill(buf: &mut Vec<u8>, len: usize, seed: u64) {
+    buf.clear();
+    buf.resize(len, seed as u8);
+    let tag = seed.to_be_bytes();
+    let n = tag.len().min(len);
+    buf[..n].copy_from_slice(&tag[..n]);
+}

@@ -1,0 +1,124 @@
+//! Crate internals the fuzz targets in `fuzz/` drive. Compiled only with the `fuzzing` cargo
+//! feature (off by default) and hidden from the docs: this is not part of the API and may
+//! change with any release.
+//!
+//! The per-connection protocol state stays `pub(crate)`; [`Connection`] is a thin public
+//! wrapper that forwards every call unchanged, so the fuzzers exercise exactly the code the
+//! reactor runs.
+
+use std::io::IoSlice;
+
+use crate::message::Message;
+use crate::protocol;
+use crate::status::{Error, Status};
+use crate::wire::DecodeError;
+
+/// What [`Connection::receive`] and [`Connection::resume`] stopped on (mirrors the internal
+/// `RecvStop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvStop {
+    /// All input was consumed.
+    Drained,
+    /// A message was needed and none was available; the unconsumed bytes were stashed.
+    Starved,
+    /// A ByeResponse was received: the channel must close; later bytes were discarded.
+    ByeResponse,
+}
+
+impl From<protocol::RecvStop> for RecvStop {
+    fn from(s: protocol::RecvStop) -> RecvStop {
+        match s {
+            protocol::RecvStop::Drained => RecvStop::Drained,
+            protocol::RecvStop::Starved => RecvStop::Starved,
+            protocol::RecvStop::ByeResponse => RecvStop::ByeResponse,
+        }
+    }
+}
+
+/// The sans-I/O protocol state of one data channel (send queue, receive decoder, Bye rules).
+/// Each method forwards to the engine's own implementation; see `src/protocol.rs` for the
+/// rules.
+pub struct Connection(protocol::Connection);
+
+impl Default for Connection {
+    fn default() -> Connection {
+        Connection::new()
+    }
+}
+
+impl Connection {
+    /// A connection with an empty queue at the start of both streams.
+    pub fn new() -> Connection {
+        Connection(protocol::Connection::new())
+    }
+
+    /// Queues a message; a section over 65535 bytes is refused and the message handed back.
+    pub fn enqueue(&mut self, msg: Message) -> Result<(), (Error, Message)> {
+        self.0.enqueue(msg)
+    }
+
+    /// True when a frame can be written now (may reorder a ByeResponse to the front).
+    pub fn wants_send(&mut self) -> bool {
+        self.0.wants_send()
+    }
+
+    /// Fills `iov` with the bytes to write next; returns how many slices were used.
+    pub fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        self.0.gather(iov)
+    }
+
+    /// Records that `n` bytes of what [`gather`](Self::gather) offered were written; the
+    /// messages of finished frames are pushed to `sent`.
+    pub fn advance(&mut self, n: usize, sent: &mut Vec<Message>) {
+        self.0.advance(n, sent)
+    }
+
+    /// Feeds received bytes; complete frames go to `deliver`, `supply` provides messages.
+    pub fn receive(
+        &mut self,
+        input: &[u8],
+        supply: &mut dyn FnMut() -> Option<Message>,
+        deliver: &mut dyn FnMut(Message),
+    ) -> Result<RecvStop, DecodeError> {
+        self.0.receive(input, supply, deliver).map(RecvStop::from)
+    }
+
+    /// Continues decoding stashed bytes after starvation.
+    pub fn resume(
+        &mut self,
+        supply: &mut dyn FnMut() -> Option<Message>,
+        deliver: &mut dyn FnMut(Message),
+    ) -> Result<RecvStop, DecodeError> {
+        self.0.resume(supply, deliver).map(RecvStop::from)
+    }
+
+    /// True while decoding waits for a message.
+    pub fn is_starved(&self) -> bool {
+        self.0.is_starved()
+    }
+
+    /// True once a ByeResponse was received.
+    pub fn bye_received(&self) -> bool {
+        self.0.bye_received()
+    }
+
+    /// True once a bye-type frame was written.
+    pub fn bye_sent(&self) -> bool {
+        self.0.bye_sent()
+    }
+
+    /// message_id of the first frame received, if any.
+    pub fn first_received_id(&self) -> Option<u64> {
+        self.0.first_received_id()
+    }
+
+    /// Number of queued frames.
+    pub fn queued(&self) -> usize {
+        self.0.queued()
+    }
+
+    /// The queued messages not (completely) sent, marked origin engine and status `reason`.
+    pub fn take_unsent(&mut self, reason: Status) -> Vec<Message> {
+        self.0.take_unsent(reason).collect()
+    }
+}
