@@ -32,7 +32,7 @@ use crate::reactor::Reactor;
 use crate::status::{Error, Status};
 
 /// Engine settings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Message pool sizes (tofu `initialPoolMsgs` / `maxPoolMsgs`).
     pub pool: PoolOptions,
@@ -40,6 +40,21 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// Per-channel bound on messages posted but not yet written.
     pub send_limit: SendLimit,
+    /// A peer that starts a frame and then sends nothing for this long has its channel
+    /// closed with `RecvFailed` (a slowloris peer cannot hold a channel forever). `None`
+    /// waits forever, as Zig tofu does. Default: 30 s.
+    pub frame_timeout: Option<Duration>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            pool: PoolOptions::default(),
+            backend: Backend::default(),
+            send_limit: SendLimit::default(),
+            frame_timeout: Some(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// The send-side high-water mark of every channel: once a channel holds this many posted,
@@ -129,6 +144,7 @@ impl Engine {
             iterations: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
             send_limit: options.send_limit,
+            frame_timeout: options.frame_timeout,
         });
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -486,6 +502,7 @@ pub(crate) struct Shared {
     pub(crate) iterations: AtomicU64,
     pub(crate) sleeps: AtomicU64,
     send_limit: SendLimit,
+    pub(crate) frame_timeout: Option<Duration>,
 }
 
 impl Shared {

@@ -234,6 +234,11 @@ impl Connection {
         self.decoder.is_starved()
     }
 
+    /// True while the peer owes the rest of a frame (not while the pool is what is missing).
+    pub(crate) fn is_mid_frame(&self) -> bool {
+        self.decoder.is_mid_frame() && !self.decoder.is_starved()
+    }
+
     /// True once a ByeResponse was received (reading stops).
     pub(crate) fn bye_received(&self) -> bool {
         self.bye_received

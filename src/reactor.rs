@@ -62,6 +62,9 @@ pub(crate) struct Reactor {
     starved: Vec<u16>,
     /// Listeners backing off after accept failures, with the time they resume.
     paused: Vec<(Instant, u16)>,
+    /// Channels in the middle of a frame, watched for `frame_timeout`.
+    partial: Vec<u16>,
+    frame_timeout: Option<Duration>,
     deliveries: Vec<Message>,
     /// Messages whose frames were written, waiting to be reused or pooled.
     sent: Vec<Message>,
@@ -117,6 +120,10 @@ struct Io {
     mid_taken: bool,
     /// The poller reported an error or hang-up.
     hangup: bool,
+    /// When bytes last arrived while a frame was incomplete.
+    last_input: Instant,
+    /// Listed in `Reactor::partial`.
+    in_partial: bool,
 }
 
 impl Channel {
@@ -148,6 +155,7 @@ impl Channel {
 
 impl Reactor {
     pub(crate) fn new(shared: Arc<Shared>, poller: Poller) -> Reactor {
+        let frame_timeout = shared.frame_timeout;
         Reactor {
             shared,
             poller,
@@ -162,6 +170,8 @@ impl Reactor {
             marked: Vec::new(),
             starved: Vec::new(),
             paused: Vec::new(),
+            partial: Vec::new(),
+            frame_timeout,
             deliveries: Vec::new(),
             sent: Vec::new(),
             spare: Vec::with_capacity(SPARE_MAX),
@@ -182,6 +192,7 @@ impl Reactor {
     fn run_loop(&mut self) {
         loop {
             self.resume_paused();
+            self.expire_partial();
             if self.shared.shutdown.load(Ordering::SeqCst) {
                 break;
             }
@@ -231,11 +242,58 @@ impl Reactor {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Some(Duration::ZERO);
         }
-        // Listeners backing off after accept failures are the only timers.
+        // The only timers: listeners backing off after accept failures, and channels in the
+        // middle of a frame (see `expire_partial`). An idle engine has neither.
+        let now = Instant::now();
+        let partial = self.frame_timeout.and_then(|t| {
+            self.partial
+                .iter()
+                .filter_map(|n| match &self.channels.get(n)?.kind {
+                    Kind::Io(io) => Some(io.last_input + t),
+                    Kind::Listener(_) => None,
+                })
+                .min()
+        });
         self.paused
             .iter()
-            .map(|&(at, _)| at.saturating_duration_since(Instant::now()))
+            .map(|&(at, _)| at)
+            .chain(partial)
             .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Closes channels whose peer started a frame and then sent nothing for `frame_timeout`
+    /// (a slowloris peer would otherwise hold the channel and its receive message forever).
+    fn expire_partial(&mut self) {
+        let Some(timeout) = self.frame_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.partial.len() {
+            let number = self.partial[i];
+            let Some(ch) = self.channels.get_mut(&number) else {
+                self.partial.swap_remove(i);
+                continue;
+            };
+            let Kind::Io(io) = &mut ch.kind else {
+                self.partial.swap_remove(i);
+                continue;
+            };
+            if !io.conn.is_mid_frame() || ch.closing.is_some() {
+                io.in_partial = false;
+                self.partial.swap_remove(i);
+                continue;
+            }
+            if now.duration_since(io.last_input) >= timeout {
+                tracing::debug!(channel = number, "incomplete frame timed out");
+                io.in_partial = false;
+                self.partial.swap_remove(i);
+                mark(&mut self.marked, ch, Status::RecvFailed);
+                continue;
+            }
+            i += 1;
+        }
     }
 
     /// Gives listeners whose back-off has expired their ACCEPT interest back.
@@ -358,6 +416,8 @@ impl Reactor {
             queued_flush: connected,
             mid_taken: false,
             hangup: false,
+            last_input: Instant::now(),
+            in_partial: false,
         };
         if connected {
             self.to_flush.push(number);
@@ -574,6 +634,8 @@ impl Reactor {
                 queued_flush: false,
                 mid_taken: false,
                 hangup: false,
+                last_input: Instant::now(),
+                in_partial: false,
             };
             self.insert(new, group, 0, Kind::Io(Box::new(io)));
         }
@@ -650,6 +712,13 @@ impl Reactor {
                     outcome = Some(e.status());
                     break;
                 }
+            }
+        }
+        if io.conn.is_mid_frame() {
+            io.last_input = Instant::now();
+            if !io.in_partial {
+                io.in_partial = true;
+                self.partial.push(number);
             }
         }
         if let Some(id) = io.conn.first_received_id() {

@@ -144,3 +144,77 @@ fn bad_frames_close_only_that_channel() {
         expect_silence(&g, Duration::from_millis(50));
     });
 }
+
+/// A peer that starts a frame and never finishes it (slowloris) loses only its channel, after
+/// `frame_timeout`; the engine and the other channels keep working.
+#[test]
+fn incomplete_frame_times_out() {
+    on_every_backend(|b| {
+        let e = tofu::Engine::new(tofu::EngineOptions {
+            backend: b,
+            frame_timeout: Some(Duration::from_millis(300)),
+            ..Default::default()
+        })
+        .unwrap();
+        let g = e.create_group().unwrap();
+        let addr = tcp_loopback();
+        listen(&g, &addr);
+        let mut good = raw_client(&addr);
+        good.write_all(&frame(OpCode::HelloRequest, 1, b""))
+            .unwrap();
+        let good_ch = recv(&g).channel();
+
+        let mut slow = raw_client(&addr);
+        slow.write_all(&frame(OpCode::HelloRequest, 2, b""))
+            .unwrap();
+        let slow_ch = recv(&g).channel();
+        let promise = frame(OpCode::Request, 3, &[7u8; 1000]);
+        slow.write_all(&promise[..30]).unwrap(); // header + 14 of 1000 body bytes
+        let started = std::time::Instant::now();
+        expect_closed_signal(&recv(&g), slow_ch);
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "closed only after the timeout"
+        );
+
+        good.write_all(&frame(OpCode::Signal, 4, b"still fine"))
+            .unwrap();
+        let m = recv(&g);
+        assert_eq!(
+            (m.channel(), m.message_id(), m.body()),
+            (good_ch, 4, &b"still fine"[..])
+        );
+        // A channel that is merely idle between frames is never timed out.
+        expect_silence(&g, Duration::from_millis(500));
+    });
+}
+
+/// The largest frame the format allows arrives intact.
+#[test]
+fn maximum_lengths_from_a_raw_peer() {
+    on_every_backend(|b| {
+        let e = engine(b);
+        let g = e.create_group().unwrap();
+        let addr = tcp_loopback();
+        listen(&g, &addr);
+        let mut peer = raw_client(&addr);
+        peer.write_all(&frame(OpCode::HelloRequest, 1, b""))
+            .unwrap();
+        let ch = recv(&g).channel();
+        let mut m = Message::with_opcode(OpCode::Request);
+        m.header.channel = 1;
+        m.header.message_id = u64::MAX;
+        m.text_headers_mut()
+            .extend(std::iter::repeat_n(b'h', 65_533));
+        m.text_headers_mut().extend_from_slice(b"\r\n");
+        m.set_body(&vec![0xAB; 65_535]);
+        let mut bytes = Vec::new();
+        encode(&m, &mut bytes).unwrap();
+        assert_eq!(bytes.len(), tofu::wire::MAX_FRAME_LEN);
+        peer.write_all(&bytes).unwrap();
+        let got = recv(&g);
+        assert_eq!((got.channel(), got.message_id()), (ch, u64::MAX));
+        assert_eq!(got.text_headers(), m.text_headers());
+        assert_eq!(got.body(), m.body());
+    });
+}
