@@ -467,6 +467,26 @@ mod sys {
 
 /// Creates the stream socket of a Unix domain socket; on a system without
 /// AF_UNIX that is an `InvalidAddress` failure, anything else `other`.
+/// A client socket could not be created: out of descriptors or buffers is a failed connect
+/// (the address is fine; retry later), anything else means the address cannot be used.
+fn socket_creation_failed(e: io::Error) -> NetError {
+    if out_of_resources(&e) {
+        (Status::ConnectFailed, e)
+    } else {
+        (Status::InvalidAddress, e)
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM (WSAEMFILE, WSAENOBUFS on Windows).
+fn out_of_resources(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    let codes = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+    // WSAEMFILE (10024) and WSAENOBUFS (10055).
+    #[cfg(windows)]
+    let codes = [10024, 10055];
+    e.raw_os_error().is_some_and(|c| codes.contains(&c))
+}
+
 fn uds_socket(other: Status) -> Result<Socket, NetError> {
     sys::stream_socket(Domain::UNIX, None).map_err(|e| {
         #[cfg(windows)]
@@ -737,7 +757,10 @@ impl Stream {
     ///
     /// # Errors
     /// - `InvalidAddress`: a bad, too long or unresolvable address, or
-    ///   creating the socket failed.
+    ///   creating the socket failed for another reason than exhausted
+    ///   resources.
+    /// - `ConnectFailed` also when no socket could be created for lack of
+    ///   descriptors or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM).
     /// - `SetsockoptFailed`: setting `SO_LINGER`/`TCP_NODELAY` failed.
     /// - `UdsPathNotFound`: the Unix domain socket path does not exist
     ///   (`ENOENT`).
@@ -751,7 +774,7 @@ impl Stream {
             Address::Tcp { host, port } => {
                 let target = resolve_tcp(host, *port, false)?;
                 let socket = sys::stream_socket(Domain::for_address(target), Some(Protocol::TCP))
-                    .map_err(|e| (Status::InvalidAddress, e))?;
+                    .map_err(socket_creation_failed)?;
                 socket
                     .set_linger(Some(Duration::ZERO))
                     .and_then(|()| socket.set_tcp_nodelay(true))
@@ -761,7 +784,13 @@ impl Stream {
             }
             Address::Uds { path } => {
                 let sock_addr = UdsTarget::parse(path)?.sock_addr()?;
-                let socket = uds_socket(Status::InvalidAddress)?;
+                let socket = uds_socket(Status::InvalidAddress).map_err(|(status, e)| {
+                    if out_of_resources(&e) {
+                        (Status::ConnectFailed, e)
+                    } else {
+                        (status, e)
+                    }
+                })?;
                 socket
                     .set_linger(Some(Duration::ZERO))
                     .map_err(|e| (Status::SetsockoptFailed, e))?;

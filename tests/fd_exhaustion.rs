@@ -37,7 +37,8 @@ fn accept_backs_off_and_resumes() {
         };
         let mut peer = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
 
-        // Use up every descriptor under a low limit.
+        let nowhere = tcp_loopback(); // chosen while a descriptor is still free
+                                      // Use up every descriptor under a low limit.
         let old = set_nofile(256);
         let mut filler = Vec::new();
         while let Ok(f) = std::fs::File::open("/dev/null") {
@@ -52,6 +53,16 @@ fn accept_backs_off_and_resumes() {
         std::thread::sleep(Duration::from_secs(1));
         let spins = e.stats().iterations - before;
         assert!(spins < 100, "the reactor spun {spins} times in a second");
+
+        // A connect that cannot get a socket fails clearly and the channel still ends.
+        let (c, _) = hello(&g, &nowhere);
+        let r = recv(&g);
+        assert_eq!(
+            (r.channel(), r.status()),
+            (c, Status::ConnectFailed),
+            "{r:?}"
+        );
+        expect_closed_signal(&recv(&g), c);
 
         drop(filler);
         set_nofile(old);
