@@ -6,8 +6,10 @@
 //!
 //! Guarantees:
 //! * **Order.** Messages posted on one channel are written in post order (an `oob` message
-//!   goes ahead of those not yet started). Messages received on a channel are delivered in
-//!   arrival order.
+//!   goes ahead of those not yet started, so several `oob` messages go out newest first).
+//!   Messages received on a channel are delivered in arrival order. A channel's final
+//!   `ChannelClosed` Signal follows everything the engine hands back at its close; only a
+//!   message posted while the close was already under way can come back after it.
 //! * **Nothing lost silently.** A posted message is either written to the socket or handed
 //!   back to its group with an engine status: at channel close (the close reason), when its
 //!   channel no longer exists (`ChannelClosed`) or at engine shutdown (`ShutdownStarted`).

@@ -5,9 +5,10 @@
 //! Send rules:
 //! * frames go out in post order; an `oob` message goes to the front of what is not started;
 //! * the HelloRequest of a client channel is the first frame;
-//! * once a bye-type frame (ByeRequest, ByeResponse, transmitted ByeSignal) is written, only a
-//!   ByeResponse may still be sent (so simultaneous ByeRequests from both ends close instead of
-//!   deadlocking as in Zig tofu); everything else stays queued and is handed back at close.
+//! * once a bye-type frame (ByeRequest, ByeResponse, transmitted ByeSignal) is written, only
+//!   one ByeResponse may still be sent, and none once a ByeResponse was written (so
+//!   simultaneous ByeRequests from both ends close instead of deadlocking as in Zig tofu);
+//!   everything else stays queued and is handed back at close.
 //!
 //! Receive rules: after a ByeResponse frame nothing more is read.
 
@@ -46,6 +47,8 @@ pub(crate) struct Connection {
     queue: VecDeque<Outgoing>,
     head_written: usize,
     bye_sent: bool,
+    /// A ByeResponse was written: after a bye nothing more, not even another ByeResponse.
+    bye_response_sent: bool,
     bye_received: bool,
     decoder: Decoder,
     stash: Vec<u8>,
@@ -58,6 +61,7 @@ impl Connection {
             queue: VecDeque::new(),
             head_written: 0,
             bye_sent: false,
+            bye_response_sent: false,
             bye_received: false,
             decoder: Decoder::new(),
             stash: Vec::new(),
@@ -95,7 +99,10 @@ impl Connection {
         if !self.bye_sent {
             return true;
         }
-        // After a bye only a ByeResponse may go out: bring the first one to the front.
+        if self.bye_response_sent {
+            return false; // the channel's last word has been said
+        }
+        // After a bye only one ByeResponse may go out: bring the first one to the front.
         match self
             .queue
             .iter()
@@ -157,6 +164,9 @@ impl Connection {
             if let Some(done) = self.queue.pop_front() {
                 if done.msg.opcode().message_type() == MessageType::Bye {
                     self.bye_sent = true;
+                }
+                if done.msg.opcode() == OpCode::ByeResponse {
+                    self.bye_response_sent = true;
                 }
                 sent.push(done.msg);
             }
@@ -367,9 +377,13 @@ mod tests {
         c.enqueue(msg(OpCode::ByeResponse, 9, b"")).unwrap();
         let wire = write_all(&mut c, 1000);
         assert_eq!(decode(&wire), vec![(OpCode::ByeResponse, 9)]);
+        // A second ByeResponse is not sent.
+        c.enqueue(msg(OpCode::ByeResponse, 10, b"")).unwrap();
+        assert!(write_all(&mut c, 1000).is_empty());
         let unsent: Vec<Message> = c.take_unsent(Status::ChannelClosed).collect();
-        assert_eq!(unsent.len(), 1);
+        assert_eq!(unsent.len(), 2);
         assert_eq!(unsent[0].message_id(), 3);
+        assert_eq!(unsent[1].message_id(), 10);
         assert_eq!(unsent[0].status(), Status::ChannelClosed);
         assert_eq!(unsent[0].origin(), Origin::Engine);
     }
