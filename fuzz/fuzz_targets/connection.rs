@@ -4,11 +4,11 @@
 //!
 //! Send side, checked against a model of the documented rules (post order; `oob` to the front
 //! of what is not started, never before a started frame or an unsent HelloRequest at the head;
-//! after a bye-type frame only a ByeResponse):
+//! after a bye-type frame only one ByeResponse):
 //! * `wants_send` agrees with the model, and a gather with room makes progress;
 //! * what `gather` offers is exactly the model's next bytes (stopping after a bye-type frame);
 //! * the bytes written, parsed on their own, are the enqueued messages' exact encodings in the
-//!   model's order; after the first bye-type frame only ByeResponses follow;
+//!   model's order; after the first bye-type frame at most one ByeResponse follows;
 //! * every enqueued message is accounted for exactly once: fully written and handed back by
 //!   `advance` (unchanged, in write order), refused by `enqueue` (returned), or returned by
 //!   `take_unsent` (origin engine, the given status, content unchanged); the queue never holds
@@ -347,12 +347,20 @@ impl Harness {
                 "frames out of the documented order"
             );
             // The Bye rule of src/protocol.rs, independent of the model: after a bye-type
-            // frame only ByeResponses. (Their number is not limited: two ByeResponses queued
-            // after a ByeRequest both go out; a peer ignores anything after the first.)
+            // frame only one ByeResponse, and nothing after a ByeResponse.
             let after_bye = self
                 .written_ids
                 .iter()
                 .any(|x| self.sent[x].opcode.message_type() == MessageType::Bye);
+            let after_bye_response = self
+                .written_ids
+                .iter()
+                .any(|x| self.sent[x].opcode == OpCode::ByeResponse);
+            assert!(
+                !(after_bye && after_bye_response),
+                "{:?} written after a ByeResponse that followed a bye",
+                sent.opcode
+            );
             if after_bye {
                 assert_eq!(
                     sent.opcode,
@@ -541,6 +549,8 @@ struct Model {
     queue: VecDeque<u64>,
     head_written: usize,
     bye_sent: bool,
+    /// A ByeResponse was written: nothing more goes out after a bye.
+    bye_response_sent: bool,
     /// Ids of completely written frames, in order.
     done: Vec<u64>,
 }
@@ -561,6 +571,9 @@ impl Model {
     fn wants_send(&mut self, sent: &HashMap<u64, Sent>) -> bool {
         if !self.bye_sent {
             return !self.queue.is_empty();
+        }
+        if self.bye_response_sent {
+            return false;
         }
         let Some(i) = self
             .queue
@@ -584,7 +597,9 @@ impl Model {
         let mut skip = self.head_written;
         for (i, id) in self.queue.iter().enumerate() {
             let s = &sent[id];
-            if self.bye_sent && (i > 0 || s.opcode != OpCode::ByeResponse) {
+            if self.bye_sent
+                && (i > 0 || s.opcode != OpCode::ByeResponse || self.bye_response_sent)
+            {
                 break;
             }
             let frame = &s.bytes[skip.min(s.bytes.len())..];
@@ -613,6 +628,9 @@ impl Model {
             self.done.push(id);
             if sent[&id].opcode.message_type() == MessageType::Bye {
                 self.bye_sent = true;
+            }
+            if sent[&id].opcode == OpCode::ByeResponse {
+                self.bye_response_sent = true;
             }
         }
     }
