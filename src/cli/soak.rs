@@ -316,8 +316,14 @@ fn session(engine: &Engine, addr: &Address, rng: &mut Rng, c: &Counters) -> Resu
     Ok(())
 }
 
+/// Open descriptors, where the OS tells (Linux). Under Wine `/proc/self/fd` is the Wine
+/// process's, whose count moves on its own, so it is not used on Windows.
 fn open_fds() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+    if cfg!(target_os = "linux") {
+        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+    } else {
+        None
+    }
 }
 
 fn rss_kib() -> Option<u64> {
