@@ -189,6 +189,7 @@ impl Engine {
                 state: MailboxState::Open,
             }),
             cond: Condvar::new(),
+            taken: Mutex::new(VecDeque::new()),
         });
         let mut groups = self.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
         groups.retain(|g| g.strong_count() > 0);
@@ -603,12 +604,21 @@ pub(crate) struct GroupShared {
     destroyed: AtomicBool,
     mailbox: Mutex<Mailbox>,
     cond: Condvar,
+    /// Messages a `wait_receive` moved out of the mailbox in one go, older than anything
+    /// still in the mailbox. Only application threads lock it, so taking a message does not
+    /// touch the lock the reactor delivers through (lock order: mailbox, then taken).
+    taken: Mutex<VecDeque<Message>>,
 }
 
 impl GroupShared {
     fn lock(&self) -> MutexGuard<'_, Mailbox> {
         // Queue operations cannot panic half-way.
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Message>> {
+        // Queue operations cannot panic half-way.
+        self.taken.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True once the group's destruction started.
@@ -656,19 +666,44 @@ impl GroupShared {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
-        // A timeout too large to represent is as good as none.
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        // Fast path: a message an earlier call already moved out of the mailbox.
+        if let Some(m) = self.lock_taken().pop_front() {
+            return Ok(Some(m));
+        }
+        // The deadline is computed when the first wait starts (no clock read otherwise);
+        // a timeout too large to represent is as good as none.
+        let mut deadline: Option<Option<Instant>> = None;
         let mut mb = self.lock();
         loop {
             if mb.state == MailboxState::Destroyed {
                 return Err(Error::ShutdownStarted);
             }
-            if let Some(m) = mb.queue.pop_front() {
-                return Ok(Some(m));
+            if !mb.queue.is_empty() {
+                // Take everything at once: the next calls find it in `taken` without
+                // touching the mailbox the reactor delivers to.
+                let mut taken = self.lock_taken();
+                if taken.is_empty() {
+                    std::mem::swap(&mut *taken, &mut mb.queue);
+                } else {
+                    taken.extend(mb.queue.drain(..));
+                }
+                let m = taken.pop_front();
+                let more = !taken.is_empty() && mb.waiters > 0;
+                drop(taken);
+                drop(mb);
+                if more {
+                    self.cond.notify_one(); // another waiter can take from `taken`
+                }
+                return Ok(m);
+            }
+            if let Some(m) = self.lock_taken().pop_front() {
+                return Ok(Some(m)); // moved there by another thread meanwhile
             }
             if mb.state == MailboxState::EngineGone {
                 return Err(Error::ShutdownStarted);
             }
+            let deadline = *deadline
+                .get_or_insert_with(|| timeout.and_then(|t| Instant::now().checked_add(t)));
             mb.waiters += 1;
             mb = match deadline {
                 None => self.cond.wait(mb).unwrap_or_else(|p| p.into_inner()),
@@ -696,7 +731,9 @@ impl GroupShared {
             }
             mb.state = state;
             if state == MailboxState::Destroyed {
-                std::mem::take(&mut mb.queue)
+                let mut q = std::mem::take(&mut mb.queue);
+                q.extend(self.lock_taken().drain(..));
+                q
             } else {
                 VecDeque::new()
             }

@@ -13,6 +13,11 @@ use crate::protocol;
 use crate::status::{Error, Status};
 use crate::wire::DecodeError;
 
+/// Largest section `Connection::gather` copies into its stage (mirrors the internal constant).
+pub const COPY_MAX: usize = protocol::COPY_MAX;
+/// Bytes `Connection::gather` stages at most per call (mirrors the internal constant).
+pub const STAGE_CAP: usize = protocol::STAGE_CAP;
+
 /// What [`Connection::receive`] and [`Connection::resume`] stopped on (mirrors the internal
 /// `RecvStop`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,9 +67,10 @@ impl Connection {
         self.0.wants_send()
     }
 
-    /// Fills `iov` with the bytes to write next; returns how many slices were used.
-    pub fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
-        self.0.gather(iov)
+    /// Fills `iov` with the bytes to write next, small pieces copied into `stage`; returns
+    /// how many slices were used.
+    pub fn gather<'a>(&'a self, stage: &'a mut Vec<u8>, iov: &mut [IoSlice<'a>]) -> usize {
+        self.0.gather(stage, iov)
     }
 
     /// Records that `n` bytes of what [`gather`](Self::gather) offered were written; the

@@ -543,16 +543,6 @@ impl Message {
         self.body.capacity()
     }
 
-    /// Counts this message as a received frame held by the application.
-    pub(crate) fn mark_held(&mut self) {
-        if !self.held {
-            if let Some(home) = &self.home {
-                home.hold();
-                self.held = true;
-            }
-        }
-    }
-
     /// The application gave this message back (dropped, pooled or posted).
     pub(crate) fn release_hold(&mut self) {
         if self.held {

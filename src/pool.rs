@@ -176,14 +176,17 @@ impl Pool {
     /// Counting held frames rather than looking at the pool keeps an application that
     /// allocates many messages for sending from starving its own receive path (two peers
     /// doing so would each stop reading, then each stop writing: a deadlock).
-    pub(crate) fn for_receive(&self, batch: usize, out: &mut Vec<Message>) -> bool {
+    ///
+    /// `pending` counts frames decoded but not yet counted by [`hold_all`](Self::hold_all).
+    pub(crate) fn for_receive(&self, batch: usize, out: &mut Vec<Message>, pending: usize) -> bool {
         if self.take_batch(batch, out) > 0 {
             return true;
         }
-        if self.shared.held.load(Ordering::SeqCst) >= self.shared.max {
+        let max = self.shared.max;
+        if self.shared.held.load(Ordering::SeqCst) + pending >= max {
             self.shared.empty_was_returned.store(true, Ordering::SeqCst);
             // A frame released since the check above would have found the flag clear.
-            if self.shared.held.load(Ordering::SeqCst) >= self.shared.max {
+            if self.shared.held.load(Ordering::SeqCst) + pending >= max {
                 return false;
             }
         }
@@ -192,6 +195,20 @@ impl Pool {
         m.home = Some(Arc::clone(&self.shared));
         out.push(m);
         true
+    }
+
+    /// Counts received frames of this pool as held by the application (one atomic update
+    /// for the whole batch); they are released when given back. Frames already counted or
+    /// from another pool are left alone.
+    pub(crate) fn hold_all(&self, msgs: &mut [Message]) {
+        let mut n = 0;
+        for m in msgs.iter_mut().filter(|m| !m.held && self.owns(m)) {
+            m.held = true;
+            n += 1;
+        }
+        if n > 0 {
+            self.shared.held.fetch_add(n, Ordering::SeqCst);
+        }
     }
 
     /// True when [`for_receive`](Self::for_receive) would give a message now.
@@ -288,17 +305,17 @@ impl PoolShared {
         self.after_refill();
     }
 
-    pub(crate) fn hold(&self) {
-        self.held.fetch_add(1, Ordering::SeqCst);
-    }
-
     pub(crate) fn release(&self) {
         self.held.fetch_sub(1, Ordering::SeqCst);
         self.after_refill();
     }
 
     fn after_refill(&self) {
-        if self.empty_was_returned.swap(false, Ordering::SeqCst) {
+        // A load first: while nobody waits for a refill, giving messages back writes no
+        // cache line the reactor reads.
+        if self.empty_was_returned.load(Ordering::SeqCst)
+            && self.empty_was_returned.swap(false, Ordering::SeqCst)
+        {
             if let Some(f) = self.on_refill.get() {
                 f();
             }

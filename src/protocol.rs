@@ -31,6 +31,21 @@ impl Outgoing {
     }
 }
 
+/// Largest frame section (text headers or body) copied into the staging buffer by
+/// [`Connection::gather`]; larger ones are written from the message itself.
+pub(crate) const COPY_MAX: usize = 2048;
+/// Bytes [`Connection::gather`] stages at most per call.
+pub(crate) const STAGE_CAP: usize = 64 * 1024;
+/// Slices [`Connection::gather`] offers at most per call.
+const GATHER_ITEMS: usize = 64;
+
+/// One slice of a gather: staged bytes up to an offset of the stage, or a large piece.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Staged(usize),
+    Direct(&'a [u8]),
+}
+
 /// What [`Connection::receive`] stopped on.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RecvStop {
@@ -121,10 +136,21 @@ impl Connection {
 
     /// Fills `iov` with the bytes to write next (call after `wants_send` returned true);
     /// returns how many slices were used. Stops after a bye-type frame.
-    pub(crate) fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+    ///
+    /// Frame headers and sections of at most [`COPY_MAX`] bytes are copied into `stage`
+    /// (cleared first, filled to about [`STAGE_CAP`] bytes), so a batch of small frames is
+    /// one contiguous slice: the kernel's per-slice cost dominates small writes. Larger
+    /// sections are offered in place, without a copy. Offers nothing more once `stage` is
+    /// full or `iov` has no free slot, so the result may be a prefix of what is queued.
+    pub(crate) fn gather<'a>(&'a self, stage: &'a mut Vec<u8>, iov: &mut [IoSlice<'a>]) -> usize {
+        stage.clear();
+        // Pass 1: copy the small pieces, remember the order of staged runs and large pieces.
+        let mut items = [Item::Staged(0); GATHER_ITEMS];
+        let max_items = iov.len().min(GATHER_ITEMS);
         let mut n = 0;
+        let mut run_open = false;
         let mut skip = self.head_written;
-        for (i, o) in self.queue.iter().enumerate() {
+        'frames: for (i, o) in self.queue.iter().enumerate() {
             if self.bye_sent && (i > 0 || o.msg.opcode() != OpCode::ByeResponse) {
                 break;
             }
@@ -133,16 +159,46 @@ impl Connection {
                     skip -= part.len();
                     continue;
                 }
-                if n == iov.len() {
-                    return n;
-                }
-                iov[n] = IoSlice::new(&part[skip..]);
+                let piece = &part[skip..];
                 skip = 0;
-                n += 1;
+                if piece.len() <= COPY_MAX {
+                    if !stage.is_empty() && stage.len() + piece.len() > STAGE_CAP {
+                        break 'frames;
+                    }
+                    if !run_open {
+                        if n == max_items {
+                            break 'frames;
+                        }
+                        n += 1;
+                        run_open = true;
+                    }
+                    stage.extend_from_slice(piece);
+                    items[n - 1] = Item::Staged(stage.len());
+                } else {
+                    if n == max_items {
+                        break 'frames;
+                    }
+                    items[n] = Item::Direct(piece);
+                    n += 1;
+                    run_open = false;
+                }
             }
             if o.msg.opcode().message_type() == MessageType::Bye {
                 break;
             }
+        }
+        // Pass 2: the staged bytes no longer change; hand out the slices in order.
+        let stage: &'a Vec<u8> = stage;
+        let mut from = 0;
+        for (slot, item) in iov.iter_mut().zip(&items[..n]) {
+            *slot = match *item {
+                Item::Staged(to) => {
+                    let s = IoSlice::new(&stage[from..to]);
+                    from = to;
+                    s
+                }
+                Item::Direct(piece) => IoSlice::new(piece),
+            };
         }
         n
     }
@@ -312,7 +368,8 @@ mod tests {
         let mut wire = Vec::new();
         while c.wants_send() {
             let mut iov = [IoSlice::new(&[]); 8];
-            let n = c.gather(&mut iov);
+            let mut stage = Vec::new();
+            let n = c.gather(&mut stage, &mut iov);
             assert!(n > 0);
             let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
             let w = bytes.len().min(chunk);
@@ -344,6 +401,64 @@ mod tests {
             );
             assert_eq!(c.queued(), 0);
         }
+    }
+
+    #[test]
+    fn small_sections_staged_large_ones_in_place() {
+        let sizes = [0, 10, COPY_MAX, COPY_MAX + 1, 3, 70_000, 65_535, 1];
+        for chunk in [333, 4096, 1 << 20] {
+            let mut c = Connection::new();
+            for (i, &len) in sizes.iter().enumerate() {
+                let mut m = msg(
+                    OpCode::Signal,
+                    i as u64 + 1,
+                    &vec![i as u8; len.min(65_535)],
+                );
+                if len > 100 {
+                    m.text_headers_mut().extend_from_slice(&vec![b'a'; 200]);
+                }
+                c.enqueue(m).unwrap();
+            }
+            let wire = write_all(&mut c, chunk);
+            let got = crate::wire::Decoder::decode_all(&wire).unwrap();
+            assert_eq!(got.len(), sizes.len());
+            for (i, m) in got.iter().enumerate() {
+                assert_eq!(m.message_id(), i as u64 + 1);
+                assert_eq!(m.body(), &vec![i as u8; sizes[i].min(65_535)][..]);
+            }
+        }
+    }
+
+    #[test]
+    fn gather_offers_small_frames_as_one_slice_up_to_the_cap() {
+        let mut c = Connection::new();
+        let count = 2 * STAGE_CAP / (HEADER_LEN + 64);
+        for i in 0..count {
+            c.enqueue(msg(OpCode::Signal, i as u64, &[7; 64])).unwrap();
+        }
+        let (mut iov, mut stage) = ([IoSlice::new(&[]); 8], Vec::new());
+        let n = c.gather(&mut stage, &mut iov);
+        assert_eq!(n, 1, "small frames are coalesced");
+        let offered = iov[0].len();
+        assert!(offered <= STAGE_CAP && offered > STAGE_CAP - (HEADER_LEN + 64));
+        // A large body interrupts the run and is offered in place.
+        let mut c = Connection::new();
+        c.enqueue(msg(OpCode::Signal, 1, &[1; 5])).unwrap();
+        c.enqueue(msg(OpCode::Signal, 2, &[2; COPY_MAX + 1]))
+            .unwrap();
+        c.enqueue(msg(OpCode::Signal, 3, &[3; 5])).unwrap();
+        let (mut iov, mut stage) = ([IoSlice::new(&[]); 8], Vec::new());
+        let n = c.gather(&mut stage, &mut iov);
+        let lens: Vec<usize> = iov[..n].iter().map(|s| s.len()).collect();
+        assert_eq!(
+            lens,
+            vec![2 * HEADER_LEN + 5, COPY_MAX + 1, HEADER_LEN + 5],
+            "staged run, large body, staged run"
+        );
+        // With one slot only the first staged run is offered.
+        let (mut iov, mut stage) = ([IoSlice::new(&[]); 8], Vec::new());
+        let n = c.gather(&mut stage, &mut iov[..1]);
+        assert_eq!((n, iov[0].len()), (1, 2 * HEADER_LEN + 5));
     }
 
     #[test]

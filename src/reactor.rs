@@ -25,7 +25,7 @@ use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
 use crate::net::{Listener, Stream};
 use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
-use crate::protocol::{Connection, RecvStop};
+use crate::protocol::{Connection, RecvStop, COPY_MAX, STAGE_CAP};
 use crate::status::Status;
 use crate::wire::encoded_len;
 
@@ -35,8 +35,9 @@ const READ_BUF_LEN: usize = 256 * 1024;
 const READS_PER_EVENT: usize = 8;
 /// Most accepts of one listener per readiness event.
 const ACCEPTS_PER_EVENT: usize = 64;
-/// Most slices per `writev`.
-const IOV_LEN: usize = 256;
+/// Most slices per `writev` (small frames are staged into one slice, see
+/// `Connection::gather`).
+const IOV_LEN: usize = 64;
 /// Most messages the reactor keeps for receiving (see `Reactor::spare`).
 const SPARE_MAX: usize = 256;
 /// Messages taken from the pool at once when the spare ones run out.
@@ -68,6 +69,8 @@ pub(crate) struct Reactor {
     deliveries: Vec<Message>,
     /// Messages whose frames were written, waiting to be reused or pooled.
     sent: Vec<Message>,
+    /// Where small frames are copied to be written as one slice (see `Connection::gather`).
+    stage: Vec<u8>,
     /// Messages of this engine's pool kept for receiving: written messages are reused here
     /// and refills take batches, so the pool's lock is taken per batch, not per message.
     spare: Vec<Message>,
@@ -174,6 +177,7 @@ impl Reactor {
             frame_timeout,
             deliveries: Vec::new(),
             sent: Vec::new(),
+            stage: Vec::with_capacity(STAGE_CAP + COPY_MAX),
             spare: Vec::with_capacity(SPARE_MAX),
         }
     }
@@ -545,7 +549,7 @@ impl Reactor {
                 Ok(true) => {
                     io.connected = true;
                     tracing::debug!(channel = number, peer = %io.stream.peer_string(), "connected");
-                    flush(ch, &mut self.sent);
+                    flush(ch, &mut self.stage, &mut self.sent);
                 }
                 Ok(false) if !failed => {}
                 Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
@@ -557,7 +561,7 @@ impl Reactor {
             Kind::Io(io) if io.starving => {
                 // No read interest (no messages to read into); writes go on.
                 if t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.sent);
+                    flush(ch, &mut self.stage, &mut self.sent);
                 }
                 if ch.closing.is_none() && failed && ch.registered {
                     // The peer is gone, but data it sent may still wait in the socket: stop
@@ -578,7 +582,7 @@ impl Reactor {
                     return;
                 };
                 if ch.closing.is_none() && t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.sent);
+                    flush(ch, &mut self.stage, &mut self.sent);
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
                     // Error or hang-up, yet no end of stream to read: the link is dead.
@@ -656,7 +660,9 @@ impl Reactor {
         let pool = &self.shared.pool;
         let deliveries = &mut self.deliveries;
         let spare = &mut self.spare;
-        let mut supply = || take_spare(spare, pool);
+        // Frames decoded and not yet counted as held (counted per batch by `hold_all`).
+        let pending = std::cell::Cell::new(0);
+        let mut supply = || take_spare(spare, pool, pending.get());
         let mut outcome = None;
         let mut end = ReadEnd::Budget;
         for _ in 0..READS_PER_EVENT {
@@ -681,7 +687,7 @@ impl Reactor {
                 .conn
                 .receive(&self.read_buf[..n], &mut supply, &mut |mut m| {
                     m.header.channel = number;
-                    m.mark_held();
+                    pending.set(pending.get() + 1);
                     deliveries.push(m);
                 });
             match r {
@@ -697,7 +703,6 @@ impl Reactor {
                     // Read interest is dropped until messages come back (see reconcile).
                     tracing::debug!(channel = number, "pool empty: reading paused");
                     io.starving = true;
-                    deliveries.push(pool_empty_signal(pool, number));
                     self.starved.push(number);
                     end = ReadEnd::Starved;
                     break;
@@ -726,6 +731,11 @@ impl Reactor {
                 ch.mid = id;
             }
         }
+        pool.hold_all(&mut self.deliveries);
+        if end == ReadEnd::Starved {
+            // Not a received frame: not counted as held.
+            self.deliveries.push(pool_empty_signal(pool, number));
+        }
         ch.group.deliver_all(&mut self.deliveries);
         if let Some(status) = outcome {
             mark(&mut self.marked, ch, status);
@@ -747,13 +757,15 @@ impl Reactor {
             let pool = &self.shared.pool;
             let deliveries = &mut self.deliveries;
             let spare = &mut self.spare;
-            let r = io
-                .conn
-                .resume(&mut || take_spare(spare, pool), &mut |mut m| {
+            let pending = std::cell::Cell::new(0);
+            let r = io.conn.resume(
+                &mut || take_spare(spare, pool, pending.get()),
+                &mut |mut m| {
                     m.header.channel = number;
-                    m.mark_held();
+                    pending.set(pending.get() + 1);
                     deliveries.push(m);
-                });
+                },
+            );
             let mut close = None;
             match r {
                 Ok(RecvStop::Starved) => self.starved.push(number),
@@ -772,6 +784,7 @@ impl Reactor {
                     }
                 }
             }
+            self.shared.pool.hold_all(&mut self.deliveries);
             ch.group.deliver_all(&mut self.deliveries);
             if let Some(s) = close {
                 mark(&mut self.marked, ch, s);
@@ -791,7 +804,7 @@ impl Reactor {
             let blocked = matches!(&ch.kind, Kind::Io(io) if io.write_blocked);
             if ch.closing.is_none() && !blocked {
                 // A write-blocked channel waits for SEND readiness instead of a failing writev.
-                flush(ch, &mut self.sent);
+                flush(ch, &mut self.stage, &mut self.sent);
                 touch(&mut self.touched, ch);
                 if ch.closing.is_some() {
                     self.marked.push(number);
@@ -915,8 +928,12 @@ impl Channel {
 }
 
 /// A message to receive into: a spare one, else from the pool (see `Pool::for_receive`).
-fn take_spare(spare: &mut Vec<Message>, pool: &crate::pool::Pool) -> Option<Message> {
-    if spare.is_empty() && !pool.for_receive(REFILL_BATCH, spare) {
+fn take_spare(
+    spare: &mut Vec<Message>,
+    pool: &crate::pool::Pool,
+    pending: usize,
+) -> Option<Message> {
+    if spare.is_empty() && !pool.for_receive(REFILL_BATCH, spare, pending) {
         return None;
     }
     spare.pop()
@@ -943,9 +960,9 @@ fn hand_back(group: &GroupShared, mut msg: Message, status: Status) {
 }
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
-fn flush(ch: &mut Channel, sent: &mut Vec<Message>) {
+fn flush(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<Message>) {
     let before = sent.len();
-    write_queue(ch, sent);
+    write_queue(ch, stage, sent);
     let done = &sent[before..];
     if !done.is_empty() {
         let bytes: usize = done.iter().map(encoded_len).sum();
@@ -953,7 +970,7 @@ fn flush(ch: &mut Channel, sent: &mut Vec<Message>) {
     }
 }
 
-fn write_queue(ch: &mut Channel, sent: &mut Vec<Message>) {
+fn write_queue(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<Message>) {
     let Kind::Io(io) = &mut ch.kind else { return };
     if !io.connected {
         return;
@@ -964,7 +981,7 @@ fn write_queue(ch: &mut Channel, sent: &mut Vec<Message>) {
             return;
         }
         let mut iov = [IoSlice::new(&[]); IOV_LEN];
-        let n = io.conn.gather(&mut iov);
+        let n = io.conn.gather(stage, &mut iov);
         let offered: usize = iov[..n].iter().map(|s| s.len()).sum();
         match io.stream.write_vectored(&iov[..n]) {
             Ok(w) => {

@@ -89,6 +89,9 @@ pub struct StreamRow {
     /// Heap allocations per message in the process while tofu streamed (both engines and
     /// both application threads), from the last run.
     pub allocs_per_msg: f64,
+    /// Process CPU time (user + system, all four threads) per message while tofu streamed,
+    /// in nanoseconds: median of the runs (none where the platform cannot tell).
+    pub cpu_ns_per_msg: Option<f64>,
 }
 
 /// Round-trip result (microseconds).
@@ -154,17 +157,24 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             );
             let mut rates = Vec::new();
             let mut allocs_per_msg = 0.0;
+            let mut cpu = Vec::new();
             for _ in 0..s.runs {
+                let before = sys::process_cpu();
                 let (rate, allocs) = tofu_stream(s.backend, t, p, n)?;
+                if let (Some(b), Some(a)) = (before, sys::process_cpu()) {
+                    cpu.push((a - b).as_nanos() as f64 / n as f64);
+                }
                 rates.push(rate);
                 allocs_per_msg = allocs;
             }
+            let cpu_ns_per_msg = (!cpu.is_empty()).then(|| Spread::of(cpu).median);
             streams.push(StreamRow {
                 transport: t,
                 payload: p,
                 raw,
                 tofu: Spread::of(rates),
                 allocs_per_msg,
+                cpu_ns_per_msg,
             });
         }
     }
@@ -776,6 +786,20 @@ fn machine() -> String {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod sys {
+    /// CPU time (user + system) the whole process has used so far.
+    pub fn process_cpu() -> Option<std::time::Duration> {
+        // SAFETY: rusage is plain data; getrusage fills the struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: RUSAGE_SELF and a valid pointer to `u`.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+            return None;
+        }
+        let t = |tv: libc::timeval| {
+            std::time::Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000)
+        };
+        Some(t(u.ru_utime) + t(u.ru_stime))
+    }
+
     /// Pins the calling thread to CPU 0.
     pub fn pin_to_cpu0() -> Result<(), String> {
         // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET writes within it.
@@ -835,6 +859,9 @@ mod sys {
 
 #[cfg(not(target_os = "linux"))]
 mod sys {
+    pub fn process_cpu() -> Option<std::time::Duration> {
+        None
+    }
     pub fn pin_to_cpu0() -> Result<(), String> {
         Err("pinning is implemented on Linux only".into())
     }
@@ -870,22 +897,24 @@ pub fn table(r: &Report) -> String {
     p(
         &mut o,
         format!(
-            "{:<5} {:>7} {:>28} {:>28} {:>7} {:>10} {:>11}",
-            "", "payload", "raw limit", "tofu", "ratio", "tofu MB/s", "allocs/msg"
+            "{:<5} {:>7} {:>28} {:>28} {:>7} {:>10} {:>11} {:>8}",
+            "", "payload", "raw limit", "tofu", "ratio", "tofu MB/s", "allocs/msg", "CPU ns"
         ),
     );
     for s in &r.streams {
         p(
             &mut o,
             format!(
-                "{:<5} {:>7} {:>28} {:>28} {:>7.2} {:>10.1} {:>11.3}",
+                "{:<5} {:>7} {:>28} {:>28} {:>7.2} {:>10.1} {:>11.3} {:>8}",
                 s.transport.to_string(),
                 s.payload,
                 fmt_spread(&s.raw, 0),
                 fmt_spread(&s.tofu, 0),
                 s.tofu.median / s.raw.median,
                 s.tofu.median * (s.payload + HEADER_LEN) as f64 / 1e6,
-                s.allocs_per_msg
+                s.allocs_per_msg,
+                s.cpu_ns_per_msg
+                    .map_or_else(|| "-".to_string(), |c| format!("{c:.0}"))
             ),
         );
     }
@@ -975,13 +1004,15 @@ pub fn json(r: &Report) -> String {
         .iter()
         .map(|s| {
             format!(
-                "{{\"transport\":\"{}\",\"payload\":{},\"raw\":{},\"tofu\":{},\"ratio\":{:.4},\"allocs_per_msg\":{:.4}}}",
+                "{{\"transport\":\"{}\",\"payload\":{},\"raw\":{},\"tofu\":{},\"ratio\":{:.4},\"allocs_per_msg\":{:.4},\"cpu_ns_per_msg\":{}}}",
                 s.transport,
                 s.payload,
                 s.raw.json(),
                 s.tofu.json(),
                 s.tofu.median / s.raw.median,
-                s.allocs_per_msg
+                s.allocs_per_msg,
+                s.cpu_ns_per_msg
+                    .map_or_else(|| "null".to_string(), |c| format!("{c:.1}"))
             )
         })
         .collect();
