@@ -415,7 +415,7 @@ mod tests {
                     &vec![i as u8; len.min(65_535)],
                 );
                 if len > 100 {
-                    m.text_headers_mut().extend_from_slice(&vec![b'a'; 200]);
+                    m.text_headers_mut().extend_from_slice(&[b'a'; 200]);
                 }
                 c.enqueue(m).unwrap();
             }
