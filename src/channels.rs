@@ -20,7 +20,11 @@ pub(crate) const QUARANTINE_LEN: usize = 1024;
 
 /// What a channel has accepted from `post` and not yet written or handed back: the send
 /// queue's size, shared by posting threads (which add) and the reactor (which subtracts).
+///
+/// Aligned to its own cache lines: posting threads and the reactor both write it, and it
+/// must not share a line with unrelated data.
 #[derive(Default, Debug)]
+#[repr(align(128))]
 pub(crate) struct Backlog {
     messages: AtomicU64,
     bytes: AtomicU64,

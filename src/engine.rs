@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::channels::ChannelTable;
 use crate::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
+use crate::padded::Padded;
 use crate::poller::{Backend, Poller, Waker};
 use crate::pool::{Allocation, Pool, PoolOptions};
 use crate::reactor::Reactor;
@@ -133,17 +134,17 @@ impl Engine {
         let pool = Pool::new(options.pool);
         let shared = Arc::new(Shared {
             pool: pool.clone(),
-            commands: Mutex::new(Commands {
+            commands: Padded::new(Mutex::new(Commands {
                 queue: Vec::new(),
                 open: true,
-            }),
-            sleeping: AtomicBool::new(false),
+            })),
+            sleeping: Padded::new(AtomicBool::new(false)),
             waker: poller.waker(),
             shutdown: AtomicBool::new(false),
-            table: Mutex::new(ChannelTable::new()),
+            table: Padded::new(Mutex::new(ChannelTable::new())),
             groups: Mutex::new(Vec::new()),
             backend: options.backend,
-            iterations: AtomicU64::new(0),
+            iterations: Padded::new(AtomicU64::new(0)),
             sleeps: AtomicU64::new(0),
             send_limit: options.send_limit,
             frame_timeout: options.frame_timeout,
@@ -183,13 +184,13 @@ impl Engine {
         let group = Arc::new(GroupShared {
             id: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
             destroyed: AtomicBool::new(false),
-            mailbox: Mutex::new(Mailbox {
+            mailbox: Padded::new(Mutex::new(Mailbox {
                 queue: VecDeque::new(),
                 waiters: 0,
                 state: MailboxState::Open,
-            }),
+            })),
             cond: Condvar::new(),
-            taken: Mutex::new(VecDeque::new()),
+            taken: Padded::new(Mutex::new(VecDeque::new())),
         });
         let mut groups = self.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
         groups.retain(|g| g.strong_count() > 0);
@@ -492,17 +493,21 @@ pub(crate) struct Commands {
 }
 
 /// Engine state shared by the handles and the reactor thread.
+///
+/// Fields written often by different threads sit on cache lines of their own ([`Padded`]):
+/// the command queue (posters and the reactor), `sleeping` (the reactor; read per post), the
+/// channel table (posters) and the reactor's counters; the rest is read-mostly.
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
-    pub(crate) commands: Mutex<Commands>,
+    pub(crate) commands: Padded<Mutex<Commands>>,
     /// The reactor is (about to be) blocked in the poller and needs a wake-up.
-    pub(crate) sleeping: AtomicBool,
+    pub(crate) sleeping: Padded<AtomicBool>,
     pub(crate) waker: Arc<Waker>,
     pub(crate) shutdown: AtomicBool,
-    pub(crate) table: Mutex<ChannelTable>,
+    pub(crate) table: Padded<Mutex<ChannelTable>>,
     groups: Mutex<Vec<Weak<GroupShared>>>,
     backend: Backend,
-    pub(crate) iterations: AtomicU64,
+    pub(crate) iterations: Padded<AtomicU64>,
     pub(crate) sleeps: AtomicU64,
     send_limit: SendLimit,
     pub(crate) frame_timeout: Option<Duration>,
@@ -602,12 +607,12 @@ struct Mailbox {
 pub(crate) struct GroupShared {
     pub(crate) id: u32,
     destroyed: AtomicBool,
-    mailbox: Mutex<Mailbox>,
+    mailbox: Padded<Mutex<Mailbox>>,
     cond: Condvar,
     /// Messages a `wait_receive` moved out of the mailbox in one go, older than anything
     /// still in the mailbox. Only application threads lock it, so taking a message does not
     /// touch the lock the reactor delivers through (lock order: mailbox, then taken).
-    taken: Mutex<VecDeque<Message>>,
+    taken: Padded<Mutex<VecDeque<Message>>>,
 }
 
 impl GroupShared {

@@ -38,6 +38,7 @@ mod engine;
 mod intmap;
 pub mod message;
 mod net;
+mod padded;
 pub mod poller;
 pub mod pool;
 mod protocol;

@@ -105,6 +105,9 @@ struct BenchArgs {
     /// Seconds to watch an idle engine for wake-ups (0 to skip).
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
+    /// One-stream flow-control window in KiB of frames in flight (64 to 16384 messages).
+    #[arg(long, default_value_t = 256)]
+    window_kib: usize,
     /// Also write the throughput plot (SVG) to this file.
     #[arg(long)]
     svg: Option<std::path::PathBuf>,
@@ -502,6 +505,7 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         backend: a.common.backend,
         many: a.many.into_iter().filter(|&n| n > 0).collect(),
         idle_secs: a.idle_secs,
+        window_bytes: a.window_kib.saturating_mul(1024),
     };
     let tty = std::io::stderr().is_terminal();
     let report = cli::bench::run(settings, &|step| {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::message::Message;
+use crate::padded::Padded;
 
 /// Pool sizes. `0` means "the default"; `max < initial` is raised to `initial`
 /// (tofu's normalisation, so `{1, 1}` stays `{1, 1}`).
@@ -73,12 +74,12 @@ impl Pool {
     pub fn new(options: PoolOptions) -> Pool {
         let options = options.normalized();
         let shared = Arc::new(PoolShared {
-            free: Mutex::new(Vec::with_capacity(options.max as usize)),
+            free: Padded::new(Mutex::new(Vec::with_capacity(options.max as usize))),
             max: options.max as usize,
             empty_was_returned: AtomicBool::new(false),
             on_refill: OnceLock::new(),
             created: AtomicU64::new(0),
-            held: AtomicUsize::new(0),
+            held: Padded::new(AtomicUsize::new(0)),
         });
         {
             let mut free = shared.lock();
@@ -275,14 +276,16 @@ type Parts = (Vec<u8>, Vec<u8>);
 
 /// The state behind every [`Pool`] handle and every pooled [`Message`].
 pub(crate) struct PoolShared {
-    free: Mutex<Vec<Parts>>,
+    /// Taken by the application (get, drop) and the reactor (refills, returns): a line of
+    /// its own, as is `held`.
+    free: Padded<Mutex<Vec<Parts>>>,
     max: usize,
     /// A `PoolOnly` get found the pool empty since the last refill alert.
     empty_was_returned: AtomicBool,
     on_refill: OnceLock<Box<dyn Fn() + Send + Sync>>,
     created: AtomicU64,
     /// Received frames the application holds (see `Pool::for_receive`).
-    held: AtomicUsize,
+    held: Padded<AtomicUsize>,
 }
 
 impl PoolShared {

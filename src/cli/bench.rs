@@ -78,6 +78,8 @@ pub struct Settings {
     pub backend: Backend,
     pub many: Vec<usize>,
     pub idle_secs: u64,
+    /// One-stream flow-control window: bytes of frames the sender may have in flight.
+    pub window_bytes: usize,
 }
 
 /// One-stream result for one transport and payload.
@@ -160,7 +162,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let mut cpu = Vec::new();
             for _ in 0..s.runs {
                 let before = sys::process_cpu();
-                let (rate, allocs) = tofu_stream(s.backend, t, p, n)?;
+                let (rate, allocs) = tofu_stream(s.backend, t, p, n, s.window_bytes)?;
                 if let (Some(b), Some(a)) = (before, sys::process_cpu()) {
                     cpu.push((a - b).as_nanos() as f64 / n as f64);
                 }
@@ -470,14 +472,19 @@ fn pair(
 
 /// Signals per second on one channel, measured at the receiver. The receiver returns a
 /// credit every quarter window so the sender never queues without bound.
+///
+/// The window (frames in flight) decides how many pooled messages cycle through the two
+/// engines: a window far beyond what keeps the pipe full only makes every message colder in
+/// the CPU caches by the time it is reused.
 fn tofu_stream(
     backend: Backend,
     t: Transport,
     payload: usize,
     count: u64,
+    window_bytes: usize,
 ) -> Result<(f64, f64), String> {
     let frame = HEADER_LEN + payload;
-    let window = (8 * 1024 * 1024 / frame).clamp(64, 16384) as u64;
+    let window = (window_bytes / frame).clamp(64, 16384) as u64;
     let credit_every = (window / 4).max(1);
     let pool_max = (window as usize + 1024).min(u16::MAX as usize) as u16;
     let tx_engine = engine(backend, 1024, pool_max)?;
@@ -488,7 +495,7 @@ fn tofu_stream(
     let allocs_before = super::alloc::allocations();
     let receiver = std::thread::scope(|scope| -> Result<f64, String> {
         let (rx, rx_engine) = (&rx, &rx_engine);
-        let handle = scope.spawn(move || -> Result<f64, String> {
+        let receive = move || -> Result<f64, String> {
             let mut first = None;
             for i in 1..=count {
                 let m = next(rx)?;
@@ -506,7 +513,11 @@ fn tofu_stream(
             }
             let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
             Ok(count as f64 / secs.max(1e-9))
-        });
+        };
+        let handle = std::thread::Builder::new()
+            .name("bench-receiver".into())
+            .spawn_scoped(scope, receive)
+            .map_err(|e| e.to_string())?;
         let mut credits = window;
         let mut sent = 0u64;
         while sent < count {
@@ -883,9 +894,10 @@ pub fn table(r: &Report) -> String {
     p(
         &mut o,
         format!(
-            "backend: {}, runs per figure: {} (median [min..max]){}",
+            "backend: {}, runs per figure: {} (median [min..max]), one-stream window: {} KiB{}",
             r.settings.backend,
             r.settings.runs,
+            r.settings.window_bytes / 1024,
             if r.settings.quick { ", quick" } else { "" }
         ),
     );
@@ -1052,10 +1064,11 @@ pub fn json(r: &Report) -> String {
         None => "null".into(),
     };
     format!(
-        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{}}}",
+        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"window_bytes\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{}}}",
         json_str(&r.machine),
         r.settings.backend,
         r.settings.runs,
+        r.settings.window_bytes,
         streams.join(","),
         rtts.join(","),
         many.join(","),
