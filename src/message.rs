@@ -572,7 +572,7 @@ impl Drop for Message {
         self.release_hold();
         if let Some(home) = self.home.take() {
             let (text, body) = self.take_buffers();
-            home.recycle(text, body);
+            crate::pool::PoolShared::recycle(home, text, body);
         }
     }
 }

@@ -64,9 +64,35 @@ pub enum Allocation {
 }
 
 /// A thread-safe LIFO pool of messages. Cloning gives another handle to the same pool.
-#[derive(Clone)]
+///
+/// Once the last handle is dropped the pool frees what it holds, and messages still out are
+/// freed when they are dropped.
 pub struct Pool {
     shared: Arc<PoolShared>,
+}
+
+impl Clone for Pool {
+    fn clone(&self) -> Pool {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        Pool {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last handle: free the pooled messages. Each holds a reference to the pool,
+            // so this also ends that cycle; later returns are freed (see `closed`).
+            let spares = {
+                let mut free = self.shared.lock();
+                free.closed = true;
+                std::mem::take(&mut free.spares)
+            };
+            drop(spares);
+        }
+    }
 }
 
 impl Pool {
@@ -74,7 +100,11 @@ impl Pool {
     pub fn new(options: PoolOptions) -> Pool {
         let options = options.normalized();
         let shared = Arc::new(PoolShared {
-            free: Padded::new(Mutex::new(Vec::with_capacity(options.max as usize))),
+            free: Padded::new(Mutex::new(Free {
+                spares: Vec::with_capacity(options.max as usize),
+                closed: false,
+            })),
+            handles: AtomicUsize::new(1),
             max: options.max as usize,
             empty_was_returned: AtomicBool::new(false),
             on_refill: OnceLock::new(),
@@ -84,8 +114,12 @@ impl Pool {
         {
             let mut free = shared.lock();
             for _ in 0..options.initial {
-                let m = Message::new();
-                free.push(m.into_parts_unpooled());
+                let (text, body) = Message::new().take_buffers();
+                free.spares.push(Spare {
+                    text,
+                    body,
+                    home: Arc::clone(&shared),
+                });
             }
         }
         shared
@@ -97,23 +131,23 @@ impl Pool {
     /// Takes a message (reset to defaults) from the pool. With [`Allocation::PoolOnly`] an
     /// empty pool gives `None`; with [`Allocation::Always`] the result is always `Some`.
     pub fn get(&self, how: Allocation) -> Option<Message> {
-        let parts = self.shared.lock().pop();
-        let (text, body) = match parts {
-            Some(p) => p,
-            None => match how {
-                Allocation::PoolOnly => {
-                    self.shared.empty_was_returned.store(true, Ordering::SeqCst);
-                    return None;
-                }
-                Allocation::Always => {
-                    self.shared.created.fetch_add(1, Ordering::Relaxed);
-                    Message::new().into_parts_unpooled()
-                }
-            },
-        };
-        let mut m = Message::with_buffers(text, body);
+        let spare = self.shared.lock().spares.pop();
+        match (spare, how) {
+            (Some(spare), _) => Some(spare.into_message()),
+            (None, Allocation::PoolOnly) => {
+                self.shared.empty_was_returned.store(true, Ordering::SeqCst);
+                None
+            }
+            (None, Allocation::Always) => Some(self.allocate()),
+        }
+    }
+
+    /// A new message of this pool (counted in `created`).
+    fn allocate(&self) -> Message {
+        self.shared.created.fetch_add(1, Ordering::Relaxed);
+        let mut m = Message::new();
         m.home = Some(Arc::clone(&self.shared));
-        Some(m)
+        m
     }
 
     /// Takes a message, allocating when the pool is empty (`get(Allocation::Always)`).
@@ -125,11 +159,11 @@ impl Pool {
     /// Puts a message into this pool (reset, capacity kept), or frees it if the pool is full.
     /// Any message may be put, also one made with [`Message::new`]: this is how an
     /// application adds messages to a pool. Dropping a pooled message does the same.
-    pub fn put(&self, mut msg: Message) {
-        msg.release_hold();
-        msg.home = None;
-        let (text, body) = msg.take_buffers();
-        self.shared.recycle(text, body);
+    pub fn put(&self, msg: Message) {
+        let refilled = self.stash(&mut self.shared.lock(), msg);
+        if refilled {
+            self.shared.after_refill();
+        }
     }
 
     /// Puts many messages back with one lock (see [`put`](Self::put)); `msgs` is left empty.
@@ -137,33 +171,45 @@ impl Pool {
         if msgs.is_empty() {
             return;
         }
+        let mut refilled = false;
         {
             let mut free = self.shared.lock();
-            for mut m in msgs.drain(..) {
-                m.release_hold();
-                m.home = None;
-                if free.len() < self.shared.max {
-                    let (mut text, mut body) = m.take_buffers();
-                    text.clear();
-                    body.clear();
-                    free.push((text, body));
-                }
+            for m in msgs.drain(..) {
+                refilled |= self.stash(&mut free, m);
             }
         }
-        self.shared.after_refill();
+        if refilled {
+            self.shared.after_refill();
+        }
+    }
+
+    /// Adds `msg`'s buffers to the free list (under its lock, held by the caller), or frees
+    /// them when the pool is full or closed. Keeps the message's own reference to this pool
+    /// for the spare, so no reference count changes. True when the spare was kept.
+    fn stash(&self, free: &mut Free, mut msg: Message) -> bool {
+        msg.release_hold();
+        let home = msg.home.take();
+        if free.closed || free.spares.len() >= self.shared.max {
+            return false; // `msg` and `home` are dropped: the buffers are freed
+        }
+        let home = match home {
+            Some(h) if Arc::ptr_eq(&h, &self.shared) => h,
+            _ => Arc::clone(&self.shared), // a message of another pool, or of none
+        };
+        let (mut text, mut body) = msg.take_buffers();
+        text.clear();
+        body.clear();
+        free.spares.push(Spare { text, body, home });
+        true
     }
 
     /// Takes up to `n` messages (reset) with one lock, appending them to `out`; never
     /// allocates. Returns how many were taken.
     pub(crate) fn take_batch(&self, n: usize, out: &mut Vec<Message>) -> usize {
         let mut free = self.shared.lock();
-        let k = n.min(free.len());
-        let from = free.len() - k;
-        for (text, body) in free.drain(from..) {
-            let mut m = Message::with_buffers(text, body);
-            m.home = Some(Arc::clone(&self.shared));
-            out.push(m);
-        }
+        let k = n.min(free.spares.len());
+        let from = free.spares.len() - k;
+        out.extend(free.spares.drain(from..).map(Spare::into_message));
         if k == 0 {
             self.shared.empty_was_returned.store(true, Ordering::SeqCst);
         }
@@ -191,10 +237,7 @@ impl Pool {
                 return false;
             }
         }
-        self.shared.created.fetch_add(1, Ordering::Relaxed);
-        let mut m = Message::new();
-        m.home = Some(Arc::clone(&self.shared));
-        out.push(m);
+        out.push(self.allocate());
         true
     }
 
@@ -231,7 +274,7 @@ impl Pool {
 
     /// How many messages the pool holds now.
     pub fn len(&self) -> usize {
-        self.shared.lock().len()
+        self.shared.lock().spares.len()
     }
 
     /// True when the pool holds no message.
@@ -272,13 +315,37 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-type Parts = (Vec<u8>, Vec<u8>);
+/// A free message: its buffers and a reference to the pool it belongs to. Taking it out
+/// and putting it back moves that reference along, so the pool's reference count (a cache
+/// line every thread would otherwise write per message) stays still.
+struct Spare {
+    text: Vec<u8>,
+    body: Vec<u8>,
+    home: Arc<PoolShared>,
+}
+
+impl Spare {
+    fn into_message(self) -> Message {
+        let mut m = Message::with_buffers(self.text, self.body);
+        m.home = Some(self.home);
+        m
+    }
+}
+
+/// The free list.
+struct Free {
+    spares: Vec<Spare>,
+    /// The last [`Pool`] handle is gone: returned messages are freed, not kept.
+    closed: bool,
+}
 
 /// The state behind every [`Pool`] handle and every pooled [`Message`].
 pub(crate) struct PoolShared {
     /// Taken by the application (get, drop) and the reactor (refills, returns): a line of
     /// its own, as is `held`.
-    free: Padded<Mutex<Vec<Parts>>>,
+    free: Padded<Mutex<Free>>,
+    /// Live [`Pool`] handles.
+    handles: AtomicUsize,
     max: usize,
     /// A `PoolOnly` get found the pool empty since the last refill alert.
     empty_was_returned: AtomicBool,
@@ -289,23 +356,36 @@ pub(crate) struct PoolShared {
 }
 
 impl PoolShared {
-    fn lock(&self) -> MutexGuard<'_, Vec<Parts>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent (push/pop only),
-        // so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, Free> {
+        // A panic while holding this lock cannot leave the list inconsistent (push/pop
+        // only), so a poisoned lock is still usable.
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn recycle(&self, mut text: Vec<u8>, mut body: Vec<u8>) {
-        text.clear();
-        body.clear();
-        {
-            let mut free = self.lock();
-            if free.len() >= self.max {
-                return; // dropping the buffers frees them
+    /// Takes back the buffers of a dropped message of this pool (`home`), or frees them
+    /// when the pool is full or closed.
+    pub(crate) fn recycle(home: Arc<PoolShared>, mut text: Vec<u8>, mut body: Vec<u8>) {
+        let kept = {
+            let mut free = home.lock();
+            if free.closed || free.spares.len() >= home.max {
+                false // dropping the buffers frees them
+            } else {
+                text.clear();
+                body.clear();
+                // The spare needs its own reference while `home` is borrowed by the lock;
+                // `home` is dropped below, on this thread, so the count ends where it was.
+                let spare_home = Arc::clone(&home);
+                free.spares.push(Spare {
+                    text,
+                    body,
+                    home: spare_home,
+                });
+                true
             }
-            free.push((text, body));
+        };
+        if kept {
+            home.after_refill();
         }
-        self.after_refill();
     }
 
     pub(crate) fn release(&self) {
@@ -326,17 +406,43 @@ impl PoolShared {
     }
 }
 
-impl Message {
-    fn into_parts_unpooled(mut self) -> Parts {
-        self.home = None;
-        self.take_buffers()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn last_handle_frees_the_pool_and_later_returns() {
+        let pool = Pool::new(PoolOptions { initial: 4, max: 8 });
+        let weak = Arc::downgrade(&pool.shared);
+        let second = pool.clone();
+        let out = pool.message();
+        drop(pool);
+        // Another handle keeps the pool working.
+        assert_eq!(second.len(), 3);
+        second.put(Message::new());
+        assert_eq!(second.len(), 4);
+        drop(second);
+        // No handle left: the spares are freed, only the message out keeps the state alive,
+        // and its return does not re-create a pool nobody can reach.
+        assert!(weak.upgrade().is_some());
+        drop(out);
+        assert!(weak.upgrade().is_none(), "pooled messages must not keep the pool alive");
+    }
+
+    #[test]
+    fn spares_keep_no_extra_references() {
+        let pool = Pool::new(PoolOptions { initial: 2, max: 4 });
+        // Each spare holds one reference, the handle one.
+        assert_eq!(Arc::strong_count(&pool.shared), 3);
+        let a = pool.message();
+        let b = pool.message();
+        let c = pool.message(); // allocated
+        assert_eq!(Arc::strong_count(&pool.shared), 4);
+        drop((a, b, c));
+        assert_eq!(Arc::strong_count(&pool.shared), 4);
+        assert_eq!(pool.len(), 3);
+    }
 
     #[test]
     fn options_normalisation() {
