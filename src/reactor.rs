@@ -67,6 +67,8 @@ pub(crate) struct Reactor {
     partial: Vec<u16>,
     frame_timeout: Option<Duration>,
     deliveries: Vec<Message>,
+    /// Messages for the application, delivered per group once per loop iteration.
+    outbox: Outbox,
     /// Messages whose frames were written, waiting to be reused or pooled.
     sent: Vec<Message>,
     /// Where small frames are copied to be written as one slice (see `Connection::gather`).
@@ -176,6 +178,7 @@ impl Reactor {
             partial: Vec::new(),
             frame_timeout,
             deliveries: Vec::new(),
+            outbox: Outbox::default(),
             sent: Vec::new(),
             stage: Vec::with_capacity(STAGE_CAP + COPY_MAX),
             spare: Vec::with_capacity(SPARE_MAX),
@@ -207,6 +210,7 @@ impl Reactor {
             self.reconcile();
             self.delete_marked();
 
+            self.outbox.flush();
             let timeout = self.sleep_timeout();
             self.shared.iterations.fetch_add(1, Ordering::Relaxed);
             if timeout.is_none() {
@@ -227,6 +231,7 @@ impl Reactor {
             self.events = events;
             self.recycle_sent();
             self.delete_marked();
+            self.outbox.flush();
         }
     }
 
@@ -360,7 +365,7 @@ impl Reactor {
                 tracing::debug!(channel = number, "ByeSignal: local abort");
                 msg.header.origin = Origin::Engine;
                 msg.header.status = Status::ChannelClosed;
-                group.deliver(msg);
+                self.outbox.push(&group, msg);
                 if let Some(ch) = self.channels.get_mut(&number) {
                     if ch.group.id == group.id {
                         mark(&mut self.marked, ch, Status::ChannelClosed);
@@ -373,16 +378,16 @@ impl Reactor {
                     .get_mut(&number)
                     .filter(|ch| ch.group.id == group.id);
                 let Some(ch) = ch else {
-                    return hand_back(&group, msg, Status::ChannelClosed);
+                    return hand_back(&mut self.outbox, &group, msg, Status::ChannelClosed);
                 };
                 let Kind::Io(io) = &mut ch.kind else {
                     // Data for a listener: returned, and unlike Zig tofu the listener stays.
                     ch.backlog.sub(1, encoded_len(&msg) as u64);
-                    return hand_back(&group, msg, Status::ChannelClosed);
+                    return hand_back(&mut self.outbox, &group, msg, Status::ChannelClosed);
                 };
                 if let Err((e, msg)) = io.conn.enqueue(msg) {
                     ch.backlog.sub(1, encoded_len(&msg) as u64);
-                    return hand_back(&group, msg, e.status());
+                    return hand_back(&mut self.outbox, &group, msg, e.status());
                 }
                 if io.connected && !io.queued_flush && ch.closing.is_none() {
                     io.queued_flush = true;
@@ -452,7 +457,7 @@ impl Reactor {
         msg.header.opcode = OpCode::WelcomeResponse;
         msg.header.origin = Origin::Application;
         msg.header.status = Status::Success;
-        group.deliver(msg);
+        self.outbox.push(&group, msg);
         self.insert(number, group, mid, Kind::Listener(listener));
     }
 
@@ -464,8 +469,9 @@ impl Reactor {
         msg.header.opcode = reply;
         msg.header.origin = Origin::Engine;
         msg.header.status = status;
-        group.deliver(msg);
-        group.deliver(channel_closed_signal(&self.shared.pool, number, mid));
+        self.outbox.push(&group, msg);
+        self.outbox
+            .push(&group, channel_closed_signal(&self.shared.pool, number, mid));
         self.shared.lock_table().release(number);
     }
 
@@ -736,7 +742,7 @@ impl Reactor {
             // Not a received frame: not counted as held.
             self.deliveries.push(pool_empty_signal(pool, number));
         }
-        ch.group.deliver_all(&mut self.deliveries);
+        self.outbox.extend(&ch.group, &mut self.deliveries);
         if let Some(status) = outcome {
             mark(&mut self.marked, ch, status);
             end = ReadEnd::Closed;
@@ -785,7 +791,7 @@ impl Reactor {
                 }
             }
             self.shared.pool.hold_all(&mut self.deliveries);
-            ch.group.deliver_all(&mut self.deliveries);
+            self.outbox.extend(&ch.group, &mut self.deliveries);
             if let Some(s) = close {
                 mark(&mut self.marked, ch, s);
             }
@@ -895,13 +901,15 @@ impl Reactor {
         if notify {
             self.deliveries
                 .push(channel_closed_signal(&self.shared.pool, number, mid));
-            group.deliver_all(&mut self.deliveries);
+            self.outbox.extend(&group, &mut self.deliveries);
         } else {
             self.deliveries.clear();
         }
     }
 
     fn exit(&mut self) {
+        // What is already produced goes out before the commands handed back below.
+        self.outbox.flush();
         self.shared.close_commands();
         let numbers: Vec<u16> = self.channels.keys().copied().collect();
         for n in numbers {
@@ -909,6 +917,7 @@ impl Reactor {
                 self.finish(ch, Status::ShutdownStarted, true);
             }
         }
+        self.outbox.flush();
         tracing::debug!("reactor stopped");
     }
 }
@@ -953,10 +962,55 @@ fn mark(marked: &mut Vec<u16>, ch: &mut Channel, reason: Status) {
     }
 }
 
-fn hand_back(group: &GroupShared, mut msg: Message, status: Status) {
+fn hand_back(outbox: &mut Outbox, group: &Arc<GroupShared>, mut msg: Message, status: Status) {
     msg.header.origin = Origin::Engine;
     msg.header.status = status;
-    group.deliver(msg);
+    outbox.push(group, msg);
+}
+
+/// Messages for the application gathered during a loop iteration, one queue per group, so
+/// each group's mailbox is locked (and a waiting thread woken) once per iteration instead of
+/// once per channel event. Order within a group is the order of production.
+#[derive(Default)]
+struct Outbox {
+    groups: Vec<(Arc<GroupShared>, Vec<Message>)>,
+    /// Emptied queues kept for reuse.
+    spare: Vec<Vec<Message>>,
+}
+
+impl Outbox {
+    fn queue(&mut self, group: &Arc<GroupShared>) -> &mut Vec<Message> {
+        let i = match self.groups.iter().rposition(|(g, _)| Arc::ptr_eq(g, group)) {
+            Some(i) => i,
+            None => {
+                let q = self.spare.pop().unwrap_or_default();
+                self.groups.push((Arc::clone(group), q));
+                self.groups.len() - 1
+            }
+        };
+        &mut self.groups[i].1
+    }
+
+    fn push(&mut self, group: &Arc<GroupShared>, msg: Message) {
+        self.queue(group).push(msg);
+    }
+
+    /// Moves all of `msgs` (emptied) to `group`'s queue.
+    fn extend(&mut self, group: &Arc<GroupShared>, msgs: &mut Vec<Message>) {
+        if !msgs.is_empty() {
+            self.queue(group).append(msgs);
+        }
+    }
+
+    /// Delivers every queue to its group.
+    fn flush(&mut self) {
+        for (group, mut q) in self.groups.drain(..) {
+            group.deliver_all(&mut q);
+            if self.spare.len() < 16 {
+                self.spare.push(q);
+            }
+        }
+    }
 }
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
