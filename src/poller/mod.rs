@@ -491,7 +491,7 @@ impl Poller {
         events.clear();
         let ready = match &mut self.flavor {
             #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.wait(&self.waker, events, timeout)?,
+            Flavor::Epoll(b) => b.wait(events, timeout)?,
             #[cfg(unix)]
             Flavor::Poll(b) => b.wait(&self.waker, events, timeout)?,
             #[cfg(windows)]

@@ -1,8 +1,10 @@
 //! Cross-thread wake-up of a blocked `Poller::wait`.
 //!
 //! On Linux this is an eventfd (`EFD_NONBLOCK | EFD_CLOEXEC`); other unix
-//! systems use a non-blocking pipe. The poller watches the read side for
-//! readability and drains it inside `wait`, which makes wake-ups coalesce.
+//! systems use a non-blocking pipe. The `poll(2)` backend watches the read side
+//! for readability and drains it inside `wait`, which makes wake-ups coalesce;
+//! epoll watches the eventfd edge-triggered and never reads it (each write is one
+//! edge, edges not yet reported coalesce).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
