@@ -7,30 +7,74 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::intmap::IntMap;
 use std::hash::BuildHasher;
 
-use crate::message::{CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
+use crate::message::{Message, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
+use crate::net::Stream;
+use crate::wire::FrameHeader;
 
 /// How many released numbers are kept out of circulation.
 pub(crate) const QUARANTINE_LEN: usize = 1024;
 
-/// What a channel has accepted from `post` and not yet written or handed back: the send
-/// queue's size, shared by posting threads (which add) and the reactor (which subtracts).
+/// The send side of a channel shared by posting threads and the reactor: the size of its
+/// send queue (what `post` accepted and the reactor has not yet written or handed back),
+/// and the gate and socket of direct writes.
+///
+/// **Direct writes.** A message posted to an idle channel while the reactor sleeps is
+/// written by the posting thread itself, saving two thread hand-offs per hop (post to
+/// reactor, reactor back to sleep). The `gate` decides who may write the socket:
+/// * `CLOSED`: only the reactor (its queue holds frames, the channel is not connected yet,
+///   a bye-type frame was queued or written, or the channel is closing);
+/// * `OPEN`: nobody is writing and the reactor's queue is empty; a posting thread may take
+///   the gate (`OPEN` to `APP`), and the reactor takes it (`OPEN` to `CLOSED`) before it
+///   writes;
+/// * `APP`: a posting thread is writing one whole frame; it puts the gate back to `OPEN`,
+///   then asks the reactor to flush if messages were queued meanwhile;
+/// * `HANDOVER`: the posting thread could not write the whole frame (full socket buffer,
+///   error); its message is on its way to the reactor with the count of bytes already
+///   written, and nothing else may be written before it.
+///
+/// Only the reactor opens the gate, at the end of a loop iteration in which the channel's
+/// queue ended empty. Frames never interleave: whoever writes holds the gate.
 ///
 /// Aligned to its own cache lines: posting threads and the reactor both write it, and it
 /// must not share a line with unrelated data.
 #[derive(Default, Debug)]
 #[repr(align(128))]
-pub(crate) struct Backlog {
+pub(crate) struct SendState {
     messages: AtomicU64,
     bytes: AtomicU64,
+    gate: AtomicU8,
+    /// The connected socket, set by the reactor once the channel is connected.
+    socket: OnceLock<Arc<Stream>>,
 }
 
-impl Backlog {
+/// See [`SendState`].
+pub(crate) mod gate {
+    pub(crate) const CLOSED: u8 = 0;
+    pub(crate) const OPEN: u8 = 1;
+    pub(crate) const APP: u8 = 2;
+    pub(crate) const HANDOVER: u8 = 3;
+}
+
+/// How a [`SendState::write_direct`] ended.
+pub(crate) enum Direct {
+    /// The gate was not open: queue the message as usual.
+    NotTaken(Message),
+    /// The whole frame was written; `flush` asks the reactor to write messages queued
+    /// meanwhile (it could not while the gate was taken).
+    Written { flush: bool },
+    /// `written` bytes of the frame went out (maybe none): the message must go to the
+    /// reactor, which writes the rest before anything else (the gate is `HANDOVER`).
+    HandOver { msg: Message, written: usize },
+}
+
+impl SendState {
     /// Counts a message in if the limits allow it.
     pub(crate) fn try_add(&self, bytes: u64, max_messages: u64, max_bytes: u64) -> bool {
         // Posts to one channel from several threads may overshoot by a message each; the
@@ -45,7 +89,8 @@ impl Backlog {
     }
 
     pub(crate) fn add(&self, messages: u64, bytes: u64) {
-        self.messages.fetch_add(messages, Ordering::Relaxed);
+        // SeqCst pairs with the load in `write_direct` (see there).
+        self.messages.fetch_add(messages, Ordering::SeqCst);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
@@ -59,12 +104,110 @@ impl Backlog {
     pub(crate) fn messages(&self) -> u64 {
         self.messages.load(Ordering::Relaxed)
     }
+
+    /// True when a direct write could be tried: nothing queued and the gate open.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.messages.load(Ordering::Relaxed) == 0
+            && self.gate.load(Ordering::Relaxed) == gate::OPEN
+    }
+
+    /// Gives the socket for direct writes (once, when the channel is connected).
+    pub(crate) fn set_socket(&self, socket: Arc<Stream>) {
+        let _ = self.socket.set(socket);
+    }
+
+    /// The reactor takes the gate before writing. True when it holds it (it was `OPEN` or
+    /// already `CLOSED`); false while a posting thread writes or hands a message over.
+    pub(crate) fn take_for_reactor(&self) -> bool {
+        match self.gate.compare_exchange(
+            gate::OPEN,
+            gate::CLOSED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => true,
+            Err(state) => state == gate::CLOSED,
+        }
+    }
+
+    /// The reactor received the handed-over message: the gate is its own again.
+    pub(crate) fn take_handover(&self) {
+        self.gate.store(gate::CLOSED, Ordering::SeqCst);
+    }
+
+    /// The reactor's queue is empty and direct writes are allowed: opens the gate (if the
+    /// reactor holds it).
+    pub(crate) fn open(&self) {
+        let _ = self.gate.compare_exchange(
+            gate::CLOSED,
+            gate::OPEN,
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Closes the gate for good (channel closing, bye-type frame queued).
+    pub(crate) fn close(&self) {
+        self.gate.store(gate::CLOSED, Ordering::SeqCst);
+    }
+
+    /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).
+    /// Never blocks: the socket is non-blocking.
+    pub(crate) fn write_direct(&self, msg: Message) -> Direct {
+        let Some(socket) = self.socket.get() else {
+            return Direct::NotTaken(msg);
+        };
+        if self
+            .gate
+            .compare_exchange(gate::OPEN, gate::APP, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            return Direct::NotTaken(msg);
+        }
+        let header = match FrameHeader::for_message(&msg) {
+            Ok(h) => h.to_bytes(),
+            Err(_) => {
+                // Validated by post; the reactor reports it the usual way.
+                self.gate.store(gate::HANDOVER, Ordering::SeqCst);
+                return Direct::HandOver { msg, written: 0 };
+            }
+        };
+        let parts = [&header[..], msg.text_headers(), msg.body()];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let iov = [
+            IoSlice::new(parts[0]),
+            IoSlice::new(parts[1]),
+            IoSlice::new(parts[2]),
+        ];
+        match socket.write_vectored(&iov) {
+            Ok(n) if n == total => {
+                self.gate.store(gate::OPEN, Ordering::SeqCst);
+                // A post queued while the gate was taken found it closed and left the
+                // writing to the reactor, which could not take the gate either: ask it to
+                // flush. (Its count was added before the reactor looked at the gate, and
+                // that look came before the store above, so this load sees it.)
+                Direct::Written {
+                    flush: self.messages.load(Ordering::SeqCst) > 0,
+                }
+            }
+            Ok(n) => {
+                self.gate.store(gate::HANDOVER, Ordering::SeqCst);
+                Direct::HandOver { msg, written: n }
+            }
+            Err(_) => {
+                // Full socket buffer or a failing socket: the reactor retries the write and
+                // handles what follows (readiness wait, or closing with SendFailed).
+                self.gate.store(gate::HANDOVER, Ordering::SeqCst);
+                Direct::HandOver { msg, written: 0 }
+            }
+        }
+    }
 }
 
 /// One live channel number.
 pub(crate) struct Record {
     pub(crate) group: u32,
-    pub(crate) backlog: Arc<Backlog>,
+    pub(crate) send: Arc<SendState>,
 }
 
 /// Live channel numbers and their owning group ids.
@@ -119,7 +262,7 @@ impl ChannelTable {
             ch,
             Record {
                 group,
-                backlog: Arc::default(),
+                send: Arc::default(),
             },
         );
     }
@@ -185,7 +328,7 @@ mod tests {
 
     #[test]
     fn backlog_limits() {
-        let b = Backlog::default();
+        let b = SendState::default();
         // An empty queue takes one message whatever its size.
         assert!(b.try_add(1_000_000, 3, 100));
         assert!(!b.try_add(1, 3, 100), "bytes over the limit");

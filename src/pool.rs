@@ -427,7 +427,10 @@ mod tests {
         // and its return does not re-create a pool nobody can reach.
         assert!(weak.upgrade().is_some());
         drop(out);
-        assert!(weak.upgrade().is_none(), "pooled messages must not keep the pool alive");
+        assert!(
+            weak.upgrade().is_none(),
+            "pooled messages must not keep the pool alive"
+        );
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub(crate) struct Connection {
     queue: VecDeque<Outgoing>,
     head_written: usize,
     bye_sent: bool,
+    /// A bye-type message was queued (it may not be written yet).
+    bye_queued: bool,
     /// A ByeResponse was written: after a bye nothing more, not even another ByeResponse.
     bye_response_sent: bool,
     bye_received: bool,
@@ -76,6 +78,7 @@ impl Connection {
             queue: VecDeque::new(),
             head_written: 0,
             bye_sent: false,
+            bye_queued: false,
             bye_response_sent: false,
             bye_received: false,
             decoder: Decoder::new(),
@@ -92,6 +95,7 @@ impl Connection {
             Err(e) => return Err((e, msg)),
         };
         let front = msg.header.oob;
+        self.bye_queued |= msg.opcode().message_type() == MessageType::Bye;
         let out = Outgoing { msg, header };
         if front {
             // Never in front of a started frame or a not-yet-sent HelloRequest.
@@ -104,6 +108,41 @@ impl Connection {
             self.queue.push_back(out);
         }
         Ok(())
+    }
+
+    /// Queues a message whose first `written` bytes were already written by someone else
+    /// (a direct write from a posting thread): it goes to the front, ahead of everything.
+    /// Only valid while no other frame is partially written.
+    pub(crate) fn enqueue_started(
+        &mut self,
+        msg: Message,
+        written: usize,
+    ) -> Result<(), (Error, Message)> {
+        let header = match FrameHeader::for_message(&msg) {
+            Ok(h) => h.to_bytes(),
+            Err(e) => return Err((e, msg)),
+        };
+        debug_assert_eq!(
+            self.head_written, 0,
+            "a started frame is already at the head"
+        );
+        self.bye_queued |= msg.opcode().message_type() == MessageType::Bye;
+        let out = Outgoing { msg, header };
+        debug_assert!(written < out.len());
+        self.queue.push_front(out);
+        self.head_written = written;
+        Ok(())
+    }
+
+    /// True when nothing is queued or half-written and no bye-type frame was queued: a
+    /// whole new frame may be written by someone else (see `SendState`).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.head_written == 0 && !self.bye_queued
+    }
+
+    /// True once a bye-type message was queued.
+    pub(crate) fn bye_queued(&self) -> bool {
+        self.bye_queued
     }
 
     /// True when a frame can be written now.
@@ -459,6 +498,38 @@ mod tests {
         let (mut iov, mut stage) = ([IoSlice::new(&[]); 8], Vec::new());
         let n = c.gather(&mut stage, &mut iov[..1]);
         assert_eq!((n, iov[0].len()), (1, 2 * HEADER_LEN + 5));
+    }
+
+    #[test]
+    fn a_started_frame_goes_first_from_where_it_stopped() {
+        for written in [0, 1, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 7] {
+            let mut c = Connection::new();
+            assert!(c.is_idle());
+            c.enqueue(msg(OpCode::Signal, 2, b"queued meanwhile"))
+                .unwrap();
+            let started = msg(OpCode::Request, 1, b"started by a posting thread");
+            let mut wire = Vec::new();
+            crate::wire::encode(&started, &mut wire).unwrap();
+            wire.truncate(written); // what the posting thread got out
+            c.enqueue_started(started, written).unwrap();
+            assert!(!c.is_idle());
+            wire.extend(write_all(&mut c, 5));
+            assert_eq!(
+                decode(&wire),
+                vec![(OpCode::Request, 1), (OpCode::Signal, 2)],
+                "written {written}"
+            );
+            assert!(c.is_idle());
+        }
+    }
+
+    #[test]
+    fn a_queued_bye_ends_idleness_for_good() {
+        let mut c = Connection::new();
+        c.enqueue(msg(OpCode::ByeRequest, 1, b"")).unwrap();
+        assert!(c.bye_queued());
+        write_all(&mut c, 100);
+        assert!(!c.is_idle(), "no direct write after a bye");
     }
 
     #[test]

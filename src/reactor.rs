@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::address::Address;
-use crate::channels::Backlog;
+use crate::channels::SendState;
 use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
 use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
@@ -93,7 +93,7 @@ struct Channel {
     token: Token,
     group: Arc<GroupShared>,
     /// Posted and not yet written (shared with `post`, which enforces the send limit).
-    backlog: Arc<Backlog>,
+    send: Arc<SendState>,
     /// message_id for the final ChannelClosed Signal: the request's, replaced by the first
     /// frame received.
     mid: u64,
@@ -115,7 +115,8 @@ struct ListenerState {
 }
 
 struct Io {
-    stream: Stream,
+    /// Shared with posting threads for direct writes once connected (see `SendState`).
+    stream: Arc<Stream>,
     conn: Connection,
     connected: bool,
     write_blocked: bool,
@@ -129,6 +130,8 @@ struct Io {
     last_input: Instant,
     /// Listed in `Reactor::partial`.
     in_partial: bool,
+    /// `stream` was given to the channel's `SendState` for direct writes.
+    socket_shared: bool,
 }
 
 impl Channel {
@@ -210,6 +213,10 @@ impl Reactor {
             self.reconcile();
             self.delete_marked();
 
+            // This iteration's writes are done: until the reactor wakes up again, one post
+            // may write directly (see `SendState`), e.g. the answer from a thread this
+            // iteration's deliveries wake.
+            self.shared.direct_turn.store(true, Ordering::Release);
             self.outbox.flush();
             let timeout = self.sleep_timeout();
             self.shared.iterations.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +224,7 @@ impl Reactor {
                 self.shared.sleeps.fetch_add(1, Ordering::Relaxed);
             }
             let r = self.poller.wait(&mut self.events, timeout);
+            self.shared.direct_turn.store(false, Ordering::Relaxed);
             self.shared.sleeping.store(false, Ordering::SeqCst);
             if let Err(e) = r {
                 tracing::error!(error = %e, "poller wait failed; the engine stops");
@@ -231,6 +239,8 @@ impl Reactor {
             self.events = events;
             self.recycle_sent();
             self.delete_marked();
+            // The events' writes are done too (see above).
+            self.shared.direct_turn.store(true, Ordering::Release);
             self.outbox.flush();
         }
     }
@@ -338,7 +348,13 @@ impl Reactor {
         let mut cmds = std::mem::take(&mut self.commands);
         for cmd in cmds.drain(..) {
             match cmd {
-                Command::Post { group, msg } => self.dispatch_post(group, msg),
+                Command::Post { group, msg } => self.dispatch_post(group, msg, None),
+                Command::HandOver {
+                    group,
+                    msg,
+                    written,
+                } => self.dispatch_post(group, msg, Some(written)),
+                Command::Flush { channel } => self.queue_flush(channel),
                 Command::DestroyGroup { group, done } => {
                     self.destroy_group(group);
                     done.complete();
@@ -348,7 +364,26 @@ impl Reactor {
         self.commands = cmds;
     }
 
-    fn dispatch_post(&mut self, group: Arc<GroupShared>, mut msg: Message) {
+    /// Queues a channel for `flush_posted` (a posting thread wrote directly meanwhile).
+    fn queue_flush(&mut self, number: u16) {
+        if let Some(ch) = self.channels.get_mut(&number) {
+            if let Kind::Io(io) = &mut ch.kind {
+                if io.connected && !io.queued_flush && ch.closing.is_none() {
+                    io.queued_flush = true;
+                    self.to_flush.push(number);
+                }
+            }
+        }
+    }
+
+    /// A posted message; `handed_over` is `Some(bytes already written)` for a message a
+    /// posting thread started to write directly.
+    fn dispatch_post(
+        &mut self,
+        group: Arc<GroupShared>,
+        mut msg: Message,
+        handed_over: Option<usize>,
+    ) {
         msg.release_hold(); // the application gave it to the engine
         let number = msg.channel();
         if group.is_destroyed() {
@@ -382,12 +417,24 @@ impl Reactor {
                 };
                 let Kind::Io(io) = &mut ch.kind else {
                     // Data for a listener: returned, and unlike Zig tofu the listener stays.
-                    ch.backlog.sub(1, encoded_len(&msg) as u64);
+                    ch.send.sub(1, encoded_len(&msg) as u64);
                     return hand_back(&mut self.outbox, &group, msg, Status::ChannelClosed);
                 };
-                if let Err((e, msg)) = io.conn.enqueue(msg) {
-                    ch.backlog.sub(1, encoded_len(&msg) as u64);
+                let queued = match handed_over {
+                    None => io.conn.enqueue(msg),
+                    Some(written) => {
+                        // Its first bytes may be on the wire: it goes first, and the
+                        // reactor holds the gate again.
+                        ch.send.take_handover();
+                        io.conn.enqueue_started(msg, written)
+                    }
+                };
+                if let Err((e, msg)) = queued {
+                    ch.send.sub(1, encoded_len(&msg) as u64);
                     return hand_back(&mut self.outbox, &group, msg, e.status());
+                }
+                if io.conn.bye_queued() {
+                    ch.send.close(); // no direct write once a bye-type frame is queued
                 }
                 if io.connected && !io.queued_flush && ch.closing.is_none() {
                     io.queued_flush = true;
@@ -417,7 +464,7 @@ impl Reactor {
         }
         tracing::debug!(channel = number, address = %addr, connected, "connecting");
         let io = Io {
-            stream,
+            stream: Arc::new(stream),
             conn,
             connected,
             write_blocked: false,
@@ -427,6 +474,7 @@ impl Reactor {
             hangup: false,
             last_input: Instant::now(),
             in_partial: false,
+            socket_shared: false,
         };
         if connected {
             self.to_flush.push(number);
@@ -470,25 +518,27 @@ impl Reactor {
         msg.header.origin = Origin::Engine;
         msg.header.status = status;
         self.outbox.push(&group, msg);
-        self.outbox
-            .push(&group, channel_closed_signal(&self.shared.pool, number, mid));
+        self.outbox.push(
+            &group,
+            channel_closed_signal(&self.shared.pool, number, mid),
+        );
         self.shared.lock_table().release(number);
     }
 
     fn insert(&mut self, number: u16, group: Arc<GroupShared>, mid: u64, kind: Kind) {
         let token = Token(self.next_token);
         self.next_token += 1;
-        let backlog = self
+        let send = self
             .shared
             .lock_table()
             .record(number)
-            .map(|r| Arc::clone(&r.backlog))
+            .map(|r| Arc::clone(&r.send))
             .unwrap_or_default();
         let mut ch = Box::new(Channel {
             number,
             token,
             group,
-            backlog,
+            send,
             mid,
             registered: false,
             touched: false,
@@ -636,7 +686,7 @@ impl Reactor {
             };
             tracing::debug!(listener = number, channel = new, peer = %stream.peer_string(), "accepted");
             let io = Io {
-                stream,
+                stream: Arc::new(stream),
                 conn: Connection::new(),
                 connected: true,
                 write_blocked: false,
@@ -646,6 +696,7 @@ impl Reactor {
                 hangup: false,
                 last_input: Instant::now(),
                 in_partial: false,
+                socket_shared: false,
             };
             self.insert(new, group, 0, Kind::Io(Box::new(io)));
         }
@@ -847,6 +898,7 @@ impl Reactor {
             if ch.closing.is_some() {
                 continue;
             }
+            ch.open_gate();
             let interest = ch.interest();
             let r = if ch.registered {
                 self.poller.reregister(ch.raw(), ch.token, interest)
@@ -880,6 +932,7 @@ impl Reactor {
     /// sends the final ChannelClosed Signal (when `notify`), closes the socket (RST) and frees
     /// its number.
     fn finish(&mut self, mut ch: Box<Channel>, reason: Status, notify: bool) {
+        ch.send.close();
         self.by_token.remove(&ch.token);
         if ch.registered {
             if let Err(e) = self.poller.deregister(ch.raw(), ch.token) {
@@ -923,6 +976,24 @@ impl Reactor {
 }
 
 impl Channel {
+    /// Lets posting threads write directly when the reactor has nothing to write here:
+    /// connected, send queue empty, no bye-type frame queued or written, not closing, not
+    /// waiting for writability, no hang-up seen.
+    fn open_gate(&mut self) {
+        let Kind::Io(io) = &mut self.kind else { return };
+        if !io.connected || io.write_blocked || io.hangup || self.closing.is_some() {
+            return;
+        }
+        if !io.conn.is_idle() {
+            return;
+        }
+        if !io.socket_shared {
+            io.socket_shared = true;
+            self.send.set_socket(Arc::clone(&io.stream));
+        }
+        self.send.open();
+    }
+
     /// True until the first frame from the peer has set `mid`.
     fn mid_from_peer_pending(&mut self) -> bool {
         match &mut self.kind {
@@ -1015,12 +1086,17 @@ impl Outbox {
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
 fn flush(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<Message>) {
+    if !ch.send.take_for_reactor() {
+        // A posting thread is writing (it asks for a flush when done) or handing a
+        // started frame over (its command follows).
+        return;
+    }
     let before = sent.len();
     write_queue(ch, stage, sent);
     let done = &sent[before..];
     if !done.is_empty() {
         let bytes: usize = done.iter().map(encoded_len).sum();
-        ch.backlog.sub(done.len() as u64, bytes as u64);
+        ch.send.sub(done.len() as u64, bytes as u64);
     }
 }
 

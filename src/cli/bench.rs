@@ -588,6 +588,9 @@ fn tofu_rtt(backend: Backend, t: Transport, count: u64) -> Result<[f64; 3], Stri
     }
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
+    if std::env::var_os("TOFU_BENCH_DEBUG").is_some() {
+        eprintln!("rtt: client {:?} server {:?}", ce.stats(), se.stats());
+    }
     samples.sort();
     Ok([
         us(quantile(&samples, 0.5)),

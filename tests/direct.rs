@@ -1,0 +1,164 @@
+//! Direct writes: a message posted to an idle channel while the reactor sleeps is written
+//! by the posting thread. Checked here: the path is really taken, post order holds when
+//! direct and queued writes mix, and a direct write into a full socket hands the rest of
+//! its frame to the reactor without corrupting the stream.
+
+mod common;
+use common::*;
+use std::time::Duration;
+use tofu::{OpCode, PoolOptions, Status};
+
+#[test]
+fn request_response_on_an_idle_channel_is_written_directly() {
+    on_every_backend(|b| {
+        for addr in transports() {
+            let se = engine(b);
+            let ce = engine(b);
+            let server = se.create_group().unwrap();
+            let client = ce.create_group().unwrap();
+            listen(&server, &addr);
+            let (c, _) = connect(&client, &server, &addr);
+            const N: u64 = 200;
+            let (client_before, server_before) = (ce.stats(), se.stats());
+            for id in 1..=N {
+                client.post(data(OpCode::Request, c, id, b"ping")).unwrap();
+                let mut req = recv(&server);
+                assert_eq!((req.opcode(), req.message_id()), (OpCode::Request, id));
+                req.make_echo().unwrap();
+                server.post(req).unwrap();
+                let resp = recv(&client);
+                assert_eq!((resp.opcode(), resp.message_id()), (OpCode::Response, id));
+                assert_eq!(resp.body(), b"ping");
+            }
+            let direct = |after: tofu::EngineStats, before: tofu::EngineStats| {
+                after.direct_writes - before.direct_writes
+            };
+            let (cd, sd) = (
+                direct(ce.stats(), client_before),
+                direct(se.stats(), server_before),
+            );
+            // Each post finds its reactor done writing (the answer it waits for came from
+            // that reactor's last iteration), so nearly all are direct.
+            assert!(
+                cd >= N * 9 / 10,
+                "{b} {addr}: client wrote {cd} of {N} directly"
+            );
+            assert!(
+                sd >= N * 9 / 10,
+                "{b} {addr}: server wrote {sd} of {N} directly"
+            );
+        }
+    });
+}
+
+#[test]
+fn bursts_after_idle_keep_post_order() {
+    on_every_backend(|b| {
+        for addr in transports() {
+            let se = engine_with_pool(
+                b,
+                PoolOptions {
+                    initial: 64,
+                    max: 4096,
+                },
+            );
+            let ce = engine(b);
+            let server = se.create_group().unwrap();
+            let client = ce.create_group().unwrap();
+            listen(&server, &addr);
+            let (c, _) = connect(&client, &server, &addr);
+            let mut next = 1u64;
+            for burst in 0..20u64 {
+                // Idle: the reactor sleeps, so the burst's first post may go direct and the
+                // rest queue behind it.
+                std::thread::sleep(Duration::from_millis(5));
+                let len = 1 + burst * 37;
+                for id in next..next + len {
+                    client
+                        .post(data(OpCode::Signal, c, id, &id.to_le_bytes()))
+                        .unwrap();
+                }
+                for id in next..next + len {
+                    let m = recv(&server);
+                    assert_eq!(m.message_id(), id, "{b} {addr}: post order");
+                    assert_eq!(m.body(), id.to_le_bytes());
+                }
+                next += len;
+            }
+            assert!(
+                ce.stats().direct_writes >= 1,
+                "{b} {addr}: no burst started with a direct write"
+            );
+        }
+    });
+}
+
+#[test]
+fn direct_write_into_a_full_socket_hands_the_frame_over() {
+    on_every_backend(|b| {
+        for addr in transports() {
+            // The server holds at most 4 received frames: while the test does not take
+            // them, its reactor stops reading and the socket buffers fill up.
+            let se = engine_with_pool(b, PoolOptions { initial: 4, max: 4 });
+            let ce = engine(b);
+            let server = se.create_group().unwrap();
+            let client = ce.create_group().unwrap();
+            listen(&server, &addr);
+            let (c, _) = connect(&client, &server, &addr);
+            let body =
+                |id: u64| -> Vec<u8> { (0..60_000u64).map(|i| (i * 7 + id) as u8).collect() };
+            // One message at a time, each after the reactor went idle, so posts alternate
+            // between direct and queued (one direct write per reactor sleep), and nothing is
+            // read: the socket buffers fill. Whether the write that meets the full buffer is
+            // a direct one is a coin toss; when it was the reactor's, read everything (its
+            // queue empties, direct writes are allowed again) and fill once more.
+            let mut posted = 0u64;
+            let mut received = 0u64;
+            let take = |received: &mut u64| {
+                let m = recv(&server);
+                *received += 1;
+                assert_eq!(m.status(), Status::Success);
+                assert_eq!(m.message_id(), *received, "{b} {addr}: order");
+                assert!(
+                    m.body() == body(*received).as_slice(),
+                    "{b} {addr}: body of {received}"
+                );
+            };
+            for round in 0.. {
+                assert!(
+                    round < 40,
+                    "{b} {addr}: 40 times the socket filled and never on a direct write"
+                );
+                // 300 x 60 kB is more than loopback socket buffers hold.
+                for _ in 0..300 {
+                    posted += 1;
+                    client
+                        .post(data(OpCode::Signal, c, posted, &body(posted)))
+                        .unwrap();
+                    std::thread::sleep(Duration::from_micros(500));
+                    if ce.stats().handovers > 0 {
+                        break;
+                    }
+                }
+                if ce.stats().handovers > 0 {
+                    break;
+                }
+                while received < posted {
+                    take(&mut received);
+                }
+            }
+            // A few more queue behind the handed-over frame.
+            for _ in 0..3 {
+                posted += 1;
+                client
+                    .post(data(OpCode::Signal, c, posted, &body(posted)))
+                    .unwrap();
+            }
+            // Now read everything: whole frames, in order, nothing lost or torn.
+            while received < posted {
+                take(&mut received);
+            }
+            expect_silence(&client, Duration::from_millis(50));
+        }
+    });
+}
