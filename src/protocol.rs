@@ -410,9 +410,13 @@ mod tests {
             let mut stage = Vec::new();
             let n = c.gather(&mut stage, &mut iov);
             assert!(n > 0);
-            let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
-            let w = bytes.len().min(chunk);
-            wire.extend_from_slice(&bytes[..w]);
+            // The "socket" takes at most `chunk` bytes of what is offered.
+            let before = wire.len();
+            for s in &iov[..n] {
+                let room = chunk - (wire.len() - before);
+                wire.extend_from_slice(&s[..s.len().min(room)]);
+            }
+            let w = wire.len() - before;
             c.advance(w, &mut Vec::new());
         }
         wire
@@ -445,7 +449,9 @@ mod tests {
     #[test]
     fn small_sections_staged_large_ones_in_place() {
         let sizes = [0, 10, COPY_MAX, COPY_MAX + 1, 3, 70_000, 65_535, 1];
-        for chunk in [333, 4096, 1 << 20] {
+        // Under Miri one chunk size does (every gather re-stages up to 64 KiB).
+        let chunks: &[usize] = if cfg!(miri) { &[16_384] } else { &[333, 4096, 1 << 20] };
+        for &chunk in chunks {
             let mut c = Connection::new();
             for (i, &len) in sizes.iter().enumerate() {
                 let mut m = msg(
