@@ -450,7 +450,11 @@ mod tests {
     fn small_sections_staged_large_ones_in_place() {
         let sizes = [0, 10, COPY_MAX, COPY_MAX + 1, 3, 70_000, 65_535, 1];
         // Under Miri one chunk size does (every gather re-stages up to 64 KiB).
-        let chunks: &[usize] = if cfg!(miri) { &[16_384] } else { &[333, 4096, 1 << 20] };
+        let chunks: &[usize] = if cfg!(miri) {
+            &[16_384]
+        } else {
+            &[333, 4096, 1 << 20]
+        };
         for &chunk in chunks {
             let mut c = Connection::new();
             for (i, &len) in sizes.iter().enumerate() {
