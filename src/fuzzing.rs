@@ -62,6 +62,16 @@ impl Connection {
         self.0.enqueue(msg)
     }
 
+    /// Queues a message whose first `written` bytes someone else wrote (a direct write
+    /// handed over to the reactor); it goes first.
+    pub fn enqueue_started(
+        &mut self,
+        msg: Message,
+        written: usize,
+    ) -> Result<(), (Error, Message)> {
+        self.0.enqueue_started(msg, written)
+    }
+
     /// True when a frame can be written now (may reorder a ByeResponse to the front).
     pub fn wants_send(&mut self) -> bool {
         self.0.wants_send()

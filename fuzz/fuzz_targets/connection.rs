@@ -47,6 +47,16 @@ enum Op {
         text: u8,
         body: u16,
     },
+    /// A data message whose first `written % frame length` bytes a posting thread already
+    /// wrote (a direct write handed over): queued first, the rest written before anything.
+    /// Only when no frame is half-written and no bye-type frame was written, as in the
+    /// reactor (the gate opens only then).
+    EnqueueStarted {
+        op: u8,
+        text: u8,
+        body: u16,
+        written: u16,
+    },
     /// Queue a message with one section of 65536 bytes: must be refused and handed back.
     EnqueueOversized { text: bool },
     /// One `wants_send` + `gather` into `iov % 9` slices + `advance` by `budget` bytes at most.
@@ -133,7 +143,12 @@ impl Harness {
     }
 
     fn apply(&mut self, op: Op) {
-        if self.closed && matches!(op, Op::Enqueue { .. } | Op::EnqueueOversized { .. }) {
+        if self.closed
+            && matches!(
+                op,
+                Op::Enqueue { .. } | Op::EnqueueOversized { .. } | Op::EnqueueStarted { .. }
+            )
+        {
             // The channel is closed: the reactor queues nothing more.
             return;
         }
@@ -147,6 +162,37 @@ impl Harness {
             } => {
                 let m = self.message(op, oob, more, usize::from(text) % 200, body as usize % 600);
                 self.enqueue(m);
+            }
+            Op::EnqueueStarted {
+                op,
+                text,
+                body,
+                written,
+            } => {
+                if self.model.head_written > 0 || self.model.bye_sent {
+                    return;
+                }
+                let op = [0, 1, 2][usize::from(op) % 3]; // Request, Response, Signal
+                let m = self.message(
+                    op,
+                    false,
+                    false,
+                    usize::from(text) % 200,
+                    body as usize % 600,
+                );
+                let id = m.message_id();
+                let mut bytes = Vec::new();
+                encode(&m, &mut bytes).expect("small sections");
+                let w = usize::from(written) % bytes.len();
+                let opcode = m.opcode();
+                if let Err((e, _)) = self.conn.enqueue_started(m, w) {
+                    panic!("enqueue_started refused a valid message: {e:?}");
+                }
+                // The posting thread's part is on the wire already.
+                self.written.extend_from_slice(&bytes[..w]);
+                self.sent.insert(id, Sent { opcode, bytes });
+                self.model.queue.push_front(id);
+                self.model.head_written = w;
             }
             Op::EnqueueOversized { text } => {
                 let mut m = self.message(0, false, false, 0, 0);
@@ -604,8 +650,7 @@ impl Model {
         let mut skip = self.head_written;
         for (i, id) in self.queue.iter().enumerate() {
             let s = &sent[id];
-            if self.bye_sent
-                && (i > 0 || s.opcode != OpCode::ByeResponse || self.bye_response_sent)
+            if self.bye_sent && (i > 0 || s.opcode != OpCode::ByeResponse || self.bye_response_sent)
             {
                 break;
             }
