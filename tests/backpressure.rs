@@ -9,12 +9,8 @@ use tofu::{OpCode, Origin, PoolOptions, Status};
 fn starvation_and_recovery() {
     on_every_backend(|b| {
         for addr in transports() {
-            let se = engine_with_pool(b, PoolOptions { initial: 4, max: 4 });
-            let ce = engine(b);
-            let server = se.create_group().unwrap();
-            let client = ce.create_group().unwrap();
-            listen(&server, &addr);
-            let (c, s) = connect(&client, &server, &addr);
+            let link = linked(b, &addr, PoolOptions { initial: 4, max: 4 });
+            let (server, client, c, s) = (&link.server, &link.client, link.c, link.s);
             const N: u64 = 40;
             for i in 1..=N {
                 client
@@ -48,7 +44,7 @@ fn starvation_and_recovery() {
             drop(held);
             let mut next = got.len() as u64 + 1;
             while next <= N {
-                let m = recv_any(&server);
+                let m = recv_any(server);
                 if m.status() == Status::PoolEmpty {
                     continue;
                 }

@@ -12,21 +12,18 @@ use tofu::{OpCode, PoolOptions, Status};
 fn request_response_on_an_idle_channel_is_written_directly() {
     on_every_backend(|b| {
         for addr in transports() {
-            let se = engine(b);
-            let ce = engine(b);
-            let server = se.create_group().unwrap();
-            let client = ce.create_group().unwrap();
-            listen(&server, &addr);
-            let (c, _) = connect(&client, &server, &addr);
+            let link = linked(b, &addr, PoolOptions::DEFAULT);
+            let (server, client, c, se, ce) =
+                (&link.server, &link.client, link.c, &link.se, &link.ce);
             const N: u64 = 200;
             let (client_before, server_before) = (ce.stats(), se.stats());
             for id in 1..=N {
                 client.post(data(OpCode::Request, c, id, b"ping")).unwrap();
-                let mut req = recv(&server);
+                let mut req = recv(server);
                 assert_eq!((req.opcode(), req.message_id()), (OpCode::Request, id));
                 req.make_echo().unwrap();
                 server.post(req).unwrap();
-                let resp = recv(&client);
+                let resp = recv(client);
                 assert_eq!((resp.opcode(), resp.message_id()), (OpCode::Response, id));
                 assert_eq!(resp.body(), b"ping");
             }
@@ -55,18 +52,15 @@ fn request_response_on_an_idle_channel_is_written_directly() {
 fn bursts_after_idle_keep_post_order() {
     on_every_backend(|b| {
         for addr in transports() {
-            let se = engine_with_pool(
+            let link = linked(
                 b,
+                &addr,
                 PoolOptions {
                     initial: 64,
                     max: 4096,
                 },
             );
-            let ce = engine(b);
-            let server = se.create_group().unwrap();
-            let client = ce.create_group().unwrap();
-            listen(&server, &addr);
-            let (c, _) = connect(&client, &server, &addr);
+            let (server, client, c, ce) = (&link.server, &link.client, link.c, &link.ce);
             let mut next = 1u64;
             for burst in 0..20u64 {
                 // Idle: the reactor sleeps, so the burst's first post may go direct and the
@@ -79,7 +73,7 @@ fn bursts_after_idle_keep_post_order() {
                         .unwrap();
                 }
                 for id in next..next + len {
-                    let m = recv(&server);
+                    let m = recv(server);
                     assert_eq!(m.message_id(), id, "{b} {addr}: post order");
                     assert_eq!(m.body(), id.to_le_bytes());
                 }
@@ -99,12 +93,8 @@ fn direct_write_into_a_full_socket_hands_the_frame_over() {
         for addr in transports() {
             // The server holds at most 4 received frames: while the test does not take
             // them, its reactor stops reading and the socket buffers fill up.
-            let se = engine_with_pool(b, PoolOptions { initial: 4, max: 4 });
-            let ce = engine(b);
-            let server = se.create_group().unwrap();
-            let client = ce.create_group().unwrap();
-            listen(&server, &addr);
-            let (c, _) = connect(&client, &server, &addr);
+            let link = linked(b, &addr, PoolOptions { initial: 4, max: 4 });
+            let (server, client, c, ce) = (&link.server, &link.client, link.c, &link.ce);
             let body =
                 |id: u64| -> Vec<u8> { (0..60_000u64).map(|i| (i * 7 + id) as u8).collect() };
             // One message at a time, each after the reactor went idle, so posts alternate
@@ -115,7 +105,7 @@ fn direct_write_into_a_full_socket_hands_the_frame_over() {
             let mut posted = 0u64;
             let mut received = 0u64;
             let take = |received: &mut u64| {
-                let m = recv(&server);
+                let m = recv(server);
                 *received += 1;
                 assert_eq!(m.status(), Status::Success);
                 assert_eq!(m.message_id(), *received, "{b} {addr}: order");
@@ -158,7 +148,7 @@ fn direct_write_into_a_full_socket_hands_the_frame_over() {
             while received < posted {
                 take(&mut received);
             }
-            expect_silence(&client, Duration::from_millis(50));
+            expect_silence(client, Duration::from_millis(50));
         }
     });
 }

@@ -142,3 +142,35 @@ pub fn data(op: OpCode, channel: u16, id: u64, body: &[u8]) -> Message {
     m.set_body(body);
     m
 }
+
+/// Two engines joined by one channel: a server group listening on `addr` and a client group
+/// connected to it. Groups drop before their engines (field order).
+pub struct Linked {
+    pub server: ChannelGroup,
+    pub client: ChannelGroup,
+    /// The client's channel number.
+    pub c: u16,
+    /// The server's channel number.
+    pub s: u16,
+    pub se: Engine,
+    pub ce: Engine,
+}
+
+/// Starts a server engine (with `server_pool`) and a client engine (default pool) and
+/// connects them over `addr`.
+pub fn linked(backend: Backend, addr: &Address, server_pool: PoolOptions) -> Linked {
+    let se = engine_with_pool(backend, server_pool);
+    let ce = engine(backend);
+    let server = se.create_group().unwrap();
+    let client = ce.create_group().unwrap();
+    listen(&server, addr);
+    let (c, s) = connect(&client, &server, addr);
+    Linked {
+        server,
+        client,
+        c,
+        s,
+        se,
+        ce,
+    }
+}
