@@ -138,6 +138,9 @@ impl SendState {
     /// The reactor's queue is empty and direct writes are allowed: opens the gate (if the
     /// reactor holds it).
     pub(crate) fn open(&self) {
+        if self.gate.load(Ordering::Relaxed) != gate::CLOSED {
+            return; // open already, or taken by a posting thread: nothing to do
+        }
         let _ = self.gate.compare_exchange(
             gate::CLOSED,
             gate::OPEN,

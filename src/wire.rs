@@ -210,6 +210,11 @@ impl Decoder {
         input: &[u8],
         supply: &mut dyn FnMut() -> Option<Message>,
     ) -> Result<Progress, DecodeError> {
+        if self.have == 0 && self.parsed.is_none() {
+            if let Some(head) = input.first_chunk::<HEADER_LEN>() {
+                return self.decode_whole(head, input, supply);
+            }
+        }
         let mut used = 0;
         if self.parsed.is_none() {
             let take = (HEADER_LEN - self.have).min(input.len());
@@ -277,18 +282,52 @@ impl Decoder {
         self.parsed = None;
         let mut m = self.current.take();
         if let Some(m) = m.as_mut() {
-            let hdr = &mut m.header;
-            hdr.channel = h.channel;
-            hdr.opcode = OpCode::try_from(h.opcode_bits()).unwrap_or(OpCode::Request); // checked above
-            hdr.origin = Origin::Application;
-            hdr.more = h.proto & proto::MORE != 0;
-            hdr.oob = false;
-            hdr.status = Status::Success;
-            hdr.message_id = h.message_id;
+            set_header(m, &h);
         }
         Ok(Progress {
             consumed: used,
             frame: m,
+        })
+    }
+
+    /// The common case of a large read: nothing carried over and a header at the start of
+    /// `input`. A frame that lies whole in `input` is copied out in one go; otherwise the
+    /// header is taken and the incremental path goes on from there.
+    fn decode_whole(
+        &mut self,
+        head: &[u8; HEADER_LEN],
+        input: &[u8],
+        supply: &mut dyn FnMut() -> Option<Message>,
+    ) -> Result<Progress, DecodeError> {
+        let h = FrameHeader::parse(head);
+        OpCode::try_from(h.opcode_bits())
+            .map_err(|_| DecodeError::InvalidOpCode(h.opcode_bits()))?;
+        let text_end = HEADER_LEN + usize::from(h.thl);
+        let end = text_end + usize::from(h.bl);
+        if input.len() < end {
+            self.parsed = Some(h);
+            let rest = self.decode(&input[HEADER_LEN..], supply)?;
+            return Ok(Progress {
+                consumed: HEADER_LEN + rest.consumed,
+                frame: rest.frame,
+            });
+        }
+        let Some(mut m) = supply() else {
+            // Starved: the header is taken, the frame waits for a message.
+            self.parsed = Some(h);
+            return Ok(Progress {
+                consumed: HEADER_LEN,
+                frame: None,
+            });
+        };
+        m.reset();
+        m.text_headers_mut()
+            .extend_from_slice(&input[HEADER_LEN..text_end]);
+        m.body_mut().extend_from_slice(&input[text_end..end]);
+        set_header(&mut m, &h);
+        Ok(Progress {
+            consumed: end,
+            frame: Some(m),
         })
     }
 
@@ -314,6 +353,19 @@ impl Decoder {
         }
         Ok(out)
     }
+}
+
+/// The header of a received frame: fields from the wire, origin application, status
+/// success, `oob` clear (origin, status and the internal bits on the wire are ignored).
+fn set_header(m: &mut Message, h: &FrameHeader) {
+    let hdr = &mut m.header;
+    hdr.channel = h.channel;
+    hdr.opcode = OpCode::try_from(h.opcode_bits()).unwrap_or(OpCode::Request); // checked before
+    hdr.origin = Origin::Application;
+    hdr.more = h.proto & proto::MORE != 0;
+    hdr.oob = false;
+    hdr.status = Status::Success;
+    hdr.message_id = h.message_id;
 }
 
 #[cfg(test)]
