@@ -300,9 +300,16 @@ pub struct ChannelGroup {
 impl ChannelGroup {
     /// Validates `msg` (see [`Message::validate_for_post`]) and queues it for the reactor.
     ///
+    /// A Request, Response or Signal for an idle channel (nothing queued) posted while the
+    /// reactor sleeps is written by the calling thread instead: one non-blocking write, and
+    /// the message returns to the pool. At most one post per reactor sleep does so, so a
+    /// stream of posts is still written in batches by the reactor. See
+    /// [`EngineStats::direct_writes`].
+    ///
     /// Returns the header as posted: the channel number (new for Hello/Welcome requests) and
-    /// the message_id. Success means "queued", not "sent": every later outcome comes back
-    /// through `wait_receive`. On failure the message is handed back with the error:
+    /// the message_id. Success means "accepted" (queued, or written), not "delivered": every
+    /// later outcome comes back through `wait_receive`. On failure the message is handed back
+    /// with the error:
     /// validation errors, `InvalidChannelNumber` (no such live channel),
     /// `InvalidMessageChannelGroup` (another group's channel), `SendQueueFull` (the channel
     /// already holds [`SendLimit`] worth of unsent messages), `NotificationDisabled`

@@ -7,9 +7,12 @@
 //! 3. write what the posts queued (one `writev` per channel and batch; no wait for
 //!    writability unless the socket is full);
 //! 4. delete the channels marked for deletion in this iteration;
-//! 5. reconcile interest for every channel touched (where a one-shot backend re-arms);
-//! 6. sleep in the poller, unless more commands arrived;
-//! 7. handle readiness: accept, connect, read, write, errors.
+//! 5. reconcile interest for every channel touched (where a one-shot backend re-arms) and
+//!    open the direct-write gate of channels left with nothing to write;
+//! 6. deliver what the iteration produced, once per group (the outbox), and allow one direct
+//!    write from a posting thread until the reactor wakes again;
+//! 7. sleep in the poller, unless more commands arrived;
+//! 8. handle readiness: accept, connect, read, write, errors; deliver again.
 //!
 //! Nothing here depends on the platform or the backend: the [`Poller`] hides both.
 
