@@ -81,6 +81,8 @@ struct BenchClientsArgs {
     channels: usize,
     #[arg(long)]
     messages: u64,
+    #[arg(long, default_value_t = 1)]
+    burst: u64,
     #[arg(long, default_value_t = Backend::default())]
     backend: Backend,
 }
@@ -108,6 +110,10 @@ struct BenchArgs {
     /// One-stream flow-control window in KiB of frames in flight (64 to 16384 messages).
     #[arg(long, default_value_t = 256)]
     window_kib: usize,
+    /// Many connections: messages each client channel posts in a row before the next
+    /// channel's turn (1: round-robin, one message per channel per round).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    many_burst: u64,
     /// Also write the throughput plot (SVG) to this file.
     #[arg(long)]
     svg: Option<std::path::PathBuf>,
@@ -233,7 +239,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => bench(a),
         Some(Command::Soak(a)) => soak(a),
         Some(Command::BenchClients(a)) => {
-            cli::bench::clients(a.backend, &a.addr, a.channels, a.messages)
+            cli::bench::clients(a.backend, &a.addr, a.channels, a.messages, a.burst)
         }
     };
     match r {
@@ -506,6 +512,7 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         many: a.many.into_iter().filter(|&n| n > 0).collect(),
         idle_secs: a.idle_secs,
         window_bytes: a.window_kib.saturating_mul(1024),
+        many_burst: a.many_burst,
     };
     let tty = std::io::stderr().is_terminal();
     let report = cli::bench::run(settings, &|step| {

@@ -80,6 +80,8 @@ pub struct Settings {
     pub idle_secs: u64,
     /// One-stream flow-control window: bytes of frames the sender may have in flight.
     pub window_bytes: usize,
+    /// Many connections: messages per client channel in a row (1: round-robin).
+    pub many_burst: u64,
 }
 
 /// One-stream result for one transport and payload.
@@ -214,7 +216,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let mut rates = Vec::new();
             let mut mem = 0.0;
             for _ in 0..s.runs {
-                let (rate, per) = many_channels(b, n, s.quick)?;
+                let (rate, per) = many_channels(b, n, s.quick, s.many_burst)?;
                 rates.push(rate);
                 mem = per;
             }
@@ -604,7 +606,12 @@ fn tofu_rtt(backend: Backend, t: Transport, count: u64) -> Result<[f64; 3], Stri
 ///
 /// The clients run in a child process (`tofu bench-clients`), so each process needs only `n`
 /// descriptors and the server engine's memory is measured alone.
-fn many_channels(backend: Backend, n: usize, quick: bool) -> Result<(f64, f64), String> {
+fn many_channels(
+    backend: Backend,
+    n: usize,
+    quick: bool,
+    burst: u64,
+) -> Result<(f64, f64), String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
@@ -630,6 +637,8 @@ fn many_channels(backend: Backend, n: usize, quick: bool) -> Result<(f64, f64), 
             &n.to_string(),
             "--messages",
             &per_channel.to_string(),
+            "--burst",
+            &burst.to_string(),
             "--backend",
             &backend.to_string(),
         ])
@@ -674,9 +683,15 @@ fn many_channels(backend: Backend, n: usize, quick: bool) -> Result<(f64, f64), 
 }
 
 /// The client side of [`many_channels`], run in its own process: connects `n` channels,
-/// prints `ready`, waits for `go` on stdin, sends `messages` Signals per channel, and exits
-/// when stdin closes.
-pub fn clients(backend: Backend, addr: &Address, n: usize, messages: u64) -> Result<(), String> {
+/// prints `ready`, waits for `go` on stdin, sends `messages` Signals per channel (`burst` to
+/// one channel before the next one's turn), and exits when stdin closes.
+pub fn clients(
+    backend: Backend,
+    addr: &Address,
+    n: usize,
+    messages: u64,
+    burst: u64,
+) -> Result<(), String> {
     raise_fd_limit(n + 256)?;
     let pool = (n + 1024).min(u16::MAX as usize) as u16;
     let ce = engine(backend, 1024, pool)?;
@@ -701,14 +716,17 @@ pub fn clients(backend: Backend, addr: &Address, n: usize, messages: u64) -> Res
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    for round in 0..messages {
+    let burst = burst.max(1);
+    for first in (0..messages).step_by(burst as usize) {
         for &c in &channels {
-            let mut m = ce.pool().message();
-            m.header.opcode = OpCode::Signal;
-            m.header.channel = c;
-            m.header.message_id = round + 1;
-            m.body_mut().resize(64, 3);
-            client.post(m).map_err(|e| e.error.to_string())?;
+            for id in first + 1..=(first + burst).min(messages) {
+                let mut m = ce.pool().message();
+                m.header.opcode = OpCode::Signal;
+                m.header.channel = c;
+                m.header.message_id = id;
+                m.body_mut().resize(64, 3);
+                client.post(m).map_err(|e| e.error.to_string())?;
+            }
         }
     }
     // Stay until the parent has counted everything (it closes our stdin).
@@ -897,10 +915,11 @@ pub fn table(r: &Report) -> String {
     p(
         &mut o,
         format!(
-            "backend: {}, runs per figure: {} (median [min..max]), one-stream window: {} KiB{}",
+            "backend: {}, runs per figure: {} (median [min..max]), one-stream window: {} KiB, many-connections burst: {}{}",
             r.settings.backend,
             r.settings.runs,
             r.settings.window_bytes / 1024,
+            r.settings.many_burst,
             if r.settings.quick { ", quick" } else { "" }
         ),
     );
@@ -1067,11 +1086,12 @@ pub fn json(r: &Report) -> String {
         None => "null".into(),
     };
     format!(
-        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"window_bytes\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{}}}",
+        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"window_bytes\":{},\"many_burst\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{}}}",
         json_str(&r.machine),
         r.settings.backend,
         r.settings.runs,
         r.settings.window_bytes,
+        r.settings.many_burst,
         streams.join(","),
         rtts.join(","),
         many.join(","),
