@@ -216,11 +216,7 @@ impl Reactor {
             self.reconcile();
             self.delete_marked();
 
-            // This iteration's writes are done: until the reactor wakes up again, one post
-            // may write directly (see `SendState`), e.g. the answer from a thread this
-            // iteration's deliveries wake.
-            self.shared.direct_turn.store(true, Ordering::Release);
-            self.outbox.flush();
+            self.deliver();
             let timeout = self.sleep_timeout();
             self.shared.iterations.fetch_add(1, Ordering::Relaxed);
             if timeout.is_none() {
@@ -242,10 +238,16 @@ impl Reactor {
             self.events = events;
             self.recycle_sent();
             self.delete_marked();
-            // The events' writes are done too (see above).
-            self.shared.direct_turn.store(true, Ordering::Release);
-            self.outbox.flush();
+            self.deliver();
         }
+    }
+
+    /// Delivers what was produced since the last delivery. The writes before it are done:
+    /// until the reactor wakes up again, one post may write directly (see `SendState`), e.g.
+    /// the answer of a thread these deliveries wake.
+    fn deliver(&mut self) {
+        self.shared.direct_turn.store(true, Ordering::Release);
+        self.outbox.flush();
     }
 
     /// `None` (sleep until woken) when there is nothing to do; zero when more work waits.

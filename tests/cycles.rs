@@ -21,10 +21,7 @@ fn connect_disconnect_cycles_leave_nothing_behind() {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
     }
     on_every_backend(|b| {
-        let e = engine(b);
-        let g = e.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&g, &addr);
+        let (e, g, addr) = tcp_listening(b);
         let Address::Tcp { port, .. } = &addr else {
             unreachable!()
         };

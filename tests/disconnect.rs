@@ -34,10 +34,7 @@ fn raw_client(addr: &Address) -> TcpStream {
 #[test]
 fn peer_killed_mid_frame() {
     on_every_backend(|b| {
-        let e = engine(b);
-        let g = e.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&g, &addr);
+        let (_engine, g, addr) = tcp_listening(b);
         let mut peer = raw_client(&addr);
         let mut bytes = frame(OpCode::HelloRequest, 1, b"");
         let second = frame(OpCode::Request, 2, &[9u8; 500]);
@@ -60,10 +57,7 @@ fn peer_killed_mid_frame() {
 #[test]
 fn half_closed_peer_delivers_everything_then_closes() {
     on_every_backend(|b| {
-        let e = engine(b);
-        let g = e.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&g, &addr);
+        let (_engine, g, addr) = tcp_listening(b);
         let mut peer = raw_client(&addr);
         let mut bytes = frame(OpCode::HelloRequest, 1, b"");
         for i in 2..=50 {
@@ -105,10 +99,7 @@ fn raw_server_vanishes_and_client_channel_closes() {
 #[test]
 fn bad_frames_close_only_that_channel() {
     on_every_backend(|b| {
-        let e = engine(b);
-        let g = e.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&g, &addr);
+        let (_engine, g, addr) = tcp_listening(b);
         let mut good = raw_client(&addr);
         good.write_all(&frame(OpCode::HelloRequest, 1, b""))
             .unwrap();
@@ -193,10 +184,7 @@ fn incomplete_frame_times_out() {
 #[test]
 fn maximum_lengths_from_a_raw_peer() {
     on_every_backend(|b| {
-        let e = engine(b);
-        let g = e.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&g, &addr);
+        let (_engine, g, addr) = tcp_listening(b);
         let mut peer = raw_client(&addr);
         peer.write_all(&frame(OpCode::HelloRequest, 1, b""))
             .unwrap();

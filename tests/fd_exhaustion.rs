@@ -28,10 +28,7 @@ fn set_nofile(soft: u64) -> u64 {
 #[test]
 fn accept_backs_off_and_resumes() {
     on_every_backend(|b| {
-        let e = engine(b);
-        let g = e.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&g, &addr);
+        let (e, g, addr) = tcp_listening(b);
         let Address::Tcp { port, .. } = &addr else {
             unreachable!()
         };

@@ -43,10 +43,7 @@ fn read_frames(s: &mut TcpStream, n: usize) -> Vec<u8> {
 #[test]
 fn zig_client_to_rust_server() {
     on_every_backend(|b| {
-        let e = engine(b);
-        let g = e.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&g, &addr);
+        let (_engine, g, addr) = tcp_listening(b);
         let Address::Tcp { port, .. } = &addr else {
             unreachable!()
         };

@@ -143,6 +143,15 @@ pub fn data(op: OpCode, channel: u16, id: u64, body: &[u8]) -> Message {
     m
 }
 
+/// An engine with one group listening on a fresh TCP loopback port.
+pub fn tcp_listening(backend: Backend) -> (Engine, ChannelGroup, Address) {
+    let e = engine(backend);
+    let g = e.create_group().unwrap();
+    let addr = tcp_loopback();
+    listen(&g, &addr);
+    (e, g, addr)
+}
+
 /// Two engines joined by one channel: a server group listening on `addr` and a client group
 /// connected to it. Groups drop before their engines (field order).
 pub struct Linked {
