@@ -9,21 +9,133 @@ use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::intmap::IntMap;
 use std::hash::BuildHasher;
 
-use crate::message::{Message, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
+use crate::message::{Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
 use crate::net::Stream;
-use crate::wire::FrameHeader;
+use crate::wire::{encoded_len, FrameHeader};
 
 /// How many released numbers are kept out of circulation.
 pub(crate) const QUARANTINE_LEN: usize = 1024;
 
-/// The send side of a channel shared by posting threads and the reactor: the size of its
-/// send queue (what `post` accepted and the reactor has not yet written or handed back),
-/// and the gate and socket of direct writes.
+/// Frames up to this length that a posting thread encodes itself (see [`Outbound`]).
+pub(crate) const ENCODE_MAX: usize = 4096;
+/// A run of encoded frames grows to about this many bytes; then a new one starts.
+pub(crate) const RUN_CAP: usize = 64 * 1024;
+/// Capacity of a new run buffer (it grows as frames are appended).
+const RUN_FIRST: usize = 4096;
+/// Run buffers an engine keeps for reuse.
+const RUN_BUFFERS_MAX: usize = 64;
+
+/// What posting threads queued on one channel and the reactor has not taken yet, in post
+/// order.
+///
+/// Small data messages (Request, Response and Signal without `oob`, frames of at most
+/// [`ENCODE_MAX`] bytes) are **encoded by the posting thread** into a run: their bytes are
+/// appended to the run's buffer and the message goes back to the pool at once, from the
+/// thread that took it. Only bytes cross to the reactor thread, a few cache lines per frame
+/// in one contiguous buffer, which the reactor writes without copying; the message, its
+/// buffers and its pool slot stay with the posting thread. Other messages (bye-type,
+/// `oob`, large ones) are kept whole. A run is decoded back into messages only if its
+/// frames must be handed back (the channel closed before they were written).
+#[derive(Default, Debug)]
+pub(crate) struct Outbound {
+    items: VecDeque<Pending>,
+    /// The channel is closing or gone: nothing more is accepted.
+    closed: bool,
+}
+
+/// One item of an [`Outbound`] queue.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// `frames` data frames encoded back to back.
+    Run { bytes: Vec<u8>, frames: u32 },
+    /// Any other message, kept whole.
+    Message(Message),
+}
+
+/// True when a posting thread encodes `msg` into a run instead of queueing it whole.
+pub(crate) fn encodable(msg: &Message) -> bool {
+    matches!(
+        msg.header.opcode,
+        OpCode::Request | OpCode::Response | OpCode::Signal
+    ) && !msg.header.oob
+        && encoded_len(msg) <= ENCODE_MAX
+}
+
+/// The messages of taken [`Outbound`] items, frames of runs decoded back into messages from
+/// `pool` (their buffers go to `spent`); `pending` is left empty.
+pub(crate) fn unpend(
+    pending: &mut VecDeque<Pending>,
+    pool: &crate::pool::Pool,
+    spent: &mut Vec<Vec<u8>>,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    for p in pending.drain(..) {
+        match p {
+            Pending::Message(m) => out.push(m),
+            Pending::Run { bytes, .. } => {
+                let mut at = 0;
+                while at < bytes.len() {
+                    let len = crate::wire::frame_len(&bytes[at..]);
+                    let mut m = pool.message();
+                    crate::wire::decode_own(&bytes[at..at + len], &mut m);
+                    out.push(m);
+                    at += len;
+                }
+                spent.push(bytes);
+            }
+        }
+    }
+    out
+}
+
+/// An engine's spare run buffers: taken by posting threads when a run starts, given back by
+/// the reactor once a run is written (one lock per batch on either side).
+#[derive(Default)]
+pub(crate) struct RunBuffers {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl RunBuffers {
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        // Push and pop only: a panic cannot leave the list inconsistent.
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self) -> Vec<u8> {
+        self.lock()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RUN_FIRST))
+    }
+
+    /// Keeps written run buffers for reuse (up to a bound); `bufs` is left empty.
+    pub(crate) fn put_all(&self, bufs: &mut Vec<Vec<u8>>) {
+        if bufs.is_empty() {
+            return;
+        }
+        let mut free = self.lock();
+        for mut b in bufs.drain(..) {
+            if free.len() < RUN_BUFFERS_MAX && b.capacity() <= 2 * RUN_CAP + ENCODE_MAX {
+                b.clear();
+                free.push(b);
+            }
+        }
+    }
+
+    /// Buffers kept now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The send side of a channel shared by posting threads and the reactor: what posts queued
+/// for the reactor ([`Outbound`]), the size of its send queue (what `post` accepted and the
+/// reactor has not yet written or handed back), and the gate and socket of direct writes.
 ///
 /// **Direct writes.** A message posted to an idle channel while the reactor sleeps is
 /// written by the posting thread itself, saving two thread hand-offs per hop (post to
@@ -52,6 +164,7 @@ pub(crate) struct SendState {
     gate: AtomicU8,
     /// The connected socket, set by the reactor once the channel is connected.
     socket: OnceLock<Arc<Stream>>,
+    outbound: Mutex<Outbound>,
 }
 
 /// See [`SendState`].
@@ -152,6 +265,61 @@ impl SendState {
     /// Closes the gate for good (channel closing, bye-type frame queued).
     pub(crate) fn close(&self) {
         self.gate.store(gate::CLOSED, Ordering::SeqCst);
+    }
+
+    fn lock_outbound(&self) -> MutexGuard<'_, Outbound> {
+        // Queue operations and encoding cannot panic half-way.
+        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a post for the reactor: encoded into a run when [`encodable`], else whole (see
+    /// [`Outbound`]). True when the queue was empty, so the reactor must be told to take it.
+    /// Hands the message back when the channel is closing or gone.
+    pub(crate) fn push(&self, mut msg: Message, bufs: &RunBuffers) -> Result<bool, Message> {
+        msg.release_hold(); // the application gave it to the engine
+        let mut ob = self.lock_outbound();
+        if ob.closed {
+            return Err(msg);
+        }
+        let was_empty = ob.items.is_empty();
+        if encodable(&msg) {
+            let len = encoded_len(&msg);
+            match ob.items.back_mut() {
+                Some(Pending::Run { bytes, frames }) if bytes.len() + len <= RUN_CAP => {
+                    // Sections were validated by post and are small: encoding cannot fail.
+                    let _ = crate::wire::encode(&msg, bytes);
+                    *frames += 1;
+                }
+                _ => {
+                    let mut bytes = bufs.get();
+                    let _ = crate::wire::encode(&msg, &mut bytes);
+                    ob.items.push_back(Pending::Run { bytes, frames: 1 });
+                }
+            }
+            drop(ob);
+            drop(msg); // back to its pool, from the thread that took it
+        } else {
+            ob.items.push_back(Pending::Message(msg));
+        }
+        Ok(was_empty)
+    }
+
+    /// Moves everything queued to `into` (the reactor takes it).
+    pub(crate) fn take_outbound(&self, into: &mut VecDeque<Pending>) {
+        let mut ob = self.lock_outbound();
+        if into.is_empty() {
+            std::mem::swap(&mut ob.items, into);
+        } else {
+            into.extend(ob.items.drain(..));
+        }
+    }
+
+    /// Refuses every later post (they are handed back to their callers) and moves what is
+    /// queued to `into`: the channel is closing.
+    pub(crate) fn close_outbound(&self, into: &mut VecDeque<Pending>) {
+        let mut ob = self.lock_outbound();
+        ob.closed = true;
+        into.extend(ob.items.drain(..));
     }
 
     /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).
@@ -318,6 +486,11 @@ impl ChannelTable {
         self.set_quarantined(ch, true);
     }
 
+    /// Every live number's owning group and send state.
+    pub(crate) fn records(&self) -> impl Iterator<Item = (u32, &Arc<SendState>)> + '_ {
+        self.owners.values().map(|r| (r.group, &r.send))
+    }
+
     /// Number of live channels.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -344,6 +517,113 @@ mod tests {
         b.sub(1, 10);
         assert!(b.try_add(10, 3, 100));
         assert_eq!(b.messages(), 3);
+    }
+
+    fn data(op: OpCode, id: u64, body: usize) -> Message {
+        let mut m = Message::with_opcode(op);
+        m.header.channel = 3;
+        m.header.message_id = id;
+        m.body_mut().resize(body, id as u8);
+        m
+    }
+
+    #[test]
+    fn small_data_is_encoded_at_post_others_kept_whole() {
+        let s = SendState::default();
+        let bufs = RunBuffers::default();
+        let pool = crate::pool::Pool::new(crate::pool::PoolOptions { initial: 4, max: 4 });
+        let mut m = pool.message();
+        m.header.opcode = OpCode::Signal;
+        m.header.channel = 3;
+        m.header.message_id = 1;
+        assert_eq!(s.push(m, &bufs).ok(), Some(true), "the queue was empty");
+        assert_eq!(
+            pool.len(),
+            4,
+            "an encoded message goes back to the pool at once"
+        );
+        assert_eq!(
+            s.push(data(OpCode::Request, 2, 100), &bufs).ok(),
+            Some(false)
+        );
+        let big = ENCODE_MAX; // its frame is longer than ENCODE_MAX
+        s.push(data(OpCode::Signal, 3, big), &bufs).unwrap();
+        s.push(data(OpCode::ByeRequest, 4, 0), &bufs).unwrap();
+        let mut oob = data(OpCode::Signal, 5, 1);
+        oob.header.oob = true;
+        s.push(oob, &bufs).unwrap();
+        s.push(data(OpCode::Response, 6, 10), &bufs).unwrap();
+        let mut got = VecDeque::new();
+        s.take_outbound(&mut got);
+        let shape: Vec<String> = got
+            .iter()
+            .map(|p| match p {
+                Pending::Run { frames, .. } => format!("run {frames}"),
+                Pending::Message(m) => format!("msg {}", m.message_id()),
+            })
+            .collect();
+        assert_eq!(shape, ["run 2", "msg 3", "msg 4", "msg 5", "run 1"]);
+        let Some(Pending::Run { bytes, .. }) = got.front() else {
+            unreachable!()
+        };
+        let frames = crate::wire::Decoder::decode_all(bytes).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            (frames[1].opcode(), frames[1].message_id()),
+            (OpCode::Request, 2)
+        );
+        assert_eq!(frames[1].body(), &[2u8; 100][..]);
+    }
+
+    #[test]
+    fn a_run_ends_at_its_cap() {
+        let s = SendState::default();
+        let bufs = RunBuffers::default();
+        let frame = crate::wire::HEADER_LEN + 1000;
+        let n = 3 * RUN_CAP / frame;
+        for i in 0..n {
+            s.push(data(OpCode::Signal, i as u64 + 1, 1000), &bufs)
+                .unwrap();
+        }
+        let mut got = VecDeque::new();
+        s.take_outbound(&mut got);
+        assert!(got.len() >= 3);
+        let mut frames = 0;
+        for p in &got {
+            let Pending::Run { bytes, frames: f } = p else {
+                panic!("only runs")
+            };
+            assert!(bytes.len() <= RUN_CAP);
+            frames += *f as usize;
+        }
+        assert_eq!(frames, n);
+        // Written runs come back as spares and are reused.
+        let mut spent: Vec<Vec<u8>> = got
+            .into_iter()
+            .map(|p| match p {
+                Pending::Run { bytes, .. } => bytes,
+                Pending::Message(_) => unreachable!(),
+            })
+            .collect();
+        let k = spent.len();
+        bufs.put_all(&mut spent);
+        assert_eq!(bufs.len(), k);
+        s.push(data(OpCode::Signal, 99, 10), &bufs).unwrap();
+        assert_eq!(bufs.len(), k - 1);
+    }
+
+    #[test]
+    fn a_closed_outbound_hands_posts_back() {
+        let s = SendState::default();
+        let bufs = RunBuffers::default();
+        s.push(data(OpCode::Signal, 1, 10), &bufs).unwrap();
+        let mut got = VecDeque::new();
+        s.close_outbound(&mut got);
+        assert_eq!(got.len(), 1, "what was queued is taken");
+        let back = s.push(data(OpCode::Signal, 2, 10), &bufs).unwrap_err();
+        assert_eq!(back.message_id(), 2);
+        let back = s.push(data(OpCode::ByeRequest, 3, 0), &bufs).unwrap_err();
+        assert_eq!(back.message_id(), 3);
     }
 
     #[test]

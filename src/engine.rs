@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::channels::{ChannelTable, Direct};
+use crate::channels::{ChannelTable, Direct, RunBuffers};
 use crate::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
 use crate::padded::Padded;
 use crate::poller::{Backend, Poller, Waker};
@@ -151,6 +151,7 @@ impl Engine {
             sleeps: AtomicU64::new(0),
             send_limit: options.send_limit,
             frame_timeout: options.frame_timeout,
+            run_buffers: Padded::new(RunBuffers::default()),
         });
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -266,6 +267,7 @@ impl Drop for Engine {
         }
         // The reactor is gone: refuse further posts, hand back what is still queued.
         self.shared.close_commands();
+        self.shared.close_outbounds();
         let groups =
             std::mem::take(&mut *self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()));
         for g in groups.iter().filter_map(Weak::upgrade) {
@@ -328,53 +330,19 @@ impl ChannelGroup {
                 message: msg,
             });
         }
-        let new_channel = msg.header.channel == CHANNEL_UNASSIGNED;
-        // A data message for an idle channel while the reactor sleeps is written right here
-        // (see `SendState`): no hand-off to the reactor and back.
-        let direct_candidate = matches!(
-            msg.header.opcode,
-            OpCode::Request | OpCode::Response | OpCode::Signal
-        );
-        let mut direct = None;
-        {
-            let mut table = self.shared.lock_table();
-            if new_channel {
-                match table.allocate(self.group.id) {
-                    Some(ch) => {
-                        msg.header.channel = ch;
-                        if let Some(r) = table.record(ch) {
-                            r.send.add(1, crate::wire::encoded_len(&msg) as u64);
-                        }
-                    }
-                    None => {
-                        drop(table);
-                        msg.header.status = Status::AllocationFailed;
-                        return Err(PostError {
-                            error: Error::AllocationFailed,
-                            message: msg,
-                        });
-                    }
-                }
-            } else {
-                let limit = &self.shared.send_limit;
-                let err = match table.record(msg.header.channel) {
-                    None => Some(Error::InvalidChannelNumber),
-                    Some(r) if r.group != self.group.id => Some(Error::InvalidMessageChannelGroup),
-                    Some(r)
-                        if direct_candidate
-                            && r.send.is_idle()
-                            && self.shared.take_direct_turn() =>
-                    {
-                        direct = Some(Arc::clone(&r.send));
-                        None
-                    }
-                    Some(r) => {
-                        let len = crate::wire::encoded_len(&msg) as u64;
-                        (!r.send.try_add(len, limit.messages, limit.bytes))
-                            .then_some(Error::SendQueueFull)
-                    }
-                };
-                if let Some(error) = err {
+        if msg.header.channel == CHANNEL_UNASSIGNED {
+            return self.open(msg);
+        }
+        // The channel's send state; its reference count is touched by posting threads only.
+        let send = {
+            let table = self.shared.lock_table();
+            match table.record(msg.header.channel) {
+                Some(r) if r.group == self.group.id => Arc::clone(&r.send),
+                r => {
+                    let error = match r {
+                        None => Error::InvalidChannelNumber,
+                        Some(_) => Error::InvalidMessageChannelGroup,
+                    };
                     drop(table);
                     msg.header.status = error.status();
                     return Err(PostError {
@@ -383,14 +351,22 @@ impl ChannelGroup {
                     });
                 }
             }
-        }
+        };
         let header = msg.header;
-        let cmd = match direct {
-            None => Command::Post {
-                group: Arc::clone(&self.group),
-                msg,
-            },
-            Some(send) => match send.write_direct(msg) {
+        if msg.header.opcode == OpCode::ByeSignal && msg.header.oob {
+            // A local abort acts at once instead of waiting behind queued frames.
+            return self.submit_post(msg, false);
+        }
+        let len = crate::wire::encoded_len(&msg) as u64;
+        let direct = matches!(
+            msg.header.opcode,
+            OpCode::Request | OpCode::Response | OpCode::Signal
+        ) && send.is_idle()
+            && self.shared.take_direct_turn();
+        if direct {
+            // A data message for an idle channel while the reactor sleeps is written right
+            // here (see `SendState`): no hand-off to the reactor and back.
+            match send.write_direct(msg) {
                 Direct::Written { flush } => {
                     self.shared.direct_writes.fetch_add(1, Ordering::Relaxed);
                     if flush {
@@ -401,23 +377,90 @@ impl ChannelGroup {
                     }
                     return Ok(header);
                 }
-                Direct::NotTaken(msg) => {
-                    send.add(1, crate::wire::encoded_len(&msg) as u64);
-                    Command::Post {
-                        group: Arc::clone(&self.group),
-                        msg,
-                    }
-                }
                 Direct::HandOver { msg, written } => {
                     self.shared.handovers.fetch_add(1, Ordering::Relaxed);
-                    send.add(1, crate::wire::encoded_len(&msg) as u64);
-                    Command::HandOver {
+                    send.add(1, len);
+                    let cmd = Command::HandOver {
                         group: Arc::clone(&self.group),
                         msg,
                         written,
-                    }
+                    };
+                    return self.submit_or_refuse(cmd, false);
                 }
-            },
+                // The gate closed meanwhile: queued as usual, and (the queue being empty a
+                // moment ago) without the limit check, like any post to an empty queue.
+                Direct::NotTaken(m) => {
+                    msg = m;
+                    send.add(1, len);
+                }
+            }
+        } else {
+            let limit = &self.shared.send_limit;
+            if !send.try_add(len, limit.messages, limit.bytes) {
+                msg.header.status = Status::SendQueueFull;
+                return Err(PostError {
+                    error: Error::SendQueueFull,
+                    message: msg,
+                });
+            }
+        }
+        match send.push(msg, &self.shared.run_buffers) {
+            Ok(false) => Ok(header),
+            Ok(true) => {
+                // The reactor takes the queue when told; the command costs no system call
+                // while it is awake. Refused only once the engine is gone, and then the
+                // channel was closed (its queue handed back) before.
+                let _ = self.shared.submit(Command::Flush {
+                    channel: header.channel,
+                });
+                Ok(header)
+            }
+            Err(mut msg) => {
+                // Closed since the table lookup: the channel is gone.
+                send.sub(1, len);
+                msg.header.status = Status::InvalidChannelNumber;
+                Err(PostError {
+                    error: Error::InvalidChannelNumber,
+                    message: msg,
+                })
+            }
+        }
+    }
+
+    /// A Hello or Welcome request: a new channel number, then the reactor opens the channel.
+    fn open(&self, mut msg: Message) -> Result<Header, PostError> {
+        let allocated = {
+            let mut table = self.shared.lock_table();
+            let ch = table.allocate(self.group.id);
+            if let Some(r) = ch.and_then(|ch| table.record(ch)) {
+                r.send.add(1, crate::wire::encoded_len(&msg) as u64);
+            }
+            ch
+        };
+        let Some(ch) = allocated else {
+            msg.header.status = Status::AllocationFailed;
+            return Err(PostError {
+                error: Error::AllocationFailed,
+                message: msg,
+            });
+        };
+        msg.header.channel = ch;
+        self.submit_post(msg, true)
+    }
+
+    /// Queues a message for the reactor as a command.
+    fn submit_post(&self, msg: Message, new_channel: bool) -> Result<Header, PostError> {
+        let cmd = Command::Post {
+            group: Arc::clone(&self.group),
+            msg,
+        };
+        self.submit_or_refuse(cmd, new_channel)
+    }
+
+    fn submit_or_refuse(&self, cmd: Command, new_channel: bool) -> Result<Header, PostError> {
+        let header = match &cmd {
+            Command::Post { msg, .. } | Command::HandOver { msg, .. } => msg.header,
+            _ => unreachable!("only posts are submitted here"),
         };
         match self.shared.submit(cmd) {
             Ok(()) => Ok(header),
@@ -590,6 +633,8 @@ pub(crate) struct Shared {
     handovers: AtomicU64,
     send_limit: SendLimit,
     pub(crate) frame_timeout: Option<Duration>,
+    /// Spare buffers for runs of encoded frames (see `Outbound`).
+    pub(crate) run_buffers: Padded<RunBuffers>,
 }
 
 impl Shared {
@@ -633,6 +678,38 @@ impl Shared {
         };
         for cmd in leftovers {
             cmd.abandon(Status::ShutdownStarted);
+        }
+    }
+
+    /// After the reactor stopped: closes the `Outbound` queue of every channel it did not
+    /// close itself (a Hello still in the command queue, a post that raced the shutdown) and
+    /// hands what they hold back to their groups with `ShutdownStarted`. Later posts to
+    /// them are refused.
+    fn close_outbounds(&self) {
+        let sends: Vec<(u32, Arc<crate::channels::SendState>)> = self
+            .lock_table()
+            .records()
+            .map(|(g, s)| (g, Arc::clone(s)))
+            .collect();
+        let groups: Vec<Arc<GroupShared>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let (mut pending, mut spent) = (VecDeque::new(), Vec::new());
+        for (g, send) in sends {
+            send.close_outbound(&mut pending);
+            let msgs = crate::channels::unpend(&mut pending, &self.pool, &mut spent);
+            let Some(group) = groups.iter().find(|x| x.id == g) else {
+                continue; // the group is gone: nobody to hand them to
+            };
+            for mut m in msgs {
+                m.header.origin = Origin::Engine;
+                m.header.status = Status::ShutdownStarted;
+                group.deliver(m);
+            }
         }
     }
 

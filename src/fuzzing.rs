@@ -133,8 +133,20 @@ impl Connection {
         self.0.queued()
     }
 
-    /// The queued messages not (completely) sent, marked origin engine and status `reason`.
+    /// The queued messages not (completely) sent, marked origin engine and status `reason`
+    /// (frames of runs decoded back into new messages).
     pub fn take_unsent(&mut self, reason: Status) -> Vec<Message> {
-        self.0.take_unsent(reason).collect()
+        self.0.take_unsent(reason, &mut Message::new)
+    }
+
+    /// Queues `frames` data frames encoded back to back by posting threads (a run).
+    pub fn enqueue_run(&mut self, bytes: Vec<u8>, frames: u32) {
+        self.0.enqueue_run(bytes, frames)
+    }
+
+    /// Frames and bytes completely written since the last call.
+    pub fn take_progress(&mut self) -> (u64, u64) {
+        let p = self.0.take_progress();
+        (p.frames, p.bytes)
     }
 }

@@ -2,6 +2,11 @@
 //! head, the receive decoder, and the Bye rules. The reactor moves bytes between this and a
 //! socket; tests drive it with plain byte slices.
 //!
+//! The send queue holds messages and *runs*: frames that posting threads encoded themselves
+//! (small data messages, see `Outbound` in `src/channels.rs`), written as one slice and
+//! decoded back into messages only if they must be handed back at close. A run behaves
+//! exactly like the messages it holds: every rule below is per frame.
+//!
 //! Send rules:
 //! * frames go out in post order; an `oob` message goes to the front of what is not started;
 //! * the HelloRequest of a client channel is the first frame;
@@ -17,18 +22,74 @@ use std::io::IoSlice;
 
 use crate::message::{Message, MessageType, OpCode, Origin};
 use crate::status::{Error, Status};
-use crate::wire::{DecodeError, Decoder, FrameHeader, HEADER_LEN};
+use crate::wire::{encoded_len, DecodeError, Decoder, FrameHeader, HEADER_LEN};
 
-/// One queued frame: the message and its encoded header.
-struct Outgoing {
-    msg: Message,
-    header: [u8; HEADER_LEN],
+/// One queued item: a message with its encoded header, or a run of encoded frames.
+enum Outgoing {
+    Frame {
+        msg: Message,
+        header: [u8; HEADER_LEN],
+    },
+    Run(Run),
 }
 
 impl Outgoing {
     fn len(&self) -> usize {
-        HEADER_LEN + self.msg.text_headers().len() + self.msg.body().len()
+        match self {
+            Outgoing::Frame { msg, .. } => HEADER_LEN + msg.text_headers().len() + msg.body().len(),
+            Outgoing::Run(r) => r.bytes.len(),
+        }
     }
+
+    /// The opcode of a message; `None` for a run (data frames only).
+    fn opcode(&self) -> Option<OpCode> {
+        match self {
+            Outgoing::Frame { msg, .. } => Some(msg.opcode()),
+            Outgoing::Run(_) => None,
+        }
+    }
+
+    fn is_bye(&self) -> bool {
+        self.opcode()
+            .is_some_and(|op| op.message_type() == MessageType::Bye)
+    }
+}
+
+/// Frames encoded back to back (data messages only), with the progress of writing them.
+struct Run {
+    bytes: Vec<u8>,
+    /// Frames in `bytes`.
+    frames: u32,
+    /// Frames completely written.
+    done: u32,
+    /// Where the first frame not completely written starts.
+    start: usize,
+}
+
+impl Run {
+    /// Counts the frames that `written` bytes complete; returns (frames, bytes) newly done.
+    fn note_written(&mut self, written: usize) -> (u64, u64) {
+        let (mut frames, mut bytes) = (0, 0);
+        while self.start < self.bytes.len() {
+            let len = crate::wire::frame_len(&self.bytes[self.start..]);
+            if self.start + len > written {
+                break;
+            }
+            self.start += len;
+            self.done += 1;
+            frames += 1;
+            bytes += len as u64;
+        }
+        (frames, bytes)
+    }
+}
+
+/// What [`Connection::advance`] completed since the last [`Connection::take_progress`]:
+/// frames and their bytes (messages and run frames alike).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub(crate) frames: u64,
+    pub(crate) bytes: u64,
 }
 
 /// Largest frame section (text headers or body) copied into the staging buffer by
@@ -61,6 +122,10 @@ pub(crate) enum RecvStop {
 pub(crate) struct Connection {
     queue: VecDeque<Outgoing>,
     head_written: usize,
+    /// Frames and bytes completed by `advance`, until taken.
+    progress: Progress,
+    /// Buffers of runs that are written (or handed back), for reuse.
+    spent: Vec<Vec<u8>>,
     bye_sent: bool,
     /// A bye-type message was queued (it may not be written yet).
     bye_queued: bool,
@@ -77,6 +142,8 @@ impl Connection {
         Connection {
             queue: VecDeque::new(),
             head_written: 0,
+            progress: Progress::default(),
+            spent: Vec::new(),
             bye_sent: false,
             bye_queued: false,
             bye_response_sent: false,
@@ -96,11 +163,12 @@ impl Connection {
         };
         let front = msg.header.oob;
         self.bye_queued |= msg.opcode().message_type() == MessageType::Bye;
-        let out = Outgoing { msg, header };
+        let out = Outgoing::Frame { msg, header };
         if front {
+            self.end_head_run();
             // Never in front of a started frame or a not-yet-sent HelloRequest.
             let at = match self.queue.front() {
-                Some(h) if self.head_written > 0 || h.msg.opcode() == OpCode::HelloRequest => 1,
+                Some(h) if self.head_written > 0 || h.opcode() == Some(OpCode::HelloRequest) => 1,
                 _ => 0,
             };
             self.queue.insert(at, out);
@@ -108,6 +176,61 @@ impl Connection {
             self.queue.push_back(out);
         }
         Ok(())
+    }
+
+    /// Queues `frames` data frames encoded back to back in `bytes` (by posting threads; each
+    /// one the encoding of a validated Request, Response or Signal without `oob`).
+    pub(crate) fn enqueue_run(&mut self, bytes: Vec<u8>, frames: u32) {
+        if frames == 0 {
+            self.spent.push(bytes);
+            return;
+        }
+        self.queue.push_back(Outgoing::Run(Run {
+            bytes,
+            frames,
+            done: 0,
+            start: 0,
+        }));
+    }
+
+    /// Makes a started run at the head end with its started frame, so that what follows can
+    /// be put in front of the rest (an `oob` message). The rest becomes a run of its own.
+    fn end_head_run(&mut self) {
+        if self.head_written == 0 {
+            return;
+        }
+        let Some(Outgoing::Run(r)) = self.queue.front_mut() else {
+            return;
+        };
+        let cut = if self.head_written > r.start {
+            r.start + crate::wire::frame_len(&r.bytes[r.start..])
+        } else {
+            r.start // at a frame boundary: nothing of the rest is written
+        };
+        if cut == r.bytes.len() {
+            return;
+        }
+        let rest = r.bytes[cut..].to_vec();
+        r.bytes.truncate(cut);
+        let rest_frames = r.frames - r.done - u32::from(cut > r.start);
+        r.frames -= rest_frames;
+        let head_done = cut == r.start;
+        self.queue.insert(
+            1,
+            Outgoing::Run(Run {
+                bytes: rest,
+                frames: rest_frames,
+                done: 0,
+                start: 0,
+            }),
+        );
+        if head_done {
+            // Every frame of the head run is written: it leaves the queue.
+            if let Some(Outgoing::Run(r)) = self.queue.pop_front() {
+                self.spent.push(r.bytes);
+            }
+            self.head_written = 0;
+        }
     }
 
     /// Queues a message whose first `written` bytes were already written by someone else
@@ -127,7 +250,7 @@ impl Connection {
             "a started frame is already at the head"
         );
         self.bye_queued |= msg.opcode().message_type() == MessageType::Bye;
-        let out = Outgoing { msg, header };
+        let out = Outgoing::Frame { msg, header };
         debug_assert!(written < out.len());
         self.queue.push_front(out);
         self.head_written = written;
@@ -160,7 +283,7 @@ impl Connection {
         match self
             .queue
             .iter()
-            .position(|o| o.msg.opcode() == OpCode::ByeResponse)
+            .position(|o| o.opcode() == Some(OpCode::ByeResponse))
         {
             Some(0) => true,
             Some(i) => {
@@ -190,10 +313,14 @@ impl Connection {
         let mut run_open = false;
         let mut skip = self.head_written;
         'frames: for (i, o) in self.queue.iter().enumerate() {
-            if self.bye_sent && (i > 0 || o.msg.opcode() != OpCode::ByeResponse) {
+            if self.bye_sent && (i > 0 || o.opcode() != Some(OpCode::ByeResponse)) {
                 break;
             }
-            for part in [&o.header[..], o.msg.text_headers(), o.msg.body()] {
+            let parts: [&[u8]; 3] = match o {
+                Outgoing::Frame { msg, header } => [&header[..], msg.text_headers(), msg.body()],
+                Outgoing::Run(r) => [&r.bytes[..], &[], &[]],
+            };
+            for part in parts {
                 if skip >= part.len() {
                     skip -= part.len();
                     continue;
@@ -222,7 +349,7 @@ impl Connection {
                     run_open = false;
                 }
             }
-            if o.msg.opcode().message_type() == MessageType::Bye {
+            if o.is_bye() {
                 break;
             }
         }
@@ -243,29 +370,56 @@ impl Connection {
     }
 
     /// Records that `n` bytes of what [`gather`](Self::gather) offered were written: finished
-    /// frames leave the queue and their messages go to `sent` (for reuse or the pool).
+    /// frames leave the queue, their messages go to `sent` (for reuse or the pool) and the
+    /// buffers of finished runs are kept for [`take_spent`](Self::take_spent).
     pub(crate) fn advance(&mut self, mut n: usize, sent: &mut Vec<Message>) {
         while n > 0 {
-            let Some(head) = self.queue.front() else {
+            let Some(head) = self.queue.front_mut() else {
                 return;
             };
             let left = head.len() - self.head_written;
             if n < left {
                 self.head_written += n;
+                if let Outgoing::Run(r) = head {
+                    let (f, b) = r.note_written(self.head_written);
+                    self.progress.frames += f;
+                    self.progress.bytes += b;
+                }
                 return;
             }
             n -= left;
             self.head_written = 0;
-            if let Some(done) = self.queue.pop_front() {
-                if done.msg.opcode().message_type() == MessageType::Bye {
-                    self.bye_sent = true;
+            match self.queue.pop_front() {
+                Some(Outgoing::Frame { msg, .. }) => {
+                    self.progress.frames += 1;
+                    self.progress.bytes += encoded_len(&msg) as u64;
+                    if msg.opcode().message_type() == MessageType::Bye {
+                        self.bye_sent = true;
+                    }
+                    if msg.opcode() == OpCode::ByeResponse {
+                        self.bye_response_sent = true;
+                    }
+                    sent.push(msg);
                 }
-                if done.msg.opcode() == OpCode::ByeResponse {
-                    self.bye_response_sent = true;
+                Some(Outgoing::Run(mut r)) => {
+                    let (f, b) = r.note_written(r.bytes.len());
+                    self.progress.frames += f;
+                    self.progress.bytes += b;
+                    self.spent.push(r.bytes);
                 }
-                sent.push(done.msg);
+                None => {}
             }
         }
+    }
+
+    /// Frames and bytes completely written since the last call.
+    pub(crate) fn take_progress(&mut self) -> Progress {
+        std::mem::take(&mut self.progress)
+    }
+
+    /// Moves the buffers of written runs to `into` (for reuse).
+    pub(crate) fn take_spent(&mut self, into: &mut Vec<Vec<u8>>) {
+        into.append(&mut self.spent);
     }
 
     /// Feeds received bytes. Each complete frame goes to `deliver` (channel number still the
@@ -361,21 +515,48 @@ impl Connection {
     }
 
     /// Queued messages that were not (completely) sent, marked for the application:
-    /// origin engine and status `reason`.
-    pub(crate) fn take_unsent(&mut self, reason: Status) -> impl Iterator<Item = Message> + '_ {
+    /// origin engine and status `reason`. Frames of runs are decoded back into messages
+    /// taken from `supply`.
+    pub(crate) fn take_unsent(
+        &mut self,
+        reason: Status,
+        supply: &mut dyn FnMut() -> Message,
+    ) -> Vec<Message> {
         self.head_written = 0;
-        self.queue.drain(..).map(move |o| {
-            let mut m = o.msg;
+        let mut out = Vec::new();
+        for o in self.queue.drain(..) {
+            match o {
+                Outgoing::Frame { msg, .. } => out.push(msg),
+                Outgoing::Run(r) => {
+                    let mut at = r.start;
+                    while at < r.bytes.len() {
+                        let len = crate::wire::frame_len(&r.bytes[at..]);
+                        let mut m = supply();
+                        crate::wire::decode_own(&r.bytes[at..at + len], &mut m);
+                        out.push(m);
+                        at += len;
+                    }
+                    self.spent.push(r.bytes);
+                }
+            }
+        }
+        for m in &mut out {
             m.header.origin = Origin::Engine;
             m.header.status = reason;
-            m
-        })
+        }
+        out
     }
 
-    /// Number of queued frames.
+    /// Number of queued frames not completely written (each frame of a run counts).
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue
+            .iter()
+            .map(|o| match o {
+                Outgoing::Frame { .. } => 1,
+                Outgoing::Run(r) => (r.frames - r.done) as usize,
+            })
+            .sum()
     }
 
     /// Bookkeeping for every received frame, whether `receive` or `resume` finished it.
@@ -576,12 +757,167 @@ mod tests {
         // A second ByeResponse is not sent.
         c.enqueue(msg(OpCode::ByeResponse, 10, b"")).unwrap();
         assert!(write_all(&mut c, 1000).is_empty());
-        let unsent: Vec<Message> = c.take_unsent(Status::ChannelClosed).collect();
+        let unsent = c.take_unsent(Status::ChannelClosed, &mut Message::new);
         assert_eq!(unsent.len(), 2);
         assert_eq!(unsent[0].message_id(), 3);
         assert_eq!(unsent[1].message_id(), 10);
         assert_eq!(unsent[0].status(), Status::ChannelClosed);
         assert_eq!(unsent[0].origin(), Origin::Engine);
+    }
+
+    /// `ids` as data frames encoded back to back, as posting threads build a run.
+    fn run(ids: std::ops::RangeInclusive<u64>) -> (Vec<u8>, u32) {
+        let mut bytes = Vec::new();
+        let mut n = 0;
+        for id in ids {
+            crate::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 30]), &mut bytes).unwrap();
+            n += 1;
+        }
+        (bytes, n)
+    }
+
+    #[test]
+    fn runs_and_messages_keep_post_order_through_partial_writes() {
+        for chunk in [1, 7, 46, 47, 1000] {
+            let mut c = Connection::new();
+            let (b, n) = run(1..=3);
+            c.enqueue_run(b, n);
+            c.enqueue(msg(OpCode::Request, 4, &[4; COPY_MAX + 10]))
+                .unwrap();
+            let (b, n) = run(5..=6);
+            c.enqueue_run(b, n);
+            assert_eq!(c.queued(), 6);
+            let mut sent = Vec::new();
+            let mut wire = Vec::new();
+            let mut frames = 0;
+            while c.wants_send() {
+                let mut iov = [IoSlice::new(&[]); 8];
+                let mut stage = Vec::new();
+                let k = c.gather(&mut stage, &mut iov);
+                let before = wire.len();
+                for s in &iov[..k] {
+                    let room = chunk - (wire.len() - before);
+                    wire.extend_from_slice(&s[..s.len().min(room)]);
+                }
+                c.advance(wire.len() - before, &mut sent);
+                let p = c.take_progress();
+                frames += p.frames;
+                // Frames are counted as soon as they are complete, runs or not.
+                assert_eq!(c.queued() as u64, 6 - frames, "chunk {chunk}");
+            }
+            assert_eq!(
+                decode(&wire),
+                (1..=6)
+                    .map(|i| (
+                        if i == 4 {
+                            OpCode::Request
+                        } else {
+                            OpCode::Signal
+                        },
+                        i
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            // Only the message comes back from `advance`; the two run buffers are spent.
+            assert_eq!(
+                sent.iter().map(Message::message_id).collect::<Vec<_>>(),
+                vec![4]
+            );
+            let mut spent = Vec::new();
+            c.take_spent(&mut spent);
+            assert_eq!(spent.len(), 2);
+            assert!(c.is_idle());
+        }
+    }
+
+    #[test]
+    fn progress_counts_every_frame_and_its_bytes() {
+        let mut c = Connection::new();
+        let (b, n) = run(1..=4);
+        let total = b.len() as u64;
+        c.enqueue_run(b, n);
+        let mut sent = Vec::new();
+        // Half of the second frame: one frame done.
+        let frame = total / 4;
+        c.advance(frame as usize + 3, &mut sent);
+        assert_eq!(
+            c.take_progress(),
+            Progress {
+                frames: 1,
+                bytes: frame
+            }
+        );
+        c.advance((total - frame - 3) as usize, &mut sent);
+        assert_eq!(
+            c.take_progress(),
+            Progress {
+                frames: 3,
+                bytes: 3 * frame
+            }
+        );
+        assert_eq!(c.take_progress(), Progress::default());
+    }
+
+    #[test]
+    fn unsent_frames_of_runs_come_back_as_messages() {
+        let mut c = Connection::new();
+        let (b, n) = run(1..=3);
+        let frame = b.len() / 3;
+        c.enqueue_run(b, n);
+        c.enqueue(msg(OpCode::ByeRequest, 4, b"")).unwrap();
+        let (b, n) = run(5..=5);
+        c.enqueue_run(b, n);
+        // The first frame and part of the second are written.
+        c.advance(frame + 1, &mut Vec::new());
+        let back = c.take_unsent(Status::PeerDisconnected, &mut Message::new);
+        let ids: Vec<u64> = back.iter().map(Message::message_id).collect();
+        assert_eq!(
+            ids,
+            vec![2, 3, 4, 5],
+            "the partly written frame comes back too"
+        );
+        for m in &back {
+            assert_eq!(m.status(), Status::PeerDisconnected);
+            assert_eq!(m.origin(), Origin::Engine);
+            assert_eq!(m.channel(), 1);
+        }
+        let want = msg(OpCode::Signal, 2, &[2; 30]);
+        assert_eq!(back[0].opcode(), OpCode::Signal);
+        assert_eq!(back[0].body(), want.body());
+        assert_eq!(c.queued(), 0);
+        let mut spent = Vec::new();
+        c.take_spent(&mut spent);
+        assert_eq!(spent.len(), 2, "run buffers are kept for reuse");
+    }
+
+    #[test]
+    fn oob_goes_ahead_of_the_unstarted_frames_of_a_started_run() {
+        // Mid-frame: the started frame finishes first, then the oob, then the rest.
+        for written in [0, 1, 46, 47, 60] {
+            let mut c = Connection::new();
+            let (b, n) = run(1..=3);
+            let frame = b.len() / 3;
+            let whole = b.clone();
+            c.enqueue_run(b, n);
+            let mut wire = Vec::new();
+            if written > 0 {
+                wire.extend_from_slice(&whole[..written]);
+                c.advance(written, &mut Vec::new());
+            }
+            let mut urgent = msg(OpCode::Signal, 9, b"now");
+            urgent.header.oob = true;
+            c.enqueue(urgent).unwrap();
+            wire.extend(write_all(&mut c, 11));
+            let ids: Vec<u64> = decode(&wire).iter().map(|x| x.1).collect();
+            let want = match written {
+                0 => vec![9, 1, 2, 3],
+                w if w < frame => vec![1, 9, 2, 3],
+                w if w == frame => vec![1, 9, 2, 3],
+                _ => vec![1, 2, 9, 3],
+            };
+            assert_eq!(ids, want, "written {written}");
+            assert!(c.is_idle());
+        }
     }
 
     #[test]

@@ -16,13 +16,14 @@
 //!
 //! Nothing here depends on the platform or the backend: the [`Poller`] hides both.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::address::Address;
-use crate::channels::SendState;
+use crate::channels::{unpend, Pending, SendState};
 use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
 use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
@@ -72,10 +73,8 @@ pub(crate) struct Reactor {
     deliveries: Vec<Message>,
     /// Messages for the application, delivered per group once per loop iteration.
     outbox: Outbox,
-    /// Messages whose frames were written, waiting to be reused or pooled.
-    sent: Vec<Message>,
-    /// Where small frames are copied to be written as one slice (see `Connection::gather`).
-    stage: Vec<u8>,
+    /// Scratch state of the write path.
+    writer: Writer,
     /// Messages of this engine's pool kept for receiving: written messages are reused here
     /// and refills take batches, so the pool's lock is taken per batch, not per message.
     spare: Vec<Message>,
@@ -185,8 +184,14 @@ impl Reactor {
             frame_timeout,
             deliveries: Vec::new(),
             outbox: Outbox::default(),
-            sent: Vec::new(),
-            stage: Vec::with_capacity(STAGE_CAP + COPY_MAX),
+            writer: Writer {
+                stage: Vec::with_capacity(STAGE_CAP + COPY_MAX),
+                sent: Vec::new(),
+                pending: VecDeque::new(),
+                spent: Vec::new(),
+                refused: Vec::new(),
+                frames: 0,
+            },
             spare: Vec::with_capacity(SPARE_MAX),
         }
     }
@@ -225,9 +230,18 @@ impl Reactor {
             let r = self.poller.wait(&mut self.events, timeout);
             self.shared.direct_turn.store(false, Ordering::Relaxed);
             self.shared.sleeping.store(false, Ordering::SeqCst);
+            self.writer.frames = 0;
             if let Err(e) = r {
                 tracing::error!(error = %e, "poller wait failed; the engine stops");
                 break;
+            }
+            if timeout.is_none() && self.events.iter().all(|e| e.token == Token::WAKER) {
+                // Woken by a post and nothing else: give the CPU back once before taking
+                // the work. Where the reactor shares a CPU with the posting thread, that
+                // thread then finishes its burst and the reactor writes it in one system
+                // call, instead of being scheduled (and writing) every few messages; on a
+                // CPU of its own this returns at once.
+                std::thread::yield_now();
             }
             let events = std::mem::take(&mut self.events);
             for ev in &events {
@@ -244,9 +258,13 @@ impl Reactor {
 
     /// Delivers what was produced since the last delivery. The writes before it are done:
     /// until the reactor wakes up again, one post may write directly (see `SendState`), e.g.
-    /// the answer of a thread these deliveries wake.
+    /// the answer of a thread these deliveries wake, unless the reactor wrote more than one
+    /// frame since it woke up. A channel that streams is better served by batches than by
+    /// a system call of the posting thread per reactor sleep.
     fn deliver(&mut self) {
-        self.shared.direct_turn.store(true, Ordering::Release);
+        if self.writer.frames <= 1 {
+            self.shared.direct_turn.store(true, Ordering::Release);
+        }
         self.outbox.flush();
     }
 
@@ -369,13 +387,26 @@ impl Reactor {
         self.commands = cmds;
     }
 
-    /// Queues a channel for `flush_posted` (a posting thread wrote directly meanwhile).
+    /// Queues a channel for `flush_posted`: posts were queued in its `Outbound`, or a
+    /// posting thread wrote directly while others queued. Posts to a listener come back.
     fn queue_flush(&mut self, number: u16) {
-        if let Some(ch) = self.channels.get_mut(&number) {
-            if let Kind::Io(io) = &mut ch.kind {
+        let Some(ch) = self.channels.get_mut(&number) else {
+            return; // closed meanwhile: its queue was handed back at the close
+        };
+        match &mut ch.kind {
+            Kind::Io(io) => {
                 if io.connected && !io.queued_flush && ch.closing.is_none() {
                     io.queued_flush = true;
                     self.to_flush.push(number);
+                }
+            }
+            Kind::Listener(_) => {
+                // Data for a listener: returned, and unlike Zig tofu the listener stays.
+                ch.send.take_outbound(&mut self.writer.pending);
+                let (pool, group) = (&self.shared.pool, &ch.group);
+                for msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
+                    ch.send.sub(1, encoded_len(&msg) as u64);
+                    hand_back(&mut self.outbox, group, msg, Status::ChannelClosed);
                 }
             }
         }
@@ -523,6 +554,19 @@ impl Reactor {
         msg.header.origin = Origin::Engine;
         msg.header.status = status;
         self.outbox.push(&group, msg);
+        // Posted to the channel meanwhile: it never opened.
+        let send = self
+            .shared
+            .lock_table()
+            .record(number)
+            .map(|r| Arc::clone(&r.send));
+        if let Some(send) = send {
+            send.close_outbound(&mut self.writer.pending);
+            let pool = &self.shared.pool;
+            for msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
+                hand_back(&mut self.outbox, &group, msg, Status::ChannelClosed);
+            }
+        }
         self.outbox.push(
             &group,
             channel_closed_signal(&self.shared.pool, number, mid),
@@ -610,7 +654,7 @@ impl Reactor {
                 Ok(true) => {
                     io.connected = true;
                     tracing::debug!(channel = number, peer = %io.stream.peer_string(), "connected");
-                    flush(ch, &mut self.stage, &mut self.sent);
+                    flush(ch, &mut self.writer);
                 }
                 Ok(false) if !failed => {}
                 Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
@@ -622,7 +666,7 @@ impl Reactor {
             Kind::Io(io) if io.starving => {
                 // No read interest (no messages to read into); writes go on.
                 if t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.stage, &mut self.sent);
+                    flush(ch, &mut self.writer);
                 }
                 if ch.closing.is_none() && failed && ch.registered {
                     // The peer is gone, but data it sent may still wait in the socket: stop
@@ -643,7 +687,7 @@ impl Reactor {
                     return;
                 };
                 if ch.closing.is_none() && t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.stage, &mut self.sent);
+                    flush(ch, &mut self.writer);
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
                     // Error or hang-up, yet no end of stream to read: the link is dead.
@@ -866,7 +910,7 @@ impl Reactor {
             let blocked = matches!(&ch.kind, Kind::Io(io) if io.write_blocked);
             if ch.closing.is_none() && !blocked {
                 // A write-blocked channel waits for SEND readiness instead of a failing writev.
-                flush(ch, &mut self.stage, &mut self.sent);
+                flush(ch, &mut self.writer);
                 touch(&mut self.touched, ch);
                 if ch.closing.is_some() {
                     self.marked.push(number);
@@ -878,20 +922,26 @@ impl Reactor {
         self.recycle_sent();
     }
 
-    /// Written messages: keep some for receiving, return the rest to the pool in one go.
+    /// Written messages: keep some for receiving, return the rest to the pool in one go;
+    /// written run buffers go back to the engine's spares.
     fn recycle_sent(&mut self) {
-        if self.sent.is_empty() {
+        let w = &mut self.writer;
+        for (group, msg, status) in w.refused.drain(..) {
+            hand_back(&mut self.outbox, &group, msg, status);
+        }
+        self.shared.run_buffers.put_all(&mut w.spent);
+        if w.sent.is_empty() {
             return;
         }
         let mut i = 0;
-        while i < self.sent.len() && self.spare.len() < SPARE_MAX {
-            if self.shared.pool.owns(&self.sent[i]) {
-                self.spare.push(self.sent.swap_remove(i));
+        while i < w.sent.len() && self.spare.len() < SPARE_MAX {
+            if self.shared.pool.owns(&w.sent[i]) {
+                self.spare.push(w.sent.swap_remove(i));
             } else {
                 i += 1;
             }
         }
-        self.shared.pool.put_all(&mut self.sent);
+        self.shared.pool.put_all(&mut w.sent);
     }
 
     fn reconcile(&mut self) {
@@ -944,9 +994,22 @@ impl Reactor {
                 tracing::debug!(channel = ch.number, error = %e, "deregister failed");
             }
         }
-        if notify {
-            if let Kind::Io(io) = &mut ch.kind {
-                self.deliveries.extend(io.conn.take_unsent(reason));
+        let pool = &self.shared.pool;
+        if let Kind::Io(io) = &mut ch.kind {
+            let unsent = io.conn.take_unsent(reason, &mut || pool.message());
+            if notify {
+                self.deliveries.extend(unsent);
+            }
+            io.conn.take_spent(&mut self.writer.spent);
+        }
+        // Posts still queued for the reactor come back after those it had taken; later
+        // posts are refused (the channel is gone).
+        ch.send.close_outbound(&mut self.writer.pending);
+        for mut msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
+            if notify {
+                msg.header.origin = Origin::Engine;
+                msg.header.status = reason;
+                self.deliveries.push(msg);
             }
         }
         let (number, mid, group) = (ch.number, ch.mid, Arc::clone(&ch.group));
@@ -1089,19 +1152,57 @@ impl Outbox {
     }
 }
 
-/// Writes as much of the channel's queue as the socket takes, one `writev` per batch.
-fn flush(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<Message>) {
+/// Scratch state of the write path, kept across loop iterations.
+struct Writer {
+    /// Where small frames are copied to be written as one slice (see `Connection::gather`).
+    stage: Vec<u8>,
+    /// Messages whose frames were written, waiting to be reused or pooled.
+    sent: Vec<Message>,
+    /// What is taken from a channel's `Outbound` on its way into the connection.
+    pending: VecDeque<Pending>,
+    /// Buffers of written runs, for the engine's spares.
+    spent: Vec<Vec<u8>>,
+    /// Messages the connection refused (cannot happen for validated posts), to hand back.
+    refused: Vec<(Arc<GroupShared>, Message, Status)>,
+    /// Frames completely written since the reactor last woke up.
+    frames: u64,
+}
+
+/// Writes as much of the channel's queue as the socket takes, one `writev` per batch. First
+/// takes what posting threads queued since (see `Outbound`).
+fn flush(ch: &mut Channel, w: &mut Writer) {
     if !ch.send.take_for_reactor() {
         // A posting thread is writing (it asks for a flush when done) or handing a
         // started frame over (its command follows).
         return;
     }
-    let before = sent.len();
-    write_queue(ch, stage, sent);
-    let done = &sent[before..];
-    if !done.is_empty() {
-        let bytes: usize = done.iter().map(encoded_len).sum();
-        ch.send.sub(done.len() as u64, bytes as u64);
+    let Kind::Io(io) = &mut ch.kind else { return };
+    if !io.connected {
+        return; // taken once connected
+    }
+    ch.send.take_outbound(&mut w.pending);
+    for p in w.pending.drain(..) {
+        match p {
+            Pending::Run { bytes, frames } => io.conn.enqueue_run(bytes, frames),
+            Pending::Message(msg) => {
+                if let Err((e, msg)) = io.conn.enqueue(msg) {
+                    ch.send.sub(1, encoded_len(&msg) as u64);
+                    w.refused.push((Arc::clone(&ch.group), msg, e.status()));
+                }
+            }
+        }
+    }
+    if io.conn.bye_queued() {
+        ch.send.close(); // no direct write once a bye-type frame is queued
+    }
+    write_queue(ch, &mut w.stage, &mut w.sent);
+    if let Kind::Io(io) = &mut ch.kind {
+        let done = io.conn.take_progress();
+        if done.frames > 0 {
+            ch.send.sub(done.frames, done.bytes);
+            w.frames += done.frames;
+        }
+        io.conn.take_spent(&mut w.spent);
     }
 }
 

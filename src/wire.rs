@@ -357,6 +357,28 @@ impl Decoder {
 
 /// The header of a received frame: fields from the wire, origin application, status
 /// success, `oob` clear (origin, status and the internal bits on the wire are ignored).
+/// The length of the frame whose header starts `frame` (which holds at least the header).
+pub(crate) fn frame_len(frame: &[u8]) -> usize {
+    let mut b = [0u8; HEADER_LEN];
+    b.copy_from_slice(&frame[..HEADER_LEN]);
+    HEADER_LEN + FrameHeader::parse(&b).payload_len()
+}
+
+/// Fills `m` from one whole frame that this engine [`encode`]d from a validated data message
+/// (the reverse of `encode` for such messages: origin application, status success, no `oob`).
+pub(crate) fn decode_own(frame: &[u8], m: &mut Message) {
+    let mut b = [0u8; HEADER_LEN];
+    b.copy_from_slice(&frame[..HEADER_LEN]);
+    let h = FrameHeader::parse(&b);
+    let text_end = HEADER_LEN + usize::from(h.thl);
+    m.reset();
+    m.text_headers_mut()
+        .extend_from_slice(&frame[HEADER_LEN..text_end]);
+    m.body_mut()
+        .extend_from_slice(&frame[text_end..text_end + usize::from(h.bl)]);
+    set_header(m, &h);
+}
+
 fn set_header(m: &mut Message, h: &FrameHeader) {
     let hdr = &mut m.header;
     hdr.channel = h.channel;

@@ -1,6 +1,7 @@
 //! The per-connection protocol state (`Connection`) driven by an arbitrary sequence of
-//! operations, the way the reactor drives it: enqueue, gather + advance with partial writes,
-//! peer bytes read in arbitrary pieces with a pool that may run dry, resume, take_unsent.
+//! operations, the way the reactor drives it: enqueue (messages, and runs of frames encoded by
+//! posting threads), gather + advance with partial writes, peer bytes read in arbitrary pieces
+//! with a pool that may run dry, resume, take_unsent.
 //!
 //! Send side, checked against a model of the documented rules (post order; `oob` to the front
 //! of what is not started, never before a started frame or an unsent HelloRequest at the head;
@@ -11,9 +12,11 @@
 //! * the bytes written, parsed on their own, are the enqueued messages' exact encodings in the
 //!   model's order; after the first bye-type frame at most one ByeResponse follows;
 //! * every enqueued message is accounted for exactly once: fully written and handed back by
-//!   `advance` (unchanged, in write order), refused by `enqueue` (returned), or returned by
-//!   `take_unsent` (origin engine, the given status, content unchanged); the queue never holds
-//!   more than what was enqueued and not written.
+//!   `advance` (unchanged, in write order; a frame of a run is not a message and only counts
+//!   as written), refused by `enqueue` (returned), or returned by `take_unsent` (origin
+//!   engine, the given status, content unchanged, frames of runs decoded back); the queue
+//!   never holds more than what was enqueued and not written;
+//! * `take_progress` reports exactly the frames the model completed, and their bytes.
 //!
 //! Receive side, against a one-piece decode of the same bytes (the reference): the delivered
 //! messages are the reference's frames in order, nothing after a ByeResponse, the same error
@@ -56,6 +59,14 @@ enum Op {
         text: u8,
         body: u16,
         written: u16,
+    },
+    /// Queue `1 + count % 8` data messages encoded back to back (a run, as posting threads
+    /// build it: Request/Response/Signal, no `oob`).
+    EnqueueRun {
+        count: u8,
+        op: u8,
+        text: u8,
+        body: u16,
     },
     /// Queue a message with one section of 65536 bytes: must be refused and handed back.
     EnqueueOversized { text: bool },
@@ -100,6 +111,8 @@ struct Harness {
     conn: Connection,
     next_id: u64,
     sent: HashMap<u64, Sent>,
+    /// Ids of messages enqueued as frames of runs (no message to hand back once written).
+    encoded: std::collections::HashSet<u64>,
     model: Model,
     closed: bool,
     /// Everything advanced, in order, and the start of its unfinished frame.
@@ -125,6 +138,7 @@ impl Harness {
             conn: Connection::new(),
             next_id: 1,
             sent: HashMap::new(),
+            encoded: std::collections::HashSet::new(),
             model: Model::default(),
             closed: false,
             written: Vec::new(),
@@ -146,7 +160,10 @@ impl Harness {
         if self.closed
             && matches!(
                 op,
-                Op::Enqueue { .. } | Op::EnqueueOversized { .. } | Op::EnqueueStarted { .. }
+                Op::Enqueue { .. }
+                    | Op::EnqueueOversized { .. }
+                    | Op::EnqueueStarted { .. }
+                    | Op::EnqueueRun { .. }
             )
         {
             // The channel is closed: the reactor queues nothing more.
@@ -193,6 +210,40 @@ impl Harness {
                 self.sent.insert(id, Sent { opcode, bytes });
                 self.model.queue.push_front(id);
                 self.model.head_written = w;
+            }
+            Op::EnqueueRun {
+                count,
+                op,
+                text,
+                body,
+            } => {
+                let mut bytes = Vec::new();
+                let n = 1 + u32::from(count % 8);
+                for k in 0..n {
+                    let op = [0, 1, 2][(usize::from(op) + k as usize) % 3];
+                    let m = self.message(
+                        op,
+                        false,
+                        (k + u32::from(text)) % 3 == 0,
+                        (usize::from(text) + 7 * k as usize) % 200,
+                        (body as usize + 13 * k as usize) % 600,
+                    );
+                    let id = m.message_id();
+                    let mut frame = Vec::new();
+                    encode(&m, &mut frame).expect("small sections");
+                    bytes.extend_from_slice(&frame);
+                    self.sent.insert(
+                        id,
+                        Sent {
+                            opcode: m.opcode(),
+                            bytes: frame,
+                        },
+                    );
+                    self.encoded.insert(id);
+                    self.model.enqueue(id, false, &self.sent);
+                    // The posting thread drops the message once encoded.
+                }
+                self.conn.enqueue_run(bytes, n);
             }
             Op::EnqueueOversized { text } => {
                 let mut m = self.message(0, false, false, 0, 0);
@@ -356,13 +407,24 @@ impl Harness {
         let before = self.model.done.len();
         self.model.advance(w, &self.sent);
         self.parse_written();
-        // The messages of exactly the finished frames come back, unchanged, in order.
-        let ids: Vec<u64> = finished.iter().map(Message::message_id).collect();
+        // Progress: exactly the frames completed, with their bytes.
+        let done: Vec<u64> = self.model.done[before..].to_vec();
+        let bytes: usize = done.iter().map(|id| self.sent[id].bytes.len()).sum();
         assert_eq!(
-            ids,
-            self.model.done[before..],
-            "advance handed back other messages"
+            self.conn.take_progress(),
+            (done.len() as u64, bytes as u64),
+            "take_progress"
         );
+        // The messages of exactly the finished frames come back, unchanged, in order; frames
+        // of runs were bytes only and count as written.
+        let ids: Vec<u64> = finished.iter().map(Message::message_id).collect();
+        let want: Vec<u64> = done
+            .iter()
+            .copied()
+            .filter(|id| !self.encoded.contains(id))
+            .collect();
+        assert_eq!(ids, want, "advance handed back other messages");
+
         for m in &finished {
             let mut bytes = Vec::new();
             encode(m, &mut bytes).expect("small sections");
@@ -372,7 +434,7 @@ impl Harness {
                 "a sent message changed"
             );
         }
-        self.returned_ids.extend(ids);
+        self.returned_ids.extend(done);
         w > 0 || iov_len == 0
     }
 
