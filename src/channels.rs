@@ -16,6 +16,7 @@ use std::hash::BuildHasher;
 
 use crate::message::{Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
 use crate::net::Stream;
+use crate::pool::Buffers;
 use crate::wire::{encoded_len, FrameHeader};
 
 /// How many released numbers are kept out of circulation.
@@ -23,12 +24,12 @@ pub(crate) const QUARANTINE_LEN: usize = 1024;
 
 /// Frames up to this length that a posting thread encodes itself (see [`Outbound`]).
 pub(crate) const ENCODE_MAX: usize = 4096;
-/// A run of encoded frames grows to about this many bytes; then a new one starts.
-pub(crate) const RUN_CAP: usize = 64 * 1024;
-/// Capacity of a new run buffer (it grows as frames are appended).
-const RUN_FIRST: usize = 4096;
-/// Run buffers an engine keeps for reuse.
-const RUN_BUFFERS_MAX: usize = 64;
+/// A run of encoded frames behind other queued items grows to about this many bytes; then
+/// a new one starts.
+pub(crate) const RUN_CAP: usize = crate::protocol::CHUNK_CAP;
+/// The first run of a queue may grow to this many bytes (a stream posted faster than the
+/// reactor takes it then needs no queue allocation).
+pub(crate) const RUN_FIRST_CAP: usize = 4 * RUN_CAP;
 
 /// What posting threads queued on one channel and the reactor has not taken yet, in post
 /// order.
@@ -41,11 +42,72 @@ const RUN_BUFFERS_MAX: usize = 64;
 /// buffers and its pool slot stay with the posting thread. Other messages (bye-type,
 /// `oob`, large ones) are kept whole. A run is decoded back into messages only if its
 /// frames must be handed back (the channel closed before they were written).
+///
+/// The common case, a stream of small data messages, needs no queue allocation: frames go to
+/// `run`, whose buffer comes from the engine's [`Buffers`] and returns there once
+/// written, so an idle channel holds no buffer at all.
 #[derive(Default, Debug)]
 pub(crate) struct Outbound {
+    /// Frames encoded before anything in `items` (an unallocated `Vec` when none).
+    run: Vec<u8>,
+    run_frames: u32,
+    /// Later items, in post order.
     items: VecDeque<Pending>,
     /// The channel is closing or gone: nothing more is accepted.
     closed: bool,
+}
+
+impl Outbound {
+    fn is_empty(&self) -> bool {
+        self.run_frames == 0 && self.items.is_empty()
+    }
+
+    /// Appends the frame of `msg` (encodable, see [`encodable`]) to the last run.
+    fn encode(&mut self, msg: &Message, bufs: &Buffers) {
+        let len = encoded_len(msg);
+        let fits = |run: &Vec<u8>| run.len() + len <= RUN_CAP;
+        // Sections were validated by post and are small: encoding cannot fail.
+        if self.items.is_empty() {
+            if self.run_frames == 0 || self.run.len() + len <= RUN_FIRST_CAP {
+                if self.run.capacity() == 0 {
+                    self.run = bufs.get();
+                }
+                let _ = crate::wire::encode(msg, &mut self.run);
+                self.run_frames += 1;
+                return;
+            }
+            let full = std::mem::take(&mut self.run);
+            let frames = std::mem::take(&mut self.run_frames);
+            self.items.push_back(Pending::Run {
+                bytes: full,
+                frames,
+            });
+        }
+        match self.items.back_mut() {
+            Some(Pending::Run { bytes, frames }) if fits(bytes) => {
+                let _ = crate::wire::encode(msg, bytes);
+                *frames += 1;
+            }
+            _ => {
+                let mut bytes = bufs.get();
+                let _ = crate::wire::encode(msg, &mut bytes);
+                self.items.push_back(Pending::Run { bytes, frames: 1 });
+            }
+        }
+    }
+
+    /// Moves everything to `into`, in order; keeps no allocation.
+    fn take(&mut self, into: &mut VecDeque<Pending>) {
+        if self.run_frames > 0 {
+            into.push_back(Pending::Run {
+                bytes: std::mem::take(&mut self.run),
+                frames: std::mem::take(&mut self.run_frames),
+            });
+        }
+        if !self.items.is_empty() {
+            into.extend(std::mem::take(&mut self.items));
+        }
+    }
 }
 
 /// One item of an [`Outbound`] queue.
@@ -91,46 +153,6 @@ pub(crate) fn unpend(
         }
     }
     out
-}
-
-/// An engine's spare run buffers: taken by posting threads when a run starts, given back by
-/// the reactor once a run is written (one lock per batch on either side).
-#[derive(Default)]
-pub(crate) struct RunBuffers {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl RunBuffers {
-    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
-        // Push and pop only: a panic cannot leave the list inconsistent.
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn get(&self) -> Vec<u8> {
-        self.lock()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(RUN_FIRST))
-    }
-
-    /// Keeps written run buffers for reuse (up to a bound); `bufs` is left empty.
-    pub(crate) fn put_all(&self, bufs: &mut Vec<Vec<u8>>) {
-        if bufs.is_empty() {
-            return;
-        }
-        let mut free = self.lock();
-        for mut b in bufs.drain(..) {
-            if free.len() < RUN_BUFFERS_MAX && b.capacity() <= 2 * RUN_CAP + ENCODE_MAX {
-                b.clear();
-                free.push(b);
-            }
-        }
-    }
-
-    /// Buffers kept now.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// The send side of a channel shared by posting threads and the reactor: what posts queued
@@ -275,27 +297,15 @@ impl SendState {
     /// Queues a post for the reactor: encoded into a run when [`encodable`], else whole (see
     /// [`Outbound`]). True when the queue was empty, so the reactor must be told to take it.
     /// Hands the message back when the channel is closing or gone.
-    pub(crate) fn push(&self, mut msg: Message, bufs: &RunBuffers) -> Result<bool, Message> {
+    pub(crate) fn push(&self, mut msg: Message, bufs: &Buffers) -> Result<bool, Message> {
         msg.release_hold(); // the application gave it to the engine
         let mut ob = self.lock_outbound();
         if ob.closed {
             return Err(msg);
         }
-        let was_empty = ob.items.is_empty();
+        let was_empty = ob.is_empty();
         if encodable(&msg) {
-            let len = encoded_len(&msg);
-            match ob.items.back_mut() {
-                Some(Pending::Run { bytes, frames }) if bytes.len() + len <= RUN_CAP => {
-                    // Sections were validated by post and are small: encoding cannot fail.
-                    let _ = crate::wire::encode(&msg, bytes);
-                    *frames += 1;
-                }
-                _ => {
-                    let mut bytes = bufs.get();
-                    let _ = crate::wire::encode(&msg, &mut bytes);
-                    ob.items.push_back(Pending::Run { bytes, frames: 1 });
-                }
-            }
+            ob.encode(&msg, bufs);
             drop(ob);
             drop(msg); // back to its pool, from the thread that took it
         } else {
@@ -306,12 +316,7 @@ impl SendState {
 
     /// Moves everything queued to `into` (the reactor takes it).
     pub(crate) fn take_outbound(&self, into: &mut VecDeque<Pending>) {
-        let mut ob = self.lock_outbound();
-        if into.is_empty() {
-            std::mem::swap(&mut ob.items, into);
-        } else {
-            into.extend(ob.items.drain(..));
-        }
+        self.lock_outbound().take(into);
     }
 
     /// Refuses every later post (they are handed back to their callers) and moves what is
@@ -319,7 +324,7 @@ impl SendState {
     pub(crate) fn close_outbound(&self, into: &mut VecDeque<Pending>) {
         let mut ob = self.lock_outbound();
         ob.closed = true;
-        into.extend(ob.items.drain(..));
+        ob.take(into);
     }
 
     /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).
@@ -530,7 +535,7 @@ mod tests {
     #[test]
     fn small_data_is_encoded_at_post_others_kept_whole() {
         let s = SendState::default();
-        let bufs = RunBuffers::default();
+        let bufs = Buffers::default();
         let pool = crate::pool::Pool::new(crate::pool::PoolOptions { initial: 4, max: 4 });
         let mut m = pool.message();
         m.header.opcode = OpCode::Signal;
@@ -578,9 +583,9 @@ mod tests {
     #[test]
     fn a_run_ends_at_its_cap() {
         let s = SendState::default();
-        let bufs = RunBuffers::default();
+        let bufs = Buffers::default();
         let frame = crate::wire::HEADER_LEN + 1000;
-        let n = 3 * RUN_CAP / frame;
+        let n = 3 * RUN_FIRST_CAP / frame;
         for i in 0..n {
             s.push(data(OpCode::Signal, i as u64 + 1, 1000), &bufs)
                 .unwrap();
@@ -593,7 +598,7 @@ mod tests {
             let Pending::Run { bytes, frames: f } = p else {
                 panic!("only runs")
             };
-            assert!(bytes.len() <= RUN_CAP);
+            assert!(bytes.len() <= RUN_FIRST_CAP);
             frames += *f as usize;
         }
         assert_eq!(frames, n);
@@ -613,9 +618,25 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_outbound_keeps_no_allocation() {
+        // An idle channel costs no buffer: what a post needed leaves with the reactor.
+        let s = SendState::default();
+        let bufs = Buffers::default();
+        s.push(data(OpCode::Signal, 1, 10), &bufs).unwrap();
+        s.push(data(OpCode::ByeRequest, 2, 0), &bufs).unwrap();
+        s.push(data(OpCode::Signal, 3, 10), &bufs).unwrap();
+        let mut got = VecDeque::new();
+        s.take_outbound(&mut got);
+        assert_eq!(got.len(), 3);
+        let ob = s.lock_outbound();
+        assert!(ob.is_empty());
+        assert_eq!((ob.run.capacity(), ob.items.capacity()), (0, 0));
+    }
+
+    #[test]
     fn a_closed_outbound_hands_posts_back() {
         let s = SendState::default();
-        let bufs = RunBuffers::default();
+        let bufs = Buffers::default();
         s.push(data(OpCode::Signal, 1, 10), &bufs).unwrap();
         let mut got = VecDeque::new();
         s.close_outbound(&mut got);

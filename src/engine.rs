@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::channels::{ChannelTable, Direct, RunBuffers};
+use crate::channels::{ChannelTable, Direct};
 use crate::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
 use crate::padded::Padded;
 use crate::poller::{Backend, Poller, Waker};
@@ -151,7 +151,6 @@ impl Engine {
             sleeps: AtomicU64::new(0),
             send_limit: options.send_limit,
             frame_timeout: options.frame_timeout,
-            run_buffers: Padded::new(RunBuffers::default()),
         });
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -404,7 +403,7 @@ impl ChannelGroup {
                 });
             }
         }
-        match send.push(msg, &self.shared.run_buffers) {
+        match send.push(msg, self.shared.pool.buffers()) {
             Ok(false) => Ok(header),
             Ok(true) => {
                 // The reactor takes the queue when told; the command costs no system call
@@ -633,8 +632,6 @@ pub(crate) struct Shared {
     handovers: AtomicU64,
     send_limit: SendLimit,
     pub(crate) frame_timeout: Option<Duration>,
-    /// Spare buffers for runs of encoded frames (see `Outbound`).
-    pub(crate) run_buffers: Padded<RunBuffers>,
 }
 
 impl Shared {
@@ -761,7 +758,7 @@ pub(crate) enum MailboxState {
 }
 
 struct Mailbox {
-    queue: VecDeque<Message>,
+    queue: VecDeque<Inbound>,
     waiters: usize,
     state: MailboxState,
 }
@@ -775,7 +772,7 @@ pub(crate) struct GroupShared {
     /// Messages a `wait_receive` moved out of the mailbox in one go, older than anything
     /// still in the mailbox. Only application threads lock it, so taking a message does not
     /// touch the lock the reactor delivers through (lock order: mailbox, then taken).
-    taken: Padded<Mutex<VecDeque<Message>>>,
+    taken: Padded<Mutex<VecDeque<Inbound>>>,
 }
 
 impl GroupShared {
@@ -784,7 +781,7 @@ impl GroupShared {
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Message>> {
+    fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Inbound>> {
         // Queue operations cannot panic half-way.
         self.taken.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -801,7 +798,7 @@ impl GroupShared {
     }
 
     /// Appends several messages with one lock and at most one wake-up.
-    pub(crate) fn deliver_all(&self, msgs: &mut Vec<Message>) {
+    pub(crate) fn deliver_all(&self, msgs: &mut Vec<Inbound>) {
         if msgs.is_empty() {
             return;
         }
@@ -824,7 +821,7 @@ impl GroupShared {
         if mb.state != MailboxState::Open {
             return false;
         }
-        mb.queue.push_back(msg);
+        mb.queue.push_back(Inbound::Msg(msg));
         let wake = mb.waiters > 0;
         drop(mb);
         if wake {
@@ -835,7 +832,7 @@ impl GroupShared {
 
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
         // Fast path: a message an earlier call already moved out of the mailbox.
-        if let Some(m) = self.lock_taken().pop_front() {
+        if let Some(m) = take_one(&mut self.lock_taken()) {
             return Ok(Some(m));
         }
         // The deadline is computed when the first wait starts (no clock read otherwise);
@@ -855,7 +852,7 @@ impl GroupShared {
                 } else {
                     taken.extend(mb.queue.drain(..));
                 }
-                let m = taken.pop_front();
+                let m = take_one(&mut taken);
                 let more = !taken.is_empty() && mb.waiters > 0;
                 drop(taken);
                 drop(mb);
@@ -864,7 +861,7 @@ impl GroupShared {
                 }
                 return Ok(m);
             }
-            if let Some(m) = self.lock_taken().pop_front() {
+            if let Some(m) = take_one(&mut self.lock_taken()) {
                 return Ok(Some(m)); // moved there by another thread meanwhile
             }
             if mb.state == MailboxState::EngineGone {
@@ -908,6 +905,87 @@ impl GroupShared {
         };
         drop(drained); // messages return to the pool outside the lock
         self.cond.notify_all();
+    }
+}
+
+/// What a group's receive queue holds, in arrival order.
+pub(crate) enum Inbound {
+    Msg(Message),
+    Frames(Frames),
+}
+
+/// The next message of `q`: a queued one, or the next frame of a chunk decoded now.
+fn take_one(q: &mut VecDeque<Inbound>) -> Option<Message> {
+    loop {
+        let m = match q.front_mut()? {
+            Inbound::Msg(_) => match q.pop_front() {
+                Some(Inbound::Msg(m)) => Some(m),
+                _ => None,
+            },
+            Inbound::Frames(f) => {
+                let m = f.next();
+                if f.left == 0 {
+                    q.pop_front(); // the buffer goes back to the pool's spares
+                }
+                m
+            }
+        };
+        if m.is_some() {
+            return m;
+        }
+    }
+}
+
+/// Frames received whole on one channel, copied back to back by the reactor and decoded by
+/// the application thread that takes them (see `Connection::take_whole`): the reactor hands
+/// over one buffer instead of a message per frame, and each message is taken from the pool
+/// and given back to it by the same thread. Only the frames' bytes cross between threads.
+///
+/// Every frame counts as held by the application (see `Pool::for_receive`) from delivery
+/// until its message is given back; frames dropped undecoded (a destroyed group) are
+/// released at once.
+pub(crate) struct Frames {
+    bytes: Vec<u8>,
+    pos: usize,
+    left: usize,
+    /// The receiving channel's number (frames carry the sender's).
+    channel: u16,
+    home: Arc<crate::pool::PoolShared>,
+}
+
+impl Frames {
+    /// `count` whole frames in `bytes`, received on `channel`; counted as held at once.
+    pub(crate) fn new(pool: &Pool, bytes: Vec<u8>, count: usize, channel: u16) -> Frames {
+        pool.hold_n(count);
+        Frames {
+            bytes,
+            pos: 0,
+            left: count,
+            channel,
+            home: pool.home(),
+        }
+    }
+
+    /// The next frame as a message of the pool (sanitised as every received frame is).
+    fn next(&mut self) -> Option<Message> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = crate::wire::frame_len(&self.bytes[self.pos..]);
+        let mut m = self.home.message();
+        crate::wire::decode_own(&self.bytes[self.pos..self.pos + len], &mut m);
+        m.header.channel = self.channel;
+        m.held = true; // counted at delivery; released when given back
+        self.pos += len;
+        self.left -= 1;
+        Some(m)
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        self.home.release_n(self.left);
+        self.home.buffers.put(std::mem::take(&mut self.bytes));
     }
 }
 

@@ -99,6 +99,28 @@ impl Connection {
         self.0.receive(input, supply, deliver).map(RecvStop::from)
     }
 
+    /// `receive`, handing whole frames of at most `max_len` bytes to `take` as bytes (up to
+    /// `allowed` at a time) wherever the stream is at a frame boundary, as the reactor does.
+    pub fn receive_with(
+        &mut self,
+        input: &[u8],
+        supply: &mut dyn FnMut() -> Option<Message>,
+        deliver: &mut dyn FnMut(Message),
+        max_len: usize,
+        allowed: usize,
+        take: &mut dyn FnMut(&[u8], usize),
+    ) -> Result<RecvStop, DecodeError> {
+        let allowed = move || allowed;
+        let whole = protocol::Whole {
+            max_len,
+            allowed: &allowed,
+            take,
+        };
+        self.0
+            .receive_with(input, supply, deliver, Some(whole))
+            .map(RecvStop::from)
+    }
+
     /// Continues decoding stashed bytes after starvation.
     pub fn resume(
         &mut self,

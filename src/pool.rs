@@ -110,6 +110,7 @@ impl Pool {
             on_refill: OnceLock::new(),
             created: AtomicU64::new(0),
             held: Padded::new(AtomicUsize::new(0)),
+            buffers: Padded::new(Buffers::default()),
         });
         {
             let mut free = shared.lock();
@@ -260,6 +261,24 @@ impl Pool {
         self.shared.held.load(Ordering::SeqCst) < self.shared.max || !self.is_empty()
     }
 
+    /// The pool's spare byte buffers.
+    pub(crate) fn buffers(&self) -> &Buffers {
+        &self.shared.buffers
+    }
+
+    /// Counts `n` received frames as held by the application before they are messages
+    /// (delivered in a chunk the application decodes, see `Frames` in `src/engine.rs`).
+    pub(crate) fn hold_n(&self, n: usize) {
+        if n > 0 {
+            self.shared.held.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
+    /// The state every handle and pooled message of this pool refers to.
+    pub(crate) fn home(&self) -> Arc<PoolShared> {
+        Arc::clone(&self.shared)
+    }
+
     /// Received frames the application holds now.
     pub fn held(&self) -> usize {
         self.shared.held.load(Ordering::SeqCst)
@@ -315,6 +334,69 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Capacity of a new byte buffer (it grows as it is filled).
+const BUFFER_FIRST: usize = 4096;
+/// Byte buffers a pool keeps for reuse.
+const BUFFERS_MAX: usize = 32;
+/// Larger buffers are freed instead of kept (chunks hold about 64 KiB, runs at most 256 KiB
+/// and a frame).
+const BUFFER_KEEP_MAX: usize = 512 * 1024;
+
+/// An engine's spare byte buffers: runs of frames that posting threads encode (see
+/// `Outbound` in `src/channels.rs`) and chunks of received frames that applications decode
+/// (see `Frames` in `src/engine.rs`). Taken and given back once per batch, not per message.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Buffers {
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        // Push and pop only: a panic cannot leave the list inconsistent.
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty buffer: a spare one, else a new one.
+    pub(crate) fn get(&self) -> Vec<u8> {
+        self.lock()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUFFER_FIRST))
+    }
+
+    /// Keeps `b` for reuse (up to a bound).
+    pub(crate) fn put(&self, b: Vec<u8>) {
+        if b.capacity() == 0 || b.capacity() > BUFFER_KEEP_MAX {
+            return;
+        }
+        let mut free = self.lock();
+        if free.len() < BUFFERS_MAX {
+            let mut b = b;
+            b.clear();
+            free.push(b);
+        }
+    }
+
+    /// Keeps buffers for reuse (up to a bound); `bufs` is left empty.
+    pub(crate) fn put_all(&self, bufs: &mut Vec<Vec<u8>>) {
+        if bufs.is_empty() {
+            return;
+        }
+        let mut free = self.lock();
+        for mut b in bufs.drain(..) {
+            if free.len() < BUFFERS_MAX && b.capacity() > 0 && b.capacity() <= BUFFER_KEEP_MAX {
+                b.clear();
+                free.push(b);
+            }
+        }
+    }
+
+    /// Buffers kept now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// A free message: its buffers and a reference to the pool it belongs to. Taking it out
 /// and putting it back moves that reference along, so the pool's reference count (a cache
 /// line every thread would otherwise write per message) stays still.
@@ -353,6 +435,8 @@ pub(crate) struct PoolShared {
     created: AtomicU64,
     /// Received frames the application holds (see `Pool::for_receive`).
     held: Padded<AtomicUsize>,
+    /// Spare byte buffers.
+    pub(crate) buffers: Padded<Buffers>,
 }
 
 impl PoolShared {
@@ -391,6 +475,25 @@ impl PoolShared {
     pub(crate) fn release(&self) {
         self.held.fetch_sub(1, Ordering::SeqCst);
         self.after_refill();
+    }
+
+    /// `n` held frames were given back at once.
+    pub(crate) fn release_n(&self, n: usize) {
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::SeqCst);
+            self.after_refill();
+        }
+    }
+
+    /// A message of this pool: a spare one, else a new one (as [`Pool::message`]).
+    pub(crate) fn message(self: &Arc<PoolShared>) -> Message {
+        if let Some(spare) = self.lock().spares.pop() {
+            return spare.into_message();
+        }
+        self.created.fetch_add(1, Ordering::Relaxed);
+        let mut m = Message::new();
+        m.home = Some(Arc::clone(self));
+        m
     }
 
     fn after_refill(&self) {

@@ -97,6 +97,8 @@ pub(crate) struct Progress {
 pub(crate) const COPY_MAX: usize = 2048;
 /// Bytes [`Connection::gather`] stages at most per call.
 pub(crate) const STAGE_CAP: usize = 64 * 1024;
+/// Bytes of whole frames [`Connection::take_whole`] hands over at most at once.
+pub(crate) const CHUNK_CAP: usize = 64 * 1024;
 /// Slices [`Connection::gather`] offers at most per call.
 const GATHER_ITEMS: usize = 64;
 
@@ -105,6 +107,16 @@ const GATHER_ITEMS: usize = 64;
 enum Item<'a> {
     Staged(usize),
     Direct(&'a [u8]),
+}
+
+/// Where [`Connection::receive_with`] hands whole small frames as bytes.
+pub(crate) struct Whole<'a> {
+    /// Longest frame handed over.
+    pub(crate) max_len: usize,
+    /// How many frames may be handed over now (0: decode them instead).
+    pub(crate) allowed: &'a dyn Fn() -> usize,
+    /// Takes `frames` whole frames encoded back to back.
+    pub(crate) take: &'a mut dyn FnMut(&[u8], usize),
 }
 
 /// What [`Connection::receive`] stopped on.
@@ -427,13 +439,38 @@ impl Connection {
     /// stashed until [`resume`](Self::resume).
     pub(crate) fn receive(
         &mut self,
+        input: &[u8],
+        supply: &mut dyn FnMut() -> Option<Message>,
+        deliver: &mut dyn FnMut(Message),
+    ) -> Result<RecvStop, DecodeError> {
+        self.receive_with(input, supply, deliver, None)
+    }
+
+    /// [`receive`](Self::receive), handing whole small frames to `whole` as bytes wherever
+    /// the stream is at a frame boundary (see [`take_whole`](Self::take_whole)); the other
+    /// frames are decoded into messages as by `receive`. Order is kept: `whole.take` and
+    /// `deliver` are called in stream order.
+    pub(crate) fn receive_with(
+        &mut self,
         mut input: &[u8],
         supply: &mut dyn FnMut() -> Option<Message>,
         deliver: &mut dyn FnMut(Message),
+        mut whole: Option<Whole<'_>>,
     ) -> Result<RecvStop, DecodeError> {
         while !input.is_empty() {
             if self.bye_received {
                 return Ok(RecvStop::ByeResponse);
+            }
+            if let Some(w) = whole.as_mut() {
+                let k = (w.allowed)();
+                if k > 0 {
+                    let (used, n) = self.take_whole(input, k, w.max_len);
+                    if n > 0 {
+                        (w.take)(&input[..used], n);
+                        input = &input[used..];
+                        continue;
+                    }
+                }
             }
             let p = self.decoder.decode(input, supply)?;
             input = &input[p.consumed..];
@@ -450,6 +487,45 @@ impl Connection {
         } else {
             RecvStop::Drained
         })
+    }
+
+    /// How many bytes of whole frames at the start of `input` the application may decode
+    /// itself (see `Frames` in `src/engine.rs`), and how many frames they are: at most
+    /// `max_frames`, each at most `max_len` bytes, together at most [`CHUNK_CAP`] bytes
+    /// (the first frame aside). Only at a frame boundary with nothing
+    /// stashed; stops before an incomplete frame, a ByeResponse and an undefined opCode (left
+    /// to [`receive`](Self::receive), which applies their rules). The caller copies the bytes
+    /// and feeds the rest of `input` to `receive`.
+    pub(crate) fn take_whole(
+        &mut self,
+        input: &[u8],
+        max_frames: usize,
+        max_len: usize,
+    ) -> (usize, usize) {
+        if self.bye_received || self.decoder.is_mid_frame() || !self.stash.is_empty() {
+            return (0, 0);
+        }
+        let (mut pos, mut n) = (0, 0);
+        while n < max_frames {
+            let Some(head) = input[pos..].first_chunk::<HEADER_LEN>() else {
+                break;
+            };
+            let h = FrameHeader::parse(head);
+            match OpCode::try_from(h.opcode_bits()) {
+                Ok(OpCode::ByeResponse) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let len = HEADER_LEN + h.payload_len();
+            if len > max_len || pos + len > input.len() || (n > 0 && pos + len > CHUNK_CAP) {
+                break;
+            }
+            if self.first_id.is_none() {
+                self.first_id = Some(h.message_id);
+            }
+            pos += len;
+            n += 1;
+        }
+        (pos, n)
     }
 
     /// Continues decoding stashed bytes after starvation.

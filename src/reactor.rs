@@ -16,6 +16,7 @@
 //!
 //! Nothing here depends on the platform or the backend: the [`Poller`] hides both.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
@@ -24,17 +25,22 @@ use std::time::{Duration, Instant};
 
 use crate::address::Address;
 use crate::channels::{unpend, Pending, SendState};
-use crate::engine::{channel_closed_signal, pool_empty_signal, Command, GroupShared, Shared};
+use crate::engine::{
+    channel_closed_signal, pool_empty_signal, Command, Frames, GroupShared, Inbound, Shared,
+};
 use crate::intmap::IntMap;
 use crate::message::{Message, OpCode, Origin};
 use crate::net::{Listener, Stream};
 use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
-use crate::protocol::{Connection, RecvStop, COPY_MAX, STAGE_CAP};
+use crate::protocol::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP};
 use crate::status::Status;
 use crate::wire::encoded_len;
 
 /// Size of the one read buffer all channels share.
 const READ_BUF_LEN: usize = 256 * 1024;
+/// Frames up to this length received whole are decoded by the application thread (see
+/// `Frames`); longer ones by the reactor, straight into pooled messages.
+const WHOLE_MAX: usize = crate::channels::ENCODE_MAX;
 /// Most reads of one channel per readiness event (fairness between channels).
 const READS_PER_EVENT: usize = 8;
 /// Most accepts of one listener per readiness event.
@@ -789,13 +795,36 @@ impl Reactor {
                     break;
                 }
             };
-            let r = io
-                .conn
-                .receive(&self.read_buf[..n], &mut supply, &mut |mut m| {
+            let out = RefCell::new((&mut *deliveries, &mut self.outbox));
+            let group = &ch.group;
+            let allowed = || pool.max().saturating_sub(pool.held() + pending.get());
+            // Small frames received whole go to the application as chunks it decodes itself
+            // (see `Frames`), as many as it may still hold; after the messages before them.
+            let mut take = |bytes: &[u8], k: usize| {
+                let (d, o) = &mut *out.borrow_mut();
+                pool.hold_all(d);
+                pending.set(0);
+                o.extend(group, d);
+                let mut chunk = pool.buffers().get();
+                chunk.reserve(bytes.len());
+                chunk.extend_from_slice(bytes);
+                o.push_frames(group, Frames::new(pool, chunk, k, number));
+            };
+            let whole = Whole {
+                max_len: WHOLE_MAX,
+                allowed: &allowed,
+                take: &mut take,
+            };
+            let r = io.conn.receive_with(
+                &self.read_buf[..n],
+                &mut supply,
+                &mut |mut m| {
                     m.header.channel = number;
                     pending.set(pending.get() + 1);
-                    deliveries.push(m);
-                });
+                    out.borrow_mut().0.push(m);
+                },
+                Some(whole),
+            );
             match r {
                 // A short read almost always means the socket is drained; level-triggered
                 // readiness (or a re-armed one-shot poll) reports any rest. After a hang-up,
@@ -929,7 +958,7 @@ impl Reactor {
         for (group, msg, status) in w.refused.drain(..) {
             hand_back(&mut self.outbox, &group, msg, status);
         }
-        self.shared.run_buffers.put_all(&mut w.spent);
+        self.shared.pool.buffers().put_all(&mut w.spent);
         if w.sent.is_empty() {
             return;
         }
@@ -1112,13 +1141,13 @@ fn hand_back(outbox: &mut Outbox, group: &Arc<GroupShared>, mut msg: Message, st
 /// once per channel event. Order within a group is the order of production.
 #[derive(Default)]
 struct Outbox {
-    groups: Vec<(Arc<GroupShared>, Vec<Message>)>,
+    groups: Vec<(Arc<GroupShared>, Vec<Inbound>)>,
     /// Emptied queues kept for reuse.
-    spare: Vec<Vec<Message>>,
+    spare: Vec<Vec<Inbound>>,
 }
 
 impl Outbox {
-    fn queue(&mut self, group: &Arc<GroupShared>) -> &mut Vec<Message> {
+    fn queue(&mut self, group: &Arc<GroupShared>) -> &mut Vec<Inbound> {
         let i = match self.groups.iter().rposition(|(g, _)| Arc::ptr_eq(g, group)) {
             Some(i) => i,
             None => {
@@ -1131,13 +1160,18 @@ impl Outbox {
     }
 
     fn push(&mut self, group: &Arc<GroupShared>, msg: Message) {
-        self.queue(group).push(msg);
+        self.queue(group).push(Inbound::Msg(msg));
+    }
+
+    /// Frames the application decodes itself (see `Frames`).
+    fn push_frames(&mut self, group: &Arc<GroupShared>, frames: Frames) {
+        self.queue(group).push(Inbound::Frames(frames));
     }
 
     /// Moves all of `msgs` (emptied) to `group`'s queue.
     fn extend(&mut self, group: &Arc<GroupShared>, msgs: &mut Vec<Message>) {
         if !msgs.is_empty() {
-            self.queue(group).append(msgs);
+            self.queue(group).extend(msgs.drain(..).map(Inbound::Msg));
         }
     }
 

@@ -224,3 +224,46 @@ fn send_queue_limit() {
         assert!(accepted_again, "posting resumes once the queue drains");
     });
 }
+
+/// Frames delivered to a group and never taken still count as held; destroying the group
+/// gives them back, so the engine's other groups keep receiving.
+#[test]
+fn frames_never_taken_are_released_when_their_group_goes() {
+    on_every_backend(|b| {
+        let se = engine_with_pool(b, PoolOptions { initial: 8, max: 8 });
+        let ce = engine(b);
+        let idle = se.create_group().unwrap();
+        let busy = se.create_group().unwrap();
+        let client = ce.create_group().unwrap();
+        let (a1, a2) = (tcp_loopback(), tcp_loopback());
+        listen(&idle, &a1);
+        listen(&busy, &a2);
+        let (c1, _) = connect(&client, &idle, &a1);
+        let (c2, _) = connect(&client, &busy, &a2);
+        // `idle` never reads: it ends up holding the pool's maximum.
+        for i in 1..=100 {
+            client.post(data(OpCode::Signal, c1, i, &[1; 20])).unwrap();
+        }
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while se.pool().held() < 8 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle group never filled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(idle);
+        assert_eq!(
+            se.pool().held(),
+            0,
+            "undelivered frames released with their group"
+        );
+        for i in 1..=100 {
+            client.post(data(OpCode::Signal, c2, i, &[2; 20])).unwrap();
+        }
+        for i in 1..=100 {
+            let m = recv(&busy);
+            assert_eq!((m.opcode(), m.message_id()), (OpCode::Signal, i));
+        }
+    });
+}

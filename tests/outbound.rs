@@ -73,7 +73,7 @@ fn oob_overtakes_queued_small_posts() {
         };
         let l = linked(b, &tcp_loopback(), pool);
         // Enough to fill the socket buffers, so the last ones wait in the client's queue.
-        let n = 40_000;
+        let n = 100_000;
         for i in 1..=n {
             l.client
                 .post(data(OpCode::Signal, l.c, i, &[1; 100]))
@@ -107,11 +107,12 @@ fn abort_hands_back_queued_small_posts_as_posted() {
     on_every_backend(|b| {
         for addr in transports() {
             // A server that reads almost nothing (tiny pool, never drained): the client's
-            // queue cannot empty into the socket.
+            // queue cannot empty into the socket. 10 MB are more than loopback socket
+            // buffers hold.
             let l = linked(b, &addr, PoolOptions { initial: 2, max: 2 });
             const N: u64 = 50_000;
             for i in 1..=N {
-                let mut m = data(OpCode::Signal, l.c, i, &body(i, 40));
+                let mut m = data(OpCode::Signal, l.c, i, &body(i, 200));
                 m.append_header("seq", &i.to_string()).unwrap();
                 l.client.post(m).unwrap();
             }
@@ -132,7 +133,7 @@ fn abort_hands_back_queued_small_posts_as_posted() {
                 let i = m.message_id();
                 assert_eq!(m.opcode(), OpCode::Signal);
                 assert_eq!(m.channel(), l.c);
-                assert_eq!(m.body(), &body(i, 40)[..], "content of {i} unchanged");
+                assert_eq!(m.body(), &body(i, 200)[..], "content of {i} unchanged");
                 assert_eq!(m.text_headers(), format!("seq:{i}\r\n").as_bytes());
                 returned.push(i);
             }

@@ -86,8 +86,10 @@ enum Op {
     },
     /// Append a slice of a captured Zig tofu stream.
     PeerCapture { server: bool, from: u8, len: u8 },
-    /// Read up to `len` sent bytes into `receive`, with `supply % 4` messages in the pool.
-    Read { len: u16, supply: u8 },
+    /// Read up to `len` sent bytes into `receive`, with `supply % 4` messages in the pool;
+    /// with `whole % 8 > 0`, whole frames (up to `whole % 8` at a time, of at most 40, 200 or
+    /// 5000 bytes) are handed over as bytes (`receive_with`, as the reactor does).
+    Read { len: u16, supply: u8, whole: u8 },
     /// `resume` with `supply % 4` messages in the pool.
     Resume { supply: u8 },
     /// Close: `take_unsent`, after which nothing more is written.
@@ -304,7 +306,7 @@ impl Harness {
                 let to = (from + usize::from(len)).min(s.len());
                 self.peer_send(&s[from..to]);
             }
-            Op::Read { len, supply } => self.read(usize::from(len), supply % 4),
+            Op::Read { len, supply, whole } => self.read(usize::from(len), supply % 4, whole),
             Op::Resume { supply } => self.resume(supply % 4),
             Op::TakeUnsent { reason } => self.take_unsent(Status::from_u8(reason % 32)),
         }
@@ -318,7 +320,7 @@ impl Harness {
             if self.starving {
                 self.resume(u8::MAX);
             } else if self.read < self.peer.len() {
-                self.read(usize::MAX, u8::MAX);
+                self.read(usize::MAX, u8::MAX, 0);
             } else {
                 break;
             }
@@ -532,7 +534,7 @@ impl Harness {
     }
 
     /// Like the reactor's read: only while not starving and not finished.
-    fn read(&mut self, len: usize, supply: u8) {
+    fn read(&mut self, len: usize, supply: u8, whole: u8) {
         if self.starving || self.recv_end.is_some() {
             return;
         }
@@ -540,10 +542,38 @@ impl Harness {
         let input = &self.peer[self.read..end];
         self.read = end;
         let mut pool = Supply::new(supply);
-        let delivered = &mut self.delivered;
-        let r = self
-            .conn
-            .receive(input, &mut || pool.get(), &mut |m| delivered.push(m));
+        let r = if whole % 8 == 0 {
+            let delivered = &mut self.delivered;
+            self.conn
+                .receive(input, &mut || pool.get(), &mut |m| delivered.push(m))
+        } else {
+            let allowed = usize::from(whole % 8);
+            let max_len = [40, 200, 5000, 5000][usize::from(whole >> 3) % 4];
+            let delivered = std::cell::RefCell::new(&mut self.delivered);
+            self.conn.receive_with(
+                input,
+                &mut || pool.get(),
+                &mut |m| delivered.borrow_mut().push(m),
+                max_len,
+                allowed,
+                &mut |bytes, n| {
+                    // What the application decodes: exactly `n` whole frames, none too long,
+                    // no ByeResponse (its rule is the decoder's).
+                    assert!(n >= 1 && n <= allowed, "{n} frames handed over");
+                    let frames = Decoder::decode_all(bytes).expect("whole valid frames");
+                    assert_eq!(frames.len(), n);
+                    let mut at = 0;
+                    for f in &frames {
+                        let flen = HEADER_LEN + f.text_headers().len() + f.body().len();
+                        assert!(flen <= max_len, "frame too long");
+                        assert_ne!(f.opcode(), OpCode::ByeResponse);
+                        at += flen;
+                    }
+                    assert_eq!(at, bytes.len(), "only whole frames");
+                    delivered.borrow_mut().extend(frames);
+                },
+            )
+        };
         self.after_receive(r, &pool);
     }
 
