@@ -301,11 +301,18 @@ pub struct ChannelGroup {
 impl ChannelGroup {
     /// Validates `msg` (see [`Message::validate_for_post`]) and queues it for the reactor.
     ///
+    /// A Request, Response or Signal without `oob` whose frame is at most 4 KiB is encoded
+    /// by the calling thread into its channel's queue, and the message returns to the pool
+    /// at once: the reactor writes the queued frames in one system call without copying
+    /// them. Should the channel close before they are written, they come back through
+    /// `wait_receive` decoded into messages with the same content. Other messages (bye-type,
+    /// `oob`, larger ones) are queued whole, in the same order.
+    ///
     /// A Request, Response or Signal for an idle channel (nothing queued) posted while the
     /// reactor sleeps is written by the calling thread instead: one non-blocking write, and
-    /// the message returns to the pool. At most one post per reactor sleep does so, so a
-    /// stream of posts is still written in batches by the reactor. See
-    /// [`EngineStats::direct_writes`].
+    /// the message returns to the pool. At most one post per reactor sleep does so, and none
+    /// after the reactor wrote more than one frame since it woke, so a stream of posts is
+    /// still written in batches by the reactor. See [`EngineStats::direct_writes`].
     ///
     /// Returns the header as posted: the channel number (new for Hello/Welcome requests) and
     /// the message_id. Success means "accepted" (queued, or written), not "delivered": every
@@ -481,6 +488,10 @@ impl ChannelGroup {
     }
 
     /// Waits for the next message: `timeout` `None` waits forever, `Some(ZERO)` polls once.
+    ///
+    /// Small frames a peer sent are handed to the group as bytes and decoded here, on the
+    /// calling thread, into a message of the engine's pool (see the README's architecture
+    /// notes); the result is the same message either way.
     ///
     /// `Ok(None)` means the timeout passed. `Err(ShutdownStarted)` means the group was
     /// destroyed, or the engine is gone and every queued message has been taken.
