@@ -6,6 +6,7 @@
 //! steady state neither the application nor the engine allocates per message. When the pool
 //! already holds `max` messages, a returned message is freed instead.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -65,6 +66,12 @@ pub enum Allocation {
 
 /// A thread-safe LIFO pool of messages. Cloning gives another handle to the same pool.
 ///
+/// Each thread keeps the last message it gave back at hand (one per thread, within `max`)
+/// and takes it first: a thread that takes and gives back in turn, as one posting small
+/// messages or receiving small frames does, then touches no lock. [`len`](Self::len)
+/// counts the calling thread's spare but not other threads'; a thread's spare goes back to
+/// the pool when the thread ends.
+///
 /// Once the last handle is dropped the pool frees what it holds, and messages still out are
 /// freed when they are dropped.
 pub struct Pool {
@@ -88,9 +95,12 @@ impl Drop for Pool {
             let spares = {
                 let mut free = self.shared.lock();
                 free.closed = true;
+                self.shared.closed.store(true, Ordering::SeqCst);
                 std::mem::take(&mut free.spares)
             };
             drop(spares);
+            drop(take_slot(&self.shared)); // this thread's; other threads' go when replaced
+            self.shared.buffers.clear();
         }
     }
 }
@@ -111,6 +121,8 @@ impl Pool {
             created: AtomicU64::new(0),
             held: Padded::new(AtomicUsize::new(0)),
             buffers: Padded::new(Buffers::default()),
+            closed: AtomicBool::new(false),
+            count: AtomicUsize::new(0),
         });
         {
             let mut free = shared.lock();
@@ -132,6 +144,9 @@ impl Pool {
     /// Takes a message (reset to defaults) from the pool. With [`Allocation::PoolOnly`] an
     /// empty pool gives `None`; with [`Allocation::Always`] the result is always `Some`.
     pub fn get(&self, how: Allocation) -> Option<Message> {
+        if let Some(spare) = take_slot(&self.shared) {
+            return Some(spare.into_message());
+        }
         let spare = self.shared.lock().spares.pop();
         match (spare, how) {
             (Some(spare), _) => Some(spare.into_message()),
@@ -189,6 +204,12 @@ impl Pool {
     /// for the spare, so no reference count changes. True when the spare was kept.
     fn stash(&self, free: &mut Free, mut msg: Message) -> bool {
         msg.release_hold();
+        // This thread's kept spare is older than `msg`: it goes in first (LIFO).
+        if let Some(old) = take_slot(&self.shared) {
+            if !free.closed && free.spares.len() < self.shared.max {
+                free.spares.push(old);
+            }
+        }
         let home = msg.home.take();
         if free.closed || free.spares.len() >= self.shared.max {
             return false; // `msg` and `home` are dropped: the buffers are freed
@@ -292,8 +313,12 @@ impl Pool {
     }
 
     /// How many messages the pool holds now.
+    ///
+    /// Counts the message this thread keeps at hand for the pool (see [`Pool`]), not those
+    /// other threads keep.
     pub fn len(&self) -> usize {
-        self.shared.lock().spares.len()
+        let here = usize::from(slot_holds(&self.shared));
+        self.shared.lock().spares.len() + here
     }
 
     /// True when the pool holds no message.
@@ -390,6 +415,11 @@ impl Buffers {
         }
     }
 
+    /// Frees every kept buffer.
+    fn clear(&self) {
+        drop(std::mem::take(&mut *self.lock()));
+    }
+
     /// Buffers kept now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -412,6 +442,86 @@ impl Spare {
         m.home = Some(self.home);
         m
     }
+}
+
+thread_local! {
+    /// One spare message of the pool this thread gave one back to last. A thread that takes
+    /// a message and gives one back in turn (posting small messages, which return to the pool
+    /// at once; receiving small frames, decoded on the receiving thread) then takes no lock
+    /// and writes no line another thread reads. At most one message per thread and pool
+    /// beyond the pool's `max` is kept this way.
+    static SLOT: Slot = const { Slot(Cell::new(None)) };
+}
+
+/// See [`SLOT`]; what it holds when the thread ends goes back to its pool.
+struct Slot(Cell<Option<Spare>>);
+
+impl std::ops::Deref for Slot {
+    type Target = Cell<Option<Spare>>;
+    fn deref(&self) -> &Cell<Option<Spare>> {
+        &self.0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(sp) = self.0.take() {
+            PoolShared::recycle_locked(sp.home, sp.text, sp.body);
+        }
+    }
+}
+
+/// This thread's kept spare, if it belongs to `shared`.
+fn take_slot(shared: &Arc<PoolShared>) -> Option<Spare> {
+    SLOT.try_with(|s| {
+        let spare = s.take()?;
+        if Arc::ptr_eq(&spare.home, shared) {
+            Some(spare)
+        } else {
+            s.set(Some(spare));
+            None
+        }
+    })
+    .ok()
+    .flatten()
+}
+
+/// The locked free list; publishes its length (`PoolShared::count`) when unlocked.
+struct FreeGuard<'a> {
+    free: MutexGuard<'a, Free>,
+    count: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for FreeGuard<'_> {
+    type Target = Free;
+    fn deref(&self) -> &Free {
+        &self.free
+    }
+}
+
+impl std::ops::DerefMut for FreeGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Free {
+        &mut self.free
+    }
+}
+
+impl Drop for FreeGuard<'_> {
+    fn drop(&mut self) {
+        self.count.store(self.free.spares.len(), Ordering::Relaxed);
+    }
+}
+
+/// True when this thread keeps a spare of `shared`.
+fn slot_holds(shared: &Arc<PoolShared>) -> bool {
+    SLOT.try_with(|s| {
+        let spare = s.take();
+        let mine = spare
+            .as_ref()
+            .is_some_and(|sp| Arc::ptr_eq(&sp.home, shared));
+        s.set(spare);
+        mine
+    })
+    .unwrap_or(false)
 }
 
 /// The free list.
@@ -437,21 +547,55 @@ pub(crate) struct PoolShared {
     held: Padded<AtomicUsize>,
     /// Spare byte buffers.
     pub(crate) buffers: Padded<Buffers>,
+    /// The last handle is gone (`Free::closed`, readable without the lock).
+    closed: AtomicBool,
+    /// Spares in the free list, as of the last unlock (read without the lock).
+    count: AtomicUsize,
 }
 
 impl PoolShared {
-    fn lock(&self) -> MutexGuard<'_, Free> {
+    fn lock(&self) -> FreeGuard<'_> {
         // A panic while holding this lock cannot leave the list inconsistent (push/pop
         // only), so a poisoned lock is still usable.
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
+        FreeGuard {
+            free: self.free.lock().unwrap_or_else(|p| p.into_inner()),
+            count: &self.count,
+        }
     }
 
     /// Takes back the buffers of a dropped message of this pool (`home`), or frees them
     /// when the pool is full or closed.
     pub(crate) fn recycle(home: Arc<PoolShared>, mut text: Vec<u8>, mut body: Vec<u8>) {
+        // This thread keeps it at hand unless the pool is closed or someone waits for a
+        // refill (the pool itself must see it then).
+        if !home.closed.load(Ordering::Relaxed)
+            && !home.empty_was_returned.load(Ordering::Relaxed)
+            && home.count.load(Ordering::Relaxed) < home.max
+        {
+            text.clear();
+            body.clear();
+            let mut spare = Some(Spare { text, body, home });
+            match SLOT.try_with(|s| s.replace(spare.take())) {
+                Ok(None) => return,
+                // The one it replaces goes to its own pool.
+                Ok(Some(old)) => return Self::recycle_locked(old.home, old.text, old.body),
+                // The thread is ending and its slot is gone: the pool takes it.
+                Err(_) => {
+                    let Some(sp) = spare else { return };
+                    return Self::recycle_locked(sp.home, sp.text, sp.body);
+                }
+            }
+        }
+        Self::recycle_locked(home, text, body)
+    }
+
+    /// [`recycle`](Self::recycle) into the shared list.
+    fn recycle_locked(home: Arc<PoolShared>, mut text: Vec<u8>, mut body: Vec<u8>) {
+        // The spare this thread keeps for the pool counts toward its `max` as well.
+        let at_hand = usize::from(slot_holds(&home));
         let kept = {
             let mut free = home.lock();
-            if free.closed || free.spares.len() >= home.max {
+            if free.closed || free.spares.len() + at_hand >= home.max {
                 false // dropping the buffers frees them
             } else {
                 text.clear();
@@ -487,6 +631,9 @@ impl PoolShared {
 
     /// A message of this pool: a spare one, else a new one (as [`Pool::message`]).
     pub(crate) fn message(self: &Arc<PoolShared>) -> Message {
+        if let Some(spare) = take_slot(self) {
+            return spare.into_message();
+        }
         if let Some(spare) = self.lock().spares.pop() {
             return spare.into_message();
         }
@@ -548,6 +695,33 @@ mod tests {
         drop((a, b, c));
         assert_eq!(Arc::strong_count(&pool.shared), 4);
         assert_eq!(pool.len(), 3);
+    }
+
+    #[test]
+    fn a_thread_keeps_one_spare_at_hand_within_max() {
+        let pool = Pool::new(PoolOptions { initial: 2, max: 3 });
+        // Take and give back in turn: the same message comes back each time.
+        let m = pool.message();
+        let p = m.body().as_ptr();
+        drop(m);
+        assert_eq!(pool.len(), 2, "the one at hand counts");
+        for _ in 0..10 {
+            let m = pool.message();
+            assert_eq!(m.body().as_ptr(), p, "the spare at hand first");
+            drop(m);
+        }
+        // Never more than `max` in all.
+        let msgs: Vec<Message> = (0..6).map(|_| pool.message()).collect();
+        drop(msgs);
+        assert_eq!(pool.len(), 3);
+        // Another thread's spare is its own: it does not show here, and it returns to the
+        // pool when that thread ends.
+        let other = pool.clone();
+        std::thread::spawn(move || drop(other.message()))
+            .join()
+            .unwrap();
+        assert_eq!(pool.len(), 3);
+        assert_eq!(pool.created(), 6, "nothing allocated for the round trips");
     }
 
     #[test]
