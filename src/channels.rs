@@ -8,8 +8,8 @@
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::intmap::IntMap;
 use std::hash::BuildHasher;
@@ -17,6 +17,7 @@ use std::hash::BuildHasher;
 use crate::message::{Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
 use crate::net::Stream;
 use crate::pool::Buffers;
+use crate::status::Error;
 use crate::wire::{encoded_len, FrameHeader};
 
 /// How many released numbers are kept out of circulation.
@@ -55,6 +56,13 @@ pub(crate) struct Outbound {
     items: VecDeque<Pending>,
     /// The channel is closing or gone: nothing more is accepted.
     closed: bool,
+    /// Posted and not yet written (here, or taken by the reactor), for the send limit and
+    /// for direct writes (which need an empty queue).
+    messages: u64,
+    bytes: u64,
+    /// The connected socket for direct writes, set by the reactor once the channel is
+    /// connected and dropped when it closes (a `SendState` may outlive its channel).
+    socket: Option<Arc<Stream>>,
 }
 
 impl Outbound {
@@ -181,11 +189,7 @@ pub(crate) fn unpend(
 #[derive(Default, Debug)]
 #[repr(align(128))]
 pub(crate) struct SendState {
-    messages: AtomicU64,
-    bytes: AtomicU64,
     gate: AtomicU8,
-    /// The connected socket, set by the reactor once the channel is connected.
-    socket: OnceLock<Arc<Stream>>,
     outbound: Mutex<Outbound>,
 }
 
@@ -195,6 +199,15 @@ pub(crate) mod gate {
     pub(crate) const OPEN: u8 = 1;
     pub(crate) const APP: u8 = 2;
     pub(crate) const HANDOVER: u8 = 3;
+}
+
+/// What [`SendState::post`] did with a message.
+pub(crate) enum Posted {
+    /// Queued for the reactor; `true` when the queue was empty (the reactor must be told).
+    Queued(bool),
+    /// Not queued: the channel is idle and the caller has the direct-write turn, so it
+    /// writes the message itself to the socket ([`SendState::write_direct`]).
+    Direct(Message, Arc<Stream>),
 }
 
 /// How a [`SendState::write_direct`] ended.
@@ -210,45 +223,33 @@ pub(crate) enum Direct {
 }
 
 impl SendState {
-    /// Counts a message in if the limits allow it.
-    pub(crate) fn try_add(&self, bytes: u64, max_messages: u64, max_bytes: u64) -> bool {
-        // Posts to one channel from several threads may overshoot by a message each; the
-        // limit is a bound on memory, not an exact count, so that is acceptable.
-        let m = self.messages.load(Ordering::Relaxed);
-        let b = self.bytes.load(Ordering::Relaxed);
-        if m >= max_messages || (m > 0 && b + bytes > max_bytes) {
-            return false;
-        }
-        self.add(1, bytes);
-        true
+    /// Counts a message the reactor gets by a command (a Hello or Welcome request, a
+    /// handed-over direct write), so the queue is not idle until it is written.
+    pub(crate) fn count(&self, bytes: u64) {
+        let mut ob = self.lock_outbound();
+        ob.messages += 1;
+        ob.bytes += bytes;
     }
 
-    pub(crate) fn add(&self, messages: u64, bytes: u64) {
-        // SeqCst pairs with the load in `write_direct` (see there).
-        self.messages.fetch_add(messages, Ordering::SeqCst);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
+    /// `messages` frames of `bytes` bytes were written or handed back.
     pub(crate) fn sub(&self, messages: u64, bytes: u64) {
-        self.messages.fetch_sub(messages, Ordering::Relaxed);
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let mut ob = self.lock_outbound();
+        ob.messages = ob.messages.saturating_sub(messages);
+        ob.bytes = ob.bytes.saturating_sub(bytes);
     }
 
     /// Messages currently counted.
     #[cfg(test)]
     pub(crate) fn messages(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
-    }
-
-    /// True when a direct write could be tried: nothing queued and the gate open.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.messages.load(Ordering::Relaxed) == 0
-            && self.gate.load(Ordering::Relaxed) == gate::OPEN
+        self.lock_outbound().messages
     }
 
     /// Gives the socket for direct writes (once, when the channel is connected).
     pub(crate) fn set_socket(&self, socket: Arc<Stream>) {
-        let _ = self.socket.set(socket);
+        let mut ob = self.lock_outbound();
+        if !ob.closed && ob.socket.is_none() {
+            ob.socket = Some(socket);
+        }
     }
 
     /// The reactor takes the gate before writing. True when it holds it (it was `OPEN` or
@@ -294,15 +295,54 @@ impl SendState {
         self.outbound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a post for the reactor: encoded into a run when [`encodable`], else whole (see
-    /// [`Outbound`]). True when the queue was empty, so the reactor must be told to take it.
-    /// Hands the message back when the channel is closing or gone.
-    pub(crate) fn push(&self, mut msg: Message, bufs: &Buffers) -> Result<bool, Message> {
+    /// Takes a post: when `direct` is allowed for it, the queue is empty, the gate open and
+    /// `turn` grants the direct-write turn, the caller writes it itself ([`Posted::Direct`]);
+    /// otherwise it is queued for the reactor within `limit` (messages, bytes; a message is
+    /// always accepted by an empty queue), encoded into a run when [`encodable`], else
+    /// whole (see [`Outbound`]). Fails with `InvalidChannelNumber` when the channel is
+    /// closing or gone and `SendQueueFull` at the limit, handing the message back.
+    pub(crate) fn post(
+        &self,
+        mut msg: Message,
+        limit: (u64, u64),
+        direct: bool,
+        turn: impl FnOnce() -> bool,
+        bufs: &Buffers,
+    ) -> Result<Posted, (Error, Message)> {
+        let mut ob = self.lock_outbound();
+        if ob.closed {
+            return Err((Error::InvalidChannelNumber, msg));
+        }
+        if direct && ob.messages == 0 && self.gate.load(Ordering::Relaxed) == gate::OPEN {
+            if let Some(socket) = ob.socket.as_ref().filter(|_| turn()) {
+                return Ok(Posted::Direct(msg, Arc::clone(socket)));
+            }
+        }
+        let len = encoded_len(&msg) as u64;
+        if ob.messages >= limit.0 || (ob.messages > 0 && ob.bytes + len > limit.1) {
+            return Err((Error::SendQueueFull, msg));
+        }
         msg.release_hold(); // the application gave it to the engine
+        ob.messages += 1;
+        ob.bytes += len;
+        Ok(Posted::Queued(Self::queue(ob, msg, bufs)))
+    }
+
+    /// Queues a message without the limit check (a direct write that did not happen: the
+    /// queue was empty a moment ago). Hands it back when the channel is closing or gone.
+    pub(crate) fn push(&self, mut msg: Message, bufs: &Buffers) -> Result<bool, Message> {
         let mut ob = self.lock_outbound();
         if ob.closed {
             return Err(msg);
         }
+        msg.release_hold(); // the application gave it to the engine
+        ob.messages += 1;
+        ob.bytes += encoded_len(&msg) as u64;
+        Ok(Self::queue(ob, msg, bufs))
+    }
+
+    /// Appends `msg` (counted) to the locked queue; true when the queue was empty.
+    fn queue(mut ob: MutexGuard<'_, Outbound>, msg: Message, bufs: &Buffers) -> bool {
         let was_empty = ob.is_empty();
         if encodable(&msg) {
             ob.encode(&msg, bufs);
@@ -311,7 +351,7 @@ impl SendState {
         } else {
             ob.items.push_back(Pending::Message(msg));
         }
-        Ok(was_empty)
+        was_empty
     }
 
     /// Moves everything queued to `into` (the reactor takes it).
@@ -324,15 +364,13 @@ impl SendState {
     pub(crate) fn close_outbound(&self, into: &mut VecDeque<Pending>) {
         let mut ob = self.lock_outbound();
         ob.closed = true;
+        ob.socket = None;
         ob.take(into);
     }
 
     /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).
     /// Never blocks: the socket is non-blocking.
-    pub(crate) fn write_direct(&self, msg: Message) -> Direct {
-        let Some(socket) = self.socket.get() else {
-            return Direct::NotTaken(msg);
-        };
+    pub(crate) fn write_direct(&self, msg: Message, socket: &Stream) -> Direct {
         if self
             .gate
             .compare_exchange(gate::OPEN, gate::APP, Ordering::SeqCst, Ordering::Relaxed)
@@ -360,10 +398,10 @@ impl SendState {
                 self.gate.store(gate::OPEN, Ordering::SeqCst);
                 // A post queued while the gate was taken found it closed and left the
                 // writing to the reactor, which could not take the gate either: ask it to
-                // flush. (Its count was added before the reactor looked at the gate, and
-                // that look came before the store above, so this load sees it.)
+                // flush. (A post either counted its message before this lock, or takes the
+                // lock after it and finds the gate open.)
                 Direct::Written {
-                    flush: self.messages.load(Ordering::SeqCst) > 0,
+                    flush: self.lock_outbound().messages > 0,
                 }
             }
             Ok(n) => {
@@ -508,20 +546,84 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backlog_limits() {
+    fn send_limit_counts_until_written() {
         let b = SendState::default();
+        let bufs = Buffers::default();
+        let post = |id, len, limit| {
+            b.post(data(OpCode::Signal, id, len), limit, false, || false, &bufs)
+                .map(|_| ())
+                .map_err(|(e, m)| (e, m.message_id()))
+        };
         // An empty queue takes one message whatever its size.
-        assert!(b.try_add(1_000_000, 3, 100));
-        assert!(!b.try_add(1, 3, 100), "bytes over the limit");
-        b.sub(1, 1_000_000);
+        assert_eq!(post(1, 100_000, (3, 100)), Ok(()));
+        assert_eq!(
+            post(2, 1, (3, 100)),
+            Err((Error::SendQueueFull, 2)),
+            "bytes over the limit"
+        );
+        b.sub(1, encoded_len(&data(OpCode::Signal, 1, 100_000)) as u64);
         assert_eq!(b.messages(), 0);
-        for _ in 0..3 {
-            assert!(b.try_add(10, 3, 100));
+        for i in 0..3 {
+            assert_eq!(post(10 + i, 10, (3, 1000)), Ok(()));
         }
-        assert!(!b.try_add(10, 3, 100), "messages at the limit");
-        b.sub(1, 10);
-        assert!(b.try_add(10, 3, 100));
+        assert_eq!(
+            post(20, 10, (3, 1000)),
+            Err((Error::SendQueueFull, 20)),
+            "messages at the limit"
+        );
+        b.sub(1, 26);
+        assert_eq!(post(21, 10, (3, 1000)), Ok(()));
         assert_eq!(b.messages(), 3);
+    }
+
+    #[test]
+    fn a_direct_write_needs_an_empty_queue_an_open_gate_and_the_turn() {
+        let b = SendState::default();
+        let bufs = Buffers::default();
+        let unlimited = (u64::MAX, u64::MAX);
+        let direct = |b: &SendState, turn: bool| {
+            let m = data(OpCode::Signal, 1, 1);
+            matches!(
+                b.post(m, unlimited, true, || turn, &bufs),
+                Ok(Posted::Direct(..))
+            )
+        };
+        let addr = crate::Address::tcp("127.0.0.1", crate::testing::free_tcp_port().unwrap());
+        let _listener = crate::net::Listener::bind(&addr).unwrap();
+        let socket = Arc::new(Stream::connect(&addr).unwrap().0);
+        let fresh = || {
+            let b = SendState::default();
+            b.set_socket(Arc::clone(&socket));
+            b
+        };
+        // Each refusal queues the message instead, so every case starts afresh.
+        assert!(
+            !direct(&b, true),
+            "the gate is closed until the reactor opens it (and no socket yet)"
+        );
+        assert_eq!(b.messages(), 1, "queued instead");
+        let b = SendState::default();
+        b.open();
+        assert!(!direct(&b, true), "no socket yet");
+        let b = fresh();
+        b.open();
+        assert!(!direct(&b, false), "no turn");
+        let b = fresh();
+        b.open();
+        assert!(direct(&b, true));
+        assert_eq!(b.messages(), 0, "a direct write is not counted");
+        b.post(data(OpCode::Signal, 2, 1), unlimited, false, || true, &bufs)
+            .ok()
+            .unwrap();
+        assert!(!direct(&b, true), "something is queued");
+        let b = fresh();
+        b.open();
+        b.close_outbound(&mut VecDeque::new());
+        assert_eq!(
+            Arc::strong_count(&socket),
+            3,
+            "a closed channel lets its socket go"
+        );
     }
 
     fn data(op: OpCode, id: u64, body: usize) -> Message {

@@ -20,13 +20,14 @@
 //!   `ShutdownStarted`; dropping the engine first is also safe (groups then report
 //!   `ShutdownStarted` once their queues are empty).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::channels::{ChannelTable, Direct};
+use crate::channels::{ChannelTable, Direct, Posted, SendState};
 use crate::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
 use crate::padded::Padded;
 use crate::poller::{Backend, Poller, Waker};
@@ -339,98 +340,129 @@ impl ChannelGroup {
         if msg.header.channel == CHANNEL_UNASSIGNED {
             return self.open(msg);
         }
-        // The channel's send state; its reference count is touched by posting threads only.
-        let send = {
-            let table = self.shared.lock_table();
-            match table.record(msg.header.channel) {
-                Some(r) if r.group == self.group.id => Arc::clone(&r.send),
-                r => {
-                    let error = match r {
-                        None => Error::InvalidChannelNumber,
-                        Some(_) => Error::InvalidMessageChannelGroup,
-                    };
-                    drop(table);
-                    msg.header.status = error.status();
-                    return Err(PostError {
-                        error,
-                        message: msg,
-                    });
-                }
-            }
-        };
         let header = msg.header;
         if msg.header.opcode == OpCode::ByeSignal && msg.header.oob {
-            // A local abort acts at once instead of waiting behind queued frames.
-            return self.submit_post(msg, false);
+            // A local abort acts at once instead of waiting behind queued frames (after the
+            // checks of the table, which the reactor makes again).
+            return match self.send_state(msg.header.channel) {
+                Ok(_) => self.submit_post(msg, false),
+                Err(error) => {
+                    msg.header.status = error.status();
+                    Err(PostError {
+                        error,
+                        message: msg,
+                    })
+                }
+            };
         }
-        let len = crate::wire::encoded_len(&msg) as u64;
+        let limit = (
+            self.shared.send_limit.messages,
+            self.shared.send_limit.bytes,
+        );
         let direct = matches!(
             msg.header.opcode,
             OpCode::Request | OpCode::Response | OpCode::Signal
-        ) && send.is_idle()
-            && self.shared.take_direct_turn();
-        if direct {
-            // A data message for an idle channel while the reactor sleeps is written right
-            // here (see `SendState`): no hand-off to the reactor and back.
-            match send.write_direct(msg) {
-                Direct::Written { flush } => {
-                    self.shared.direct_writes.fetch_add(1, Ordering::Relaxed);
-                    if flush {
-                        // Not refused unless the engine is gone, and then nothing is queued.
-                        let _ = self.shared.submit(Command::Flush {
-                            channel: header.channel,
-                        });
-                    }
-                    return Ok(header);
+        );
+        let bufs = self.shared.pool.buffers();
+        let turn = || self.shared.take_direct_turn();
+        // The channels this thread posted to lately need no lookup in the engine's table;
+        // one that closed since is looked up again (its number may be in use once more).
+        let hit = with_recent(self.group.id, header.channel, msg, |send, msg| {
+            match send.post(msg, limit, direct, turn, bufs) {
+                Ok(Posted::Direct(m, sock)) => {
+                    (Ok(Posted::Direct(m, sock)), Some(Arc::clone(send)))
                 }
-                Direct::HandOver { msg, written } => {
-                    self.shared.handovers.fetch_add(1, Ordering::Relaxed);
-                    send.add(1, len);
-                    let cmd = Command::HandOver {
-                        group: Arc::clone(&self.group),
-                        msg,
-                        written,
-                    };
-                    return self.submit_or_refuse(cmd, false);
-                }
-                // The gate closed meanwhile: queued as usual, and (the queue being empty a
-                // moment ago) without the limit check, like any post to an empty queue.
-                Direct::NotTaken(m) => {
-                    msg = m;
-                    send.add(1, len);
-                }
+                other => (other, None),
             }
-        } else {
-            let limit = &self.shared.send_limit;
-            if !send.try_add(len, limit.messages, limit.bytes) {
-                msg.header.status = Status::SendQueueFull;
+        });
+        let (outcome, send) = match hit {
+            Ok((Err((Error::InvalidChannelNumber, m)), _)) | Err(m) => {
+                let send = match self.send_state(header.channel) {
+                    Ok(send) => send,
+                    Err(error) => {
+                        let mut m = m;
+                        m.header.status = error.status();
+                        return Err(PostError { error, message: m });
+                    }
+                };
+                remember(self.group.id, header.channel, &send);
+                let turn = || self.shared.take_direct_turn();
+                (send.post(m, limit, direct, turn, bufs), Some(send))
+            }
+            Ok(x) => x,
+        };
+        let (msg, socket) = match outcome {
+            Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
+            Ok(Posted::Direct(msg, socket)) => (msg, socket),
+            Err((error, mut msg)) => {
+                msg.header.status = error.status();
                 return Err(PostError {
-                    error: Error::SendQueueFull,
+                    error,
                     message: msg,
                 });
             }
-        }
-        match send.push(msg, self.shared.pool.buffers()) {
-            Ok(false) => Ok(header),
-            Ok(true) => {
-                // The reactor takes the queue when told; the command costs no system call
-                // while it is awake. Refused only once the engine is gone, and then the
-                // channel was closed (its queue handed back) before.
-                let _ = self.shared.submit(Command::Flush {
-                    channel: header.channel,
-                });
+        };
+        let Some(send) = send else {
+            unreachable!("a direct write comes with its send state")
+        };
+        // A data message for an idle channel while the reactor sleeps is written right here
+        // (see `SendState`): no hand-off to the reactor and back.
+        match send.write_direct(msg, &socket) {
+            Direct::Written { flush } => {
+                self.shared.direct_writes.fetch_add(1, Ordering::Relaxed);
+                if flush {
+                    // Not refused unless the engine is gone, and then nothing is queued.
+                    let _ = self.shared.submit(Command::Flush {
+                        channel: header.channel,
+                    });
+                }
                 Ok(header)
             }
-            Err(mut msg) => {
-                // Closed since the table lookup: the channel is gone.
-                send.sub(1, len);
-                msg.header.status = Status::InvalidChannelNumber;
-                Err(PostError {
-                    error: Error::InvalidChannelNumber,
-                    message: msg,
-                })
+            Direct::HandOver { msg, written } => {
+                self.shared.handovers.fetch_add(1, Ordering::Relaxed);
+                send.count(crate::wire::encoded_len(&msg) as u64);
+                let cmd = Command::HandOver {
+                    group: Arc::clone(&self.group),
+                    msg,
+                    written,
+                };
+                self.submit_or_refuse(cmd, false)
             }
+            // The gate closed meanwhile: queued as usual, and (the queue being empty a
+            // moment ago) without the limit check, like any post to an empty queue.
+            Direct::NotTaken(msg) => match send.push(msg, bufs) {
+                Ok(was_empty) => self.queued(was_empty, header),
+                Err(mut msg) => {
+                    msg.header.status = Status::InvalidChannelNumber;
+                    Err(PostError {
+                        error: Error::InvalidChannelNumber,
+                        message: msg,
+                    })
+                }
+            },
         }
+    }
+
+    /// The send state of this group's live channel `ch` (one lookup in the engine's table).
+    fn send_state(&self, ch: u16) -> Result<Arc<SendState>, Error> {
+        match self.shared.lock_table().record(ch) {
+            Some(r) if r.group == self.group.id => Ok(Arc::clone(&r.send)),
+            None => Err(Error::InvalidChannelNumber),
+            Some(_) => Err(Error::InvalidMessageChannelGroup),
+        }
+    }
+
+    /// A post went to its channel's queue; the reactor is told when the queue was empty.
+    fn queued(&self, was_empty: bool, header: Header) -> Result<Header, PostError> {
+        if was_empty {
+            // The reactor takes the queue when told; the command costs no system call while
+            // it is awake. Refused only once the engine is gone, and then the channel was
+            // closed (its queue handed back) before.
+            let _ = self.shared.submit(Command::Flush {
+                channel: header.channel,
+            });
+        }
+        Ok(header)
     }
 
     /// A Hello or Welcome request: a new channel number, then the reactor opens the channel.
@@ -439,7 +471,7 @@ impl ChannelGroup {
             let mut table = self.shared.lock_table();
             let ch = table.allocate(self.group.id);
             if let Some(r) = ch.and_then(|ch| table.record(ch)) {
-                r.send.add(1, crate::wire::encoded_len(&msg) as u64);
+                r.send.count(crate::wire::encoded_len(&msg) as u64);
             }
             ch
         };
@@ -570,7 +602,54 @@ impl std::fmt::Debug for ChannelGroup {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared state between application threads and the reactor.
+// Recently used send states, per thread.
+
+/// Entries of [`RECENT`].
+const RECENT_LEN: usize = 8;
+
+/// A recently used send state: its group's process-wide id, its channel number.
+type Recent = Option<(u32, u16, Arc<SendState>)>;
+
+thread_local! {
+    /// The send states this thread posted to lately, by group id (unique in the process)
+    /// and channel number, so that a post to them takes no engine-wide lock. An entry is
+    /// only trusted while its channel's queue accepts posts: a closed one makes `post` look
+    /// the number up in the engine's table again. Stale entries keep only a small closed
+    /// `SendState` alive until they are replaced.
+    static RECENT: RefCell<[Recent; RECENT_LEN]> = const { RefCell::new([const { None }; RECENT_LEN]) };
+}
+
+/// `f(send state, msg)` if this thread used the send state of (`group`, `channel`) lately;
+/// `msg` back otherwise. (No reference count changes: `f` borrows the entry.)
+fn with_recent<R>(
+    group: u32,
+    channel: u16,
+    msg: Message,
+    f: impl FnOnce(&Arc<SendState>, Message) -> R,
+) -> Result<R, Message> {
+    let mut msg = Some(msg);
+    let r = RECENT.try_with(|r| {
+        let r = r.borrow();
+        match &r[usize::from(channel) % RECENT_LEN] {
+            Some((g, c, s)) if *g == group && *c == channel => msg.take().map(|m| f(s, m)),
+            _ => None,
+        }
+    });
+    match (r, msg) {
+        (Ok(Some(out)), _) => Ok(out),
+        (_, Some(m)) => Err(m),
+        // `f` ran and `msg` was taken: only the first arm can see that.
+        (_, None) => unreachable!("the message is either posted or handed back"),
+    }
+}
+
+/// Remembers `send` as the send state of (`group`, `channel`) for this thread.
+fn remember(group: u32, channel: u16, send: &Arc<SendState>) {
+    let _ = RECENT.try_with(|r| {
+        r.borrow_mut()[usize::from(channel) % RECENT_LEN] =
+            Some((group, channel, Arc::clone(send)));
+    });
+}
 
 /// What application threads ask of the reactor.
 pub(crate) enum Command {
