@@ -20,7 +20,7 @@
 //!   `ShutdownStarted`; dropping the engine first is also safe (groups then report
 //!   `ShutdownStarted` once their queues are empty).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -605,10 +605,11 @@ impl std::fmt::Debug for ChannelGroup {
 // Recently used send states, per thread.
 
 /// Entries of [`RECENT`].
-const RECENT_LEN: usize = 8;
+const RECENT_LEN: usize = 16;
 
-/// A recently used send state: its group's process-wide id, its channel number.
-type Recent = Option<(u32, u16, Arc<SendState>)>;
+/// A recently used send state: its group's process-wide id, its channel number, and
+/// whether it was used since the last miss on its slot.
+type Recent = Option<(u32, u16, Arc<SendState>, Cell<bool>)>;
 
 thread_local! {
     /// The send states this thread posted to lately, by group id (unique in the process)
@@ -631,7 +632,10 @@ fn with_recent<R>(
     let r = RECENT.try_with(|r| {
         let r = r.borrow();
         match &r[usize::from(channel) % RECENT_LEN] {
-            Some((g, c, s)) if *g == group && *c == channel => msg.take().map(|m| f(s, m)),
+            Some((g, c, s, used)) if *g == group && *c == channel => {
+                used.set(true);
+                msg.take().map(|m| f(s, m))
+            }
             _ => None,
         }
     });
@@ -644,10 +648,18 @@ fn with_recent<R>(
 }
 
 /// Remembers `send` as the send state of (`group`, `channel`) for this thread.
+///
+/// An entry used since the last miss on its slot gets a second chance instead of being
+/// replaced, so a thread posting round-robin to many channels does not keep evicting the
+/// few it posts to often (nor pay for the churn).
 fn remember(group: u32, channel: u16, send: &Arc<SendState>) {
     let _ = RECENT.try_with(|r| {
-        r.borrow_mut()[usize::from(channel) % RECENT_LEN] =
-            Some((group, channel, Arc::clone(send)));
+        let mut r = r.borrow_mut();
+        let slot = &mut r[usize::from(channel) % RECENT_LEN];
+        match slot {
+            Some((_, _, _, used)) if used.get() => used.set(false),
+            _ => *slot = Some((group, channel, Arc::clone(send), Cell::new(false))),
+        }
     });
 }
 
