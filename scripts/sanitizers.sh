@@ -13,7 +13,7 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   exit 0
 fi
 host=$(rustc +nightly -vV | sed -n 's/^host: //p')
-tests=(--lib --test connect --test bye --test disconnect --test lifecycle --test accounting --test backpressure)
+tests=(--lib --test connect --test bye --test disconnect --test lifecycle --test accounting --test backpressure --test outbound)
 [ "${1:-}" = --full ] && tests=(--lib --tests)
 echo "sanitizers: AddressSanitizer (${tests[*]})"
 RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" \
