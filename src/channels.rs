@@ -99,22 +99,32 @@ impl Outbound {
             _ => {
                 let mut bytes = bufs.get();
                 let _ = crate::wire::encode(msg, &mut bytes);
-                self.items.push_back(Pending::Run { bytes, frames: 1 });
+                self.push_item(Pending::Run { bytes, frames: 1 }, bufs);
             }
         }
     }
 
     /// Moves everything to `into`, in order; keeps no allocation.
-    fn take(&mut self, into: &mut VecDeque<Pending>) {
+    fn take(&mut self, into: &mut VecDeque<Pending>, bufs: &Buffers) {
         if self.run_frames > 0 {
             into.push_back(Pending::Run {
                 bytes: std::mem::take(&mut self.run),
                 frames: std::mem::take(&mut self.run_frames),
             });
         }
-        if !self.items.is_empty() {
-            into.extend(std::mem::take(&mut self.items));
+        if self.items.capacity() > 0 {
+            let mut items = std::mem::take(&mut self.items);
+            into.extend(items.drain(..));
+            bufs.put_queue(items);
         }
+    }
+
+    /// Appends an item after everything queued.
+    fn push_item(&mut self, item: Pending, bufs: &Buffers) {
+        if self.items.capacity() == 0 {
+            self.items = bufs.queue();
+        }
+        self.items.push_back(item);
     }
 }
 
@@ -349,23 +359,23 @@ impl SendState {
             drop(ob);
             drop(msg); // back to its pool, from the thread that took it
         } else {
-            ob.items.push_back(Pending::Message(msg));
+            ob.push_item(Pending::Message(msg), bufs);
         }
         was_empty
     }
 
     /// Moves everything queued to `into` (the reactor takes it).
-    pub(crate) fn take_outbound(&self, into: &mut VecDeque<Pending>) {
-        self.lock_outbound().take(into);
+    pub(crate) fn take_outbound(&self, into: &mut VecDeque<Pending>, bufs: &Buffers) {
+        self.lock_outbound().take(into, bufs);
     }
 
     /// Refuses every later post (they are handed back to their callers) and moves what is
     /// queued to `into`: the channel is closing.
-    pub(crate) fn close_outbound(&self, into: &mut VecDeque<Pending>) {
+    pub(crate) fn close_outbound(&self, into: &mut VecDeque<Pending>, bufs: &Buffers) {
         let mut ob = self.lock_outbound();
         ob.closed = true;
         ob.socket = None;
-        ob.take(into);
+        ob.take(into, bufs);
     }
 
     /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).
@@ -618,7 +628,7 @@ mod tests {
         assert!(!direct(&b, true), "something is queued");
         let b = fresh();
         b.open();
-        b.close_outbound(&mut VecDeque::new());
+        b.close_outbound(&mut VecDeque::new(), &bufs);
         assert_eq!(
             Arc::strong_count(&socket),
             3,
@@ -661,7 +671,7 @@ mod tests {
         s.push(oob, &bufs).unwrap();
         s.push(data(OpCode::Response, 6, 10), &bufs).unwrap();
         let mut got = VecDeque::new();
-        s.take_outbound(&mut got);
+        s.take_outbound(&mut got, &bufs);
         let shape: Vec<String> = got
             .iter()
             .map(|p| match p {
@@ -693,7 +703,7 @@ mod tests {
                 .unwrap();
         }
         let mut got = VecDeque::new();
-        s.take_outbound(&mut got);
+        s.take_outbound(&mut got, &bufs);
         assert!(got.len() >= 3);
         let mut frames = 0;
         for p in &got {
@@ -728,11 +738,13 @@ mod tests {
         s.push(data(OpCode::ByeRequest, 2, 0), &bufs).unwrap();
         s.push(data(OpCode::Signal, 3, 10), &bufs).unwrap();
         let mut got = VecDeque::new();
-        s.take_outbound(&mut got);
+        s.take_outbound(&mut got, &bufs);
         assert_eq!(got.len(), 3);
         let ob = s.lock_outbound();
         assert!(ob.is_empty());
         assert_eq!((ob.run.capacity(), ob.items.capacity()), (0, 0));
+        // The item queue went to the spares, for the next channel that needs one.
+        assert!(bufs.queue().capacity() > 0);
     }
 
     #[test]
@@ -741,7 +753,7 @@ mod tests {
         let bufs = Buffers::default();
         s.push(data(OpCode::Signal, 1, 10), &bufs).unwrap();
         let mut got = VecDeque::new();
-        s.close_outbound(&mut got);
+        s.close_outbound(&mut got, &bufs);
         assert_eq!(got.len(), 1, "what was queued is taken");
         let back = s.push(data(OpCode::Signal, 2, 10), &bufs).unwrap_err();
         assert_eq!(back.message_id(), 2);

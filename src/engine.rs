@@ -799,7 +799,7 @@ impl Shared {
             .collect();
         let (mut pending, mut spent) = (VecDeque::new(), Vec::new());
         for (g, send) in sends {
-            send.close_outbound(&mut pending);
+            send.close_outbound(&mut pending, self.pool.buffers());
             let msgs = crate::channels::unpend(&mut pending, &self.pool, &mut spent);
             let Some(group) = groups.iter().find(|x| x.id == g) else {
                 continue; // the group is gone: nobody to hand them to

@@ -7,9 +7,11 @@
 //! already holds `max` messages, a returned message is freed instead.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use crate::channels::Pending;
 use crate::message::Message;
 use crate::padded::Padded;
 
@@ -361,8 +363,10 @@ impl std::fmt::Debug for Pool {
 
 /// Capacity of a new byte buffer (it grows as it is filled).
 const BUFFER_FIRST: usize = 4096;
-/// Byte buffers a pool keeps for reuse.
+/// Byte buffers (and item queues) a pool keeps for reuse.
 const BUFFERS_MAX: usize = 32;
+/// Item queues with more room are freed instead of kept.
+const QUEUE_KEEP_MAX: usize = 256;
 /// Larger buffers are freed instead of kept (chunks hold about 64 KiB, runs at most 256 KiB
 /// and a frame).
 const BUFFER_KEEP_MAX: usize = 512 * 1024;
@@ -370,9 +374,14 @@ const BUFFER_KEEP_MAX: usize = 512 * 1024;
 /// An engine's spare byte buffers: runs of frames that posting threads encode (see
 /// `Outbound` in `src/channels.rs`) and chunks of received frames that applications decode
 /// (see `Frames` in `src/engine.rs`). Taken and given back once per batch, not per message.
+///
+/// It also keeps the spare item queues of channels' `Outbound`s: a channel that queues a
+/// message whole takes one, the reactor gives it back once it took the items, so an idle
+/// channel holds no queue and a busy one allocates none.
 #[derive(Default)]
 pub(crate) struct Buffers {
     free: Mutex<Vec<Vec<u8>>>,
+    queues: Mutex<Vec<VecDeque<Pending>>>,
 }
 
 impl Buffers {
@@ -415,9 +424,31 @@ impl Buffers {
         }
     }
 
-    /// Frees every kept buffer.
+    /// Frees every kept buffer and queue.
     fn clear(&self) {
         drop(std::mem::take(&mut *self.lock()));
+        drop(std::mem::take(&mut *self.lock_queues()));
+    }
+
+    fn lock_queues(&self) -> MutexGuard<'_, Vec<VecDeque<Pending>>> {
+        // Push and pop only: a panic cannot leave the list inconsistent.
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty item queue: a spare one, else a new one.
+    pub(crate) fn queue(&self) -> VecDeque<Pending> {
+        self.lock_queues().pop().unwrap_or_default()
+    }
+
+    /// Keeps an emptied item queue for reuse (up to a bound; large ones are freed).
+    pub(crate) fn put_queue(&self, q: VecDeque<Pending>) {
+        if q.capacity() == 0 || q.capacity() > QUEUE_KEEP_MAX || !q.is_empty() {
+            return;
+        }
+        let mut free = self.lock_queues();
+        if free.len() < BUFFERS_MAX {
+            free.push(q);
+        }
     }
 
     /// Buffers kept now.

@@ -408,7 +408,8 @@ impl Reactor {
             }
             Kind::Listener(_) => {
                 // Data for a listener: returned, and unlike Zig tofu the listener stays.
-                ch.send.take_outbound(&mut self.writer.pending);
+                ch.send
+                    .take_outbound(&mut self.writer.pending, self.shared.pool.buffers());
                 let (pool, group) = (&self.shared.pool, &ch.group);
                 for msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
                     ch.send.sub(1, encoded_len(&msg) as u64);
@@ -567,7 +568,7 @@ impl Reactor {
             .record(number)
             .map(|r| Arc::clone(&r.send));
         if let Some(send) = send {
-            send.close_outbound(&mut self.writer.pending);
+            send.close_outbound(&mut self.writer.pending, self.shared.pool.buffers());
             let pool = &self.shared.pool;
             for msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
                 hand_back(&mut self.outbox, &group, msg, Status::ChannelClosed);
@@ -660,7 +661,7 @@ impl Reactor {
                 Ok(true) => {
                     io.connected = true;
                     tracing::debug!(channel = number, peer = %io.stream.peer_string(), "connected");
-                    flush(ch, &mut self.writer);
+                    flush(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 Ok(false) if !failed => {}
                 Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
@@ -672,7 +673,7 @@ impl Reactor {
             Kind::Io(io) if io.starving => {
                 // No read interest (no messages to read into); writes go on.
                 if t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.writer);
+                    flush(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 if ch.closing.is_none() && failed && ch.registered {
                     // The peer is gone, but data it sent may still wait in the socket: stop
@@ -693,7 +694,7 @@ impl Reactor {
                     return;
                 };
                 if ch.closing.is_none() && t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.writer);
+                    flush(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
                     // Error or hang-up, yet no end of stream to read: the link is dead.
@@ -939,7 +940,7 @@ impl Reactor {
             let blocked = matches!(&ch.kind, Kind::Io(io) if io.write_blocked);
             if ch.closing.is_none() && !blocked {
                 // A write-blocked channel waits for SEND readiness instead of a failing writev.
-                flush(ch, &mut self.writer);
+                flush(ch, &mut self.writer, self.shared.pool.buffers());
                 touch(&mut self.touched, ch);
                 if ch.closing.is_some() {
                     self.marked.push(number);
@@ -1033,7 +1034,8 @@ impl Reactor {
         }
         // Posts still queued for the reactor come back after those it had taken; later
         // posts are refused (the channel is gone).
-        ch.send.close_outbound(&mut self.writer.pending);
+        ch.send
+            .close_outbound(&mut self.writer.pending, self.shared.pool.buffers());
         for mut msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
             if notify {
                 msg.header.origin = Origin::Engine;
@@ -1204,7 +1206,7 @@ struct Writer {
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch. First
 /// takes what posting threads queued since (see `Outbound`).
-fn flush(ch: &mut Channel, w: &mut Writer) {
+fn flush(ch: &mut Channel, w: &mut Writer, bufs: &crate::pool::Buffers) {
     if !ch.send.take_for_reactor() {
         // A posting thread is writing (it asks for a flush when done) or handing a
         // started frame over (its command follows).
@@ -1214,7 +1216,7 @@ fn flush(ch: &mut Channel, w: &mut Writer) {
     if !io.connected {
         return; // taken once connected
     }
-    ch.send.take_outbound(&mut w.pending);
+    ch.send.take_outbound(&mut w.pending, bufs);
     for p in w.pending.drain(..) {
         match p {
             Pending::Run { bytes, frames } => io.conn.enqueue_run(bytes, frames),
