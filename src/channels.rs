@@ -217,7 +217,7 @@ pub(crate) enum Posted {
     Queued(bool),
     /// Not queued: the channel is idle and the caller has the direct-write turn, so it
     /// writes the message itself to the socket ([`SendState::write_direct`]).
-    Direct(Message, Arc<Stream>),
+    Direct(Arc<Stream>),
 }
 
 /// How a [`SendState::write_direct`] ended.
@@ -305,37 +305,52 @@ impl SendState {
         self.outbound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a post: when `direct` is allowed for it, the queue is empty, the gate open and
-    /// `turn` grants the direct-write turn, the caller writes it itself ([`Posted::Direct`]);
-    /// otherwise it is queued for the reactor within `limit` (messages, bytes; a message is
-    /// always accepted by an empty queue), encoded into a run when [`encodable`], else
-    /// whole (see [`Outbound`]). Fails with `InvalidChannelNumber` when the channel is
-    /// closing or gone and `SendQueueFull` at the limit, handing the message back.
+    /// Takes the post in `slot`: when `direct` is allowed for it, the queue is empty, the
+    /// gate open and `turn` grants the direct-write turn, the caller writes it itself
+    /// ([`Posted::Direct`], the message stays in `slot`); otherwise it is queued for the
+    /// reactor within `limit` (messages, bytes; a message is always accepted by an empty
+    /// queue), encoded into a run when [`encodable`], else whole (see [`Outbound`]), and
+    /// `slot` is emptied. Fails with `InvalidChannelNumber` when the channel is closing or
+    /// gone and `SendQueueFull` at the limit, the message left in `slot`.
+    ///
+    /// (The message is passed by reference and the results are small: moving 80-byte
+    /// messages and large results through the layers of `post` cost more than the rest.)
     pub(crate) fn post(
         &self,
-        mut msg: Message,
+        slot: &mut Option<Message>,
         limit: (u64, u64),
         direct: bool,
         turn: impl FnOnce() -> bool,
         bufs: &Buffers,
-    ) -> Result<Posted, (Error, Message)> {
+    ) -> Result<Posted, Error> {
+        let Some(msg) = slot.as_mut() else {
+            unreachable!("post is given a message")
+        };
         let mut ob = self.lock_outbound();
         if ob.closed {
-            return Err((Error::InvalidChannelNumber, msg));
+            return Err(Error::InvalidChannelNumber);
         }
         if direct && ob.messages == 0 && self.gate.load(Ordering::Relaxed) == gate::OPEN {
             if let Some(socket) = ob.socket.as_ref().filter(|_| turn()) {
-                return Ok(Posted::Direct(msg, Arc::clone(socket)));
+                return Ok(Posted::Direct(Arc::clone(socket)));
             }
         }
-        let len = encoded_len(&msg) as u64;
+        let len = encoded_len(msg) as u64;
         if ob.messages >= limit.0 || (ob.messages > 0 && ob.bytes + len > limit.1) {
-            return Err((Error::SendQueueFull, msg));
+            return Err(Error::SendQueueFull);
         }
         msg.release_hold(); // the application gave it to the engine
         ob.messages += 1;
         ob.bytes += len;
-        Ok(Posted::Queued(Self::queue(ob, msg, bufs)))
+        let was_empty = ob.is_empty();
+        if encodable(msg) {
+            ob.encode(msg, bufs);
+            drop(ob);
+            *slot = None; // back to its pool, from the thread that took it
+        } else if let Some(msg) = slot.take() {
+            ob.push_item(Pending::Message(msg), bufs);
+        }
+        Ok(Posted::Queued(was_empty))
     }
 
     /// Queues a message without the limit check (a direct write that did not happen: the
@@ -560,9 +575,10 @@ mod tests {
         let b = SendState::default();
         let bufs = Buffers::default();
         let post = |id, len, limit| {
-            b.post(data(OpCode::Signal, id, len), limit, false, || false, &bufs)
+            let mut slot = Some(data(OpCode::Signal, id, len));
+            b.post(&mut slot, limit, false, || false, &bufs)
                 .map(|_| ())
-                .map_err(|(e, m)| (e, m.message_id()))
+                .map_err(|e| (e, slot.map_or(0, |m| m.message_id())))
         };
         // An empty queue takes one message whatever its size.
         assert_eq!(post(1, 100_000, (3, 100)), Ok(()));
@@ -592,9 +608,9 @@ mod tests {
         let bufs = Buffers::default();
         let unlimited = (u64::MAX, u64::MAX);
         let direct = |b: &SendState, turn: bool| {
-            let m = data(OpCode::Signal, 1, 1);
+            let mut slot = Some(data(OpCode::Signal, 1, 1));
             matches!(
-                b.post(m, unlimited, true, || turn, &bufs),
+                b.post(&mut slot, unlimited, true, || turn, &bufs),
                 Ok(Posted::Direct(..))
             )
         };
@@ -622,9 +638,15 @@ mod tests {
         b.open();
         assert!(direct(&b, true));
         assert_eq!(b.messages(), 0, "a direct write is not counted");
-        b.post(data(OpCode::Signal, 2, 1), unlimited, false, || true, &bufs)
-            .ok()
-            .unwrap();
+        b.post(
+            &mut Some(data(OpCode::Signal, 2, 1)),
+            unlimited,
+            false,
+            || true,
+            &bufs,
+        )
+        .ok()
+        .unwrap();
         assert!(!direct(&b, true), "something is queued");
         let b = fresh();
         b.open();

@@ -367,43 +367,37 @@ impl ChannelGroup {
         let turn = || self.shared.take_direct_turn();
         // The channels this thread posted to lately need no lookup in the engine's table;
         // one that closed since is looked up again (its number may be in use once more).
-        let hit = with_recent(self.group.id, header.channel, msg, |send, msg| {
-            match send.post(msg, limit, direct, turn, bufs) {
-                Ok(Posted::Direct(m, sock)) => {
-                    (Ok(Posted::Direct(m, sock)), Some(Arc::clone(send)))
-                }
-                other => (other, None),
+        let mut slot = Some(msg);
+        let hit = with_recent(self.group.id, header.channel, |send| {
+            match send.post(&mut slot, limit, direct, turn, bufs) {
+                Ok(Posted::Direct(sock)) => Ok((sock, Arc::clone(send))),
+                Ok(Posted::Queued(was_empty)) => Err(Ok(was_empty)),
+                Err(e) => Err(Err(e)),
             }
         });
-        let (outcome, send) = match hit {
-            Ok((Err((Error::InvalidChannelNumber, m)), _)) | Err(m) => {
+        let outcome = match hit {
+            Some(Err(Err(Error::InvalidChannelNumber))) | None => {
                 let send = match self.send_state(header.channel) {
                     Ok(send) => send,
-                    Err(error) => {
-                        let mut m = m;
-                        m.header.status = error.status();
-                        return Err(PostError { error, message: m });
-                    }
+                    Err(error) => return Err(refused(slot, error)),
                 };
                 remember(self.group.id, header.channel, &send);
                 let turn = || self.shared.take_direct_turn();
-                (send.post(m, limit, direct, turn, bufs), Some(send))
+                match send.post(&mut slot, limit, direct, turn, bufs) {
+                    Ok(Posted::Direct(sock)) => Ok((sock, send)),
+                    Ok(Posted::Queued(was_empty)) => Err(Ok(was_empty)),
+                    Err(e) => Err(Err(e)),
+                }
             }
-            Ok(x) => x,
+            Some(x) => x,
         };
-        let (msg, socket) = match outcome {
-            Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
-            Ok(Posted::Direct(msg, socket)) => (msg, socket),
-            Err((error, mut msg)) => {
-                msg.header.status = error.status();
-                return Err(PostError {
-                    error,
-                    message: msg,
-                });
-            }
+        let (socket, send) = match outcome {
+            Ok(direct) => direct,
+            Err(Ok(was_empty)) => return self.queued(was_empty, header),
+            Err(Err(error)) => return Err(refused(slot, error)),
         };
-        let Some(send) = send else {
-            unreachable!("a direct write comes with its send state")
+        let Some(msg) = slot else {
+            unreachable!("a direct write leaves the message to the caller")
         };
         // A data message for an idle channel while the reactor sleeps is written right here
         // (see `SendState`): no hand-off to the reactor and back.
@@ -620,31 +614,31 @@ thread_local! {
     static RECENT: RefCell<[Recent; RECENT_LEN]> = const { RefCell::new([const { None }; RECENT_LEN]) };
 }
 
-/// `f(send state, msg)` if this thread used the send state of (`group`, `channel`) lately;
-/// `msg` back otherwise. (No reference count changes: `f` borrows the entry.)
-fn with_recent<R>(
-    group: u32,
-    channel: u16,
-    msg: Message,
-    f: impl FnOnce(&Arc<SendState>, Message) -> R,
-) -> Result<R, Message> {
-    let mut msg = Some(msg);
-    let r = RECENT.try_with(|r| {
-        let r = r.borrow();
-        match &r[usize::from(channel) % RECENT_LEN] {
-            Some((g, c, s, used)) if *g == group && *c == channel => {
-                used.set(true);
-                msg.take().map(|m| f(s, m))
+/// `f(send state)` if this thread used the send state of (`group`, `channel`) lately.
+/// (No reference count changes: `f` borrows the entry.)
+fn with_recent<R>(group: u32, channel: u16, f: impl FnOnce(&Arc<SendState>) -> R) -> Option<R> {
+    RECENT
+        .try_with(|r| {
+            let r = r.borrow();
+            match &r[usize::from(channel) % RECENT_LEN] {
+                Some((g, c, s, used)) if *g == group && *c == channel => {
+                    used.set(true);
+                    Some(f(s))
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    });
-    match (r, msg) {
-        (Ok(Some(out)), _) => Ok(out),
-        (_, Some(m)) => Err(m),
-        // `f` ran and `msg` was taken: only the first arm can see that.
-        (_, None) => unreachable!("the message is either posted or handed back"),
-    }
+        })
+        .ok()
+        .flatten()
+}
+
+/// The post error for a message left in `slot` (its status set to the error's).
+fn refused(slot: Option<Message>, error: Error) -> PostError {
+    let Some(mut message) = slot else {
+        unreachable!("a refused post keeps its message")
+    };
+    message.header.status = error.status();
+    PostError { error, message }
 }
 
 /// Remembers `send` as the send state of (`group`, `channel`) for this thread.
