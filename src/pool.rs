@@ -6,7 +6,7 @@
 //! steady state neither the application nor the engine allocates per message. When the pool
 //! already holds `max` messages, a returned message is freed instead.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -481,22 +481,16 @@ thread_local! {
     /// at once; receiving small frames, decoded on the receiving thread) then takes no lock
     /// and writes no line another thread reads. At most one message per thread and pool
     /// beyond the pool's `max` is kept this way.
-    static SLOT: Slot = const { Slot(Cell::new(None)) };
+    static SLOT: Slot = const { Slot(RefCell::new(None)) };
 }
 
-/// See [`SLOT`]; what it holds when the thread ends goes back to its pool.
-struct Slot(Cell<Option<Spare>>);
-
-impl std::ops::Deref for Slot {
-    type Target = Cell<Option<Spare>>;
-    fn deref(&self) -> &Cell<Option<Spare>> {
-        &self.0
-    }
-}
+/// See [`SLOT`]; what it holds when the thread ends goes back to its pool. (Written and
+/// read in place: moving a spare through a `Cell` cost a store-forwarding stall per message.)
+struct Slot(RefCell<Option<Spare>>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(sp) = self.0.take() {
+        if let Some(sp) = self.0.get_mut().take() {
             PoolShared::recycle_locked(sp.home, sp.text, sp.body);
         }
     }
@@ -505,11 +499,10 @@ impl Drop for Slot {
 /// This thread's kept spare, if it belongs to `shared`.
 fn take_slot(shared: &Arc<PoolShared>) -> Option<Spare> {
     SLOT.try_with(|s| {
-        let spare = s.take()?;
-        if Arc::ptr_eq(&spare.home, shared) {
-            Some(spare)
+        let mut s = s.0.try_borrow_mut().ok()?;
+        if s.as_ref().is_some_and(|sp| Arc::ptr_eq(&sp.home, shared)) {
+            s.take()
         } else {
-            s.set(Some(spare));
             None
         }
     })
@@ -545,12 +538,8 @@ impl Drop for FreeGuard<'_> {
 /// True when this thread keeps a spare of `shared`.
 fn slot_holds(shared: &Arc<PoolShared>) -> bool {
     SLOT.try_with(|s| {
-        let spare = s.take();
-        let mine = spare
-            .as_ref()
-            .is_some_and(|sp| Arc::ptr_eq(&sp.home, shared));
-        s.set(spare);
-        mine
+        s.0.try_borrow()
+            .is_ok_and(|s| s.as_ref().is_some_and(|sp| Arc::ptr_eq(&sp.home, shared)))
     })
     .unwrap_or(false)
 }
@@ -605,17 +594,20 @@ impl PoolShared {
         {
             text.clear();
             body.clear();
-            let mut spare = Some(Spare { text, body, home });
-            match SLOT.try_with(|s| s.replace(spare.take())) {
-                Ok(None) => return,
+            let mut parts = Some((text, body, home));
+            let old = SLOT.try_with(|s| {
+                let mut s = s.0.try_borrow_mut().ok()?;
+                let (text, body, home) = parts.take()?;
+                s.replace(Spare { text, body, home })
+            });
+            match (old, parts) {
                 // The one it replaces goes to its own pool.
-                Ok(Some(old)) => return Self::recycle_locked(old.home, old.text, old.body),
+                (Ok(Some(old)), _) => Self::recycle_locked(old.home, old.text, old.body),
                 // The thread is ending and its slot is gone: the pool takes it.
-                Err(_) => {
-                    let Some(sp) = spare else { return };
-                    return Self::recycle_locked(sp.home, sp.text, sp.body);
-                }
+                (_, Some((text, body, home))) => Self::recycle_locked(home, text, body),
+                _ => {}
             }
+            return;
         }
         Self::recycle_locked(home, text, body)
     }
