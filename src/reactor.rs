@@ -884,8 +884,15 @@ impl Reactor {
         if self.starved.is_empty() || (self.spare.is_empty() && !self.shared.pool.can_receive()) {
             return;
         }
+        // In order, until one starves again: then there is nothing to read into for the
+        // rest either (they wait, and that one goes last, so each gets its turn). Trying
+        // them all would cost a pass over every starved channel per message given back.
         let starved = std::mem::take(&mut self.starved);
-        for number in starved {
+        let mut again = None;
+        for (i, &number) in starved.iter().enumerate() {
+            if again.is_some() {
+                break;
+            }
             let Some(ch) = self.channels.get_mut(&number) else {
                 continue;
             };
@@ -904,7 +911,7 @@ impl Reactor {
             );
             let mut close = None;
             match r {
-                Ok(RecvStop::Starved) => self.starved.push(number),
+                Ok(RecvStop::Starved) => again = Some(i),
                 Ok(RecvStop::Drained) => {
                     tracing::debug!(channel = number, "reading resumed");
                     io.starving = false;
@@ -925,6 +932,10 @@ impl Reactor {
             if let Some(s) = close {
                 mark(&mut self.marked, ch, s);
             }
+        }
+        if let Some(i) = again {
+            self.starved.extend_from_slice(&starved[i + 1..]);
+            self.starved.push(starved[i]);
         }
     }
 
