@@ -158,14 +158,7 @@ pub(crate) fn unpend(
         match p {
             Pending::Message(m) => out.push(m),
             Pending::Run { bytes, .. } => {
-                let mut at = 0;
-                while at < bytes.len() {
-                    let len = crate::wire::frame_len(&bytes[at..]);
-                    let mut m = pool.message();
-                    crate::wire::decode_own(&bytes[at..at + len], &mut m);
-                    out.push(m);
-                    at += len;
-                }
+                crate::wire::decode_own_all(&bytes, &mut || pool.message(), &mut out);
                 spent.push(bytes);
             }
         }
@@ -323,10 +316,10 @@ impl SendState {
         turn: impl FnOnce() -> bool,
         bufs: &Buffers,
     ) -> Result<Posted, Error> {
-        let Some(msg) = slot.as_mut() else {
+        let Some(msg) = slot.as_ref() else {
             unreachable!("post is given a message")
         };
-        let mut ob = self.lock_outbound();
+        let ob = self.lock_outbound();
         if ob.closed {
             return Err(Error::InvalidChannelNumber);
         }
@@ -339,41 +332,34 @@ impl SendState {
         if ob.messages >= limit.0 || (ob.messages > 0 && ob.bytes + len > limit.1) {
             return Err(Error::SendQueueFull);
         }
+        Ok(Posted::Queued(Self::queue(ob, slot, bufs)))
+    }
+
+    /// Queues a message without the limit check (a direct write that did not happen: the
+    /// queue was empty a moment ago). Hands it back when the channel is closing or gone.
+    pub(crate) fn push(&self, msg: Message, bufs: &Buffers) -> Result<bool, Message> {
+        let ob = self.lock_outbound();
+        if ob.closed {
+            return Err(msg);
+        }
+        Ok(Self::queue(ob, &mut Some(msg), bufs))
+    }
+
+    /// Counts the message in `slot` and appends it to the locked queue, emptying `slot`;
+    /// true when the queue was empty.
+    fn queue(mut ob: MutexGuard<'_, Outbound>, slot: &mut Option<Message>, bufs: &Buffers) -> bool {
+        let Some(msg) = slot.as_mut() else {
+            unreachable!("queue is given a message")
+        };
         msg.release_hold(); // the application gave it to the engine
         ob.messages += 1;
-        ob.bytes += len;
+        ob.bytes += encoded_len(msg) as u64;
         let was_empty = ob.is_empty();
         if encodable(msg) {
             ob.encode(msg, bufs);
             drop(ob);
             *slot = None; // back to its pool, from the thread that took it
         } else if let Some(msg) = slot.take() {
-            ob.push_item(Pending::Message(msg), bufs);
-        }
-        Ok(Posted::Queued(was_empty))
-    }
-
-    /// Queues a message without the limit check (a direct write that did not happen: the
-    /// queue was empty a moment ago). Hands it back when the channel is closing or gone.
-    pub(crate) fn push(&self, mut msg: Message, bufs: &Buffers) -> Result<bool, Message> {
-        let mut ob = self.lock_outbound();
-        if ob.closed {
-            return Err(msg);
-        }
-        msg.release_hold(); // the application gave it to the engine
-        ob.messages += 1;
-        ob.bytes += encoded_len(&msg) as u64;
-        Ok(Self::queue(ob, msg, bufs))
-    }
-
-    /// Appends `msg` (counted) to the locked queue; true when the queue was empty.
-    fn queue(mut ob: MutexGuard<'_, Outbound>, msg: Message, bufs: &Buffers) -> bool {
-        let was_empty = ob.is_empty();
-        if encodable(&msg) {
-            ob.encode(&msg, bufs);
-            drop(ob);
-            drop(msg); // back to its pool, from the thread that took it
-        } else {
             ob.push_item(Pending::Message(msg), bufs);
         }
         was_empty

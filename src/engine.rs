@@ -346,13 +346,7 @@ impl ChannelGroup {
             // checks of the table, which the reactor makes again).
             return match self.send_state(msg.header.channel) {
                 Ok(_) => self.submit_post(msg, false),
-                Err(error) => {
-                    msg.header.status = error.status();
-                    Err(PostError {
-                        error,
-                        message: msg,
-                    })
-                }
+                Err(error) => Err(refused(Some(msg), error)),
             };
         }
         let limit = (
@@ -364,40 +358,36 @@ impl ChannelGroup {
             OpCode::Request | OpCode::Response | OpCode::Signal
         );
         let bufs = self.shared.pool.buffers();
-        let turn = || self.shared.take_direct_turn();
+        // Posts `slot` to `send`; a direct write needs the send state afterwards.
+        let post_to = |send: &Arc<SendState>, slot: &mut Option<Message>| {
+            let turn = || self.shared.take_direct_turn();
+            let r = send.post(slot, limit, direct, turn, bufs);
+            let keep = matches!(r, Ok(Posted::Direct(_))).then(|| Arc::clone(send));
+            (r, keep)
+        };
         // The channels this thread posted to lately need no lookup in the engine's table;
         // one that closed since is looked up again (its number may be in use once more).
         let mut slot = Some(msg);
-        let hit = with_recent(self.group.id, header.channel, |send| {
-            match send.post(&mut slot, limit, direct, turn, bufs) {
-                Ok(Posted::Direct(sock)) => Ok((sock, Arc::clone(send))),
-                Ok(Posted::Queued(was_empty)) => Err(Ok(was_empty)),
-                Err(e) => Err(Err(e)),
-            }
-        });
-        let outcome = match hit {
-            Some(Err(Err(Error::InvalidChannelNumber))) | None => {
+        let (outcome, send) = match with_recent(self.group.id, header.channel, |send| {
+            post_to(send, &mut slot)
+        }) {
+            Some((Err(Error::InvalidChannelNumber), _)) | None => {
                 let send = match self.send_state(header.channel) {
                     Ok(send) => send,
                     Err(error) => return Err(refused(slot, error)),
                 };
                 remember(self.group.id, header.channel, &send);
-                let turn = || self.shared.take_direct_turn();
-                match send.post(&mut slot, limit, direct, turn, bufs) {
-                    Ok(Posted::Direct(sock)) => Ok((sock, send)),
-                    Ok(Posted::Queued(was_empty)) => Err(Ok(was_empty)),
-                    Err(e) => Err(Err(e)),
-                }
+                post_to(&send, &mut slot)
             }
             Some(x) => x,
         };
-        let (socket, send) = match outcome {
-            Ok(direct) => direct,
-            Err(Ok(was_empty)) => return self.queued(was_empty, header),
-            Err(Err(error)) => return Err(refused(slot, error)),
+        let socket = match outcome {
+            Ok(Posted::Direct(socket)) => socket,
+            Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
+            Err(error) => return Err(refused(slot, error)),
         };
-        let Some(msg) = slot else {
-            unreachable!("a direct write leaves the message to the caller")
+        let (Some(msg), Some(send)) = (slot, send) else {
+            unreachable!("a direct write leaves the message and its send state to the caller")
         };
         // A data message for an idle channel while the reactor sleeps is written right here
         // (see `SendState`): no hand-off to the reactor and back.
@@ -426,13 +416,7 @@ impl ChannelGroup {
             // moment ago) without the limit check, like any post to an empty queue.
             Direct::NotTaken(msg) => match send.push(msg, bufs) {
                 Ok(was_empty) => self.queued(was_empty, header),
-                Err(mut msg) => {
-                    msg.header.status = Status::InvalidChannelNumber;
-                    Err(PostError {
-                        error: Error::InvalidChannelNumber,
-                        message: msg,
-                    })
-                }
+                Err(msg) => Err(refused(Some(msg), Error::InvalidChannelNumber)),
             },
         }
     }

@@ -604,14 +604,7 @@ impl Connection {
             match o {
                 Outgoing::Frame { msg, .. } => out.push(msg),
                 Outgoing::Run(r) => {
-                    let mut at = r.start;
-                    while at < r.bytes.len() {
-                        let len = crate::wire::frame_len(&r.bytes[at..]);
-                        let mut m = supply();
-                        crate::wire::decode_own(&r.bytes[at..at + len], &mut m);
-                        out.push(m);
-                        at += len;
-                    }
+                    crate::wire::decode_own_all(&r.bytes[r.start..], supply, &mut out);
                     self.spent.push(r.bytes);
                 }
             }

@@ -355,8 +355,6 @@ impl Decoder {
     }
 }
 
-/// The header of a received frame: fields from the wire, origin application, status
-/// success, `oob` clear (origin, status and the internal bits on the wire are ignored).
 /// The length of the frame whose header starts `frame` (which holds at least the header).
 pub(crate) fn frame_len(frame: &[u8]) -> usize {
     let mut b = [0u8; HEADER_LEN];
@@ -379,6 +377,25 @@ pub(crate) fn decode_own(frame: &[u8], m: &mut Message) {
     set_header(m, &h);
 }
 
+/// Decodes the frames this engine encoded back to back in `bytes` (see [`decode_own`]),
+/// each into a message from `supply`, appended to `out`.
+pub(crate) fn decode_own_all(
+    bytes: &[u8],
+    supply: &mut dyn FnMut() -> Message,
+    out: &mut Vec<Message>,
+) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = frame_len(&bytes[at..]);
+        let mut m = supply();
+        decode_own(&bytes[at..at + len], &mut m);
+        out.push(m);
+        at += len;
+    }
+}
+
+/// The header of a received frame: fields from the wire, origin application, status
+/// success, `oob` clear (origin, status and the internal bits on the wire are ignored).
 fn set_header(m: &mut Message, h: &FrameHeader) {
     let hdr = &mut m.header;
     hdr.channel = h.channel;

@@ -60,13 +60,8 @@ fn starvation_and_recovery() {
 #[test]
 fn refill_is_not_missed_when_the_pool_empties_again() {
     on_every_backend(|b| {
-        let se = engine_with_pool(b, PoolOptions { initial: 4, max: 4 });
-        let ce = engine(b);
-        let server = se.create_group().unwrap();
-        let client = ce.create_group().unwrap();
-        let addr = tcp_loopback();
-        listen(&server, &addr);
-        let (c, _) = connect(&client, &server, &addr);
+        let l = linked(b, &tcp_loopback(), PoolOptions { initial: 4, max: 4 });
+        let (server, client, c) = (&l.server, &l.client, l.c);
         const N: u64 = 40;
         for i in 1..=N {
             client
@@ -82,7 +77,7 @@ fn refill_is_not_missed_when_the_pool_empties_again() {
         }
         // Return one and take it straight back: the pool is empty again.
         drop(held.pop());
-        held.push(se.get(tofu::Allocation::Always).unwrap());
+        held.push(l.se.get(tofu::Allocation::Always).unwrap());
         std::thread::sleep(Duration::from_millis(100));
         let got_before = held
             .iter()
@@ -91,7 +86,7 @@ fn refill_is_not_missed_when_the_pool_empties_again() {
         drop(held);
         let mut got = got_before;
         while got < N {
-            let m = recv_any(&server);
+            let m = recv_any(server);
             if m.status() == Status::Success {
                 got += 1;
             }
@@ -273,16 +268,13 @@ fn frames_never_taken_are_released_when_their_group_goes() {
 #[test]
 fn many_starved_channels_all_resume() {
     on_every_backend(|b| {
-        let se = engine_with_pool(b, PoolOptions { initial: 4, max: 4 });
-        let ce = engine(b);
-        let server = se.create_group().unwrap();
-        let client = ce.create_group().unwrap();
         let addr = tcp_loopback();
-        listen(&server, &addr);
+        let l = listening(b, &addr, PoolOptions { initial: 4, max: 4 });
+        let (server, client) = (&l.server, &l.client);
         const CHANNELS: usize = 20;
         const N: u64 = 30;
         let links: Vec<(u16, u16)> = (0..CHANNELS)
-            .map(|_| connect(&client, &server, &addr))
+            .map(|_| connect(client, server, &addr))
             .collect();
         for i in 1..=N {
             for &(c, _) in &links {
@@ -292,7 +284,7 @@ fn many_starved_channels_all_resume() {
         let mut next = std::collections::HashMap::new();
         let mut got = 0;
         while got < CHANNELS as u64 * N {
-            let m = recv_any(&server);
+            let m = recv_any(server);
             if m.status() == Status::PoolEmpty {
                 continue;
             }

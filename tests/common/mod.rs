@@ -168,17 +168,42 @@ pub struct Linked {
 /// Starts a server engine (with `server_pool`) and a client engine (default pool) and
 /// connects them over `addr`.
 pub fn linked(backend: Backend, addr: &Address, server_pool: PoolOptions) -> Linked {
-    let se = engine_with_pool(backend, server_pool);
-    let ce = engine(backend);
-    let server = se.create_group().unwrap();
-    let client = ce.create_group().unwrap();
-    listen(&server, addr);
+    let Listening {
+        server,
+        client,
+        se,
+        ce,
+    } = listening(backend, addr, server_pool);
     let (c, s) = connect(&client, &server, addr);
     Linked {
         server,
         client,
         c,
         s,
+        se,
+        ce,
+    }
+}
+
+/// A server engine (with `server_pool`) whose group listens on an address, and a client
+/// engine with a group, not connected yet. Groups drop before their engines (field order).
+pub struct Listening {
+    pub server: ChannelGroup,
+    pub client: ChannelGroup,
+    pub se: Engine,
+    pub ce: Engine,
+}
+
+/// See [`Listening`]: the server group listens on `addr`.
+pub fn listening(backend: Backend, addr: &Address, server_pool: PoolOptions) -> Listening {
+    let se = engine_with_pool(backend, server_pool);
+    let ce = engine(backend);
+    let server = se.create_group().unwrap();
+    let client = ce.create_group().unwrap();
+    listen(&server, addr);
+    Listening {
+        server,
+        client,
         se,
         ce,
     }
