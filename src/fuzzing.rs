@@ -8,15 +8,15 @@
 
 use std::io::IoSlice;
 
-use crate::message::Message;
-use crate::protocol;
-use crate::status::{Error, Status};
-use crate::wire::DecodeError;
+use crate::proto::connection;
+use crate::proto::message::Message;
+use crate::proto::status::{Error, Status};
+use crate::proto::wire::DecodeError;
 
 /// Largest section `Connection::gather` copies into its stage (mirrors the internal constant).
-pub const COPY_MAX: usize = protocol::COPY_MAX;
+pub const COPY_MAX: usize = connection::COPY_MAX;
 /// Bytes `Connection::gather` stages at most per call (mirrors the internal constant).
-pub const STAGE_CAP: usize = protocol::STAGE_CAP;
+pub const STAGE_CAP: usize = connection::STAGE_CAP;
 
 /// What [`Connection::receive`] and [`Connection::resume`] stopped on (mirrors the internal
 /// `RecvStop`).
@@ -30,20 +30,20 @@ pub enum RecvStop {
     ByeResponse,
 }
 
-impl From<protocol::RecvStop> for RecvStop {
-    fn from(s: protocol::RecvStop) -> RecvStop {
+impl From<connection::RecvStop> for RecvStop {
+    fn from(s: connection::RecvStop) -> RecvStop {
         match s {
-            protocol::RecvStop::Drained => RecvStop::Drained,
-            protocol::RecvStop::Starved => RecvStop::Starved,
-            protocol::RecvStop::ByeResponse => RecvStop::ByeResponse,
+            connection::RecvStop::Drained => RecvStop::Drained,
+            connection::RecvStop::Starved => RecvStop::Starved,
+            connection::RecvStop::ByeResponse => RecvStop::ByeResponse,
         }
     }
 }
 
 /// The sans-I/O protocol state of one data channel (send queue, receive decoder, Bye rules).
-/// Each method forwards to the engine's own implementation; see `src/protocol.rs` for the
+/// Each method forwards to the engine's own implementation; see `src/proto/connection.rs` for the
 /// rules.
-pub struct Connection(protocol::Connection);
+pub struct Connection(connection::Connection);
 
 impl Default for Connection {
     fn default() -> Connection {
@@ -54,7 +54,7 @@ impl Default for Connection {
 impl Connection {
     /// A connection with an empty queue at the start of both streams.
     pub fn new() -> Connection {
-        Connection(protocol::Connection::new())
+        Connection(connection::Connection::new())
     }
 
     /// Queues a message; a section over 65535 bytes is refused and the message handed back.
@@ -111,7 +111,7 @@ impl Connection {
         take: &mut dyn FnMut(&[u8], usize),
     ) -> Result<RecvStop, DecodeError> {
         let allowed = move || allowed;
-        let whole = protocol::Whole {
+        let whole = connection::Whole {
             max_len,
             allowed: &allowed,
             take,

@@ -9,8 +9,8 @@
 //! Request/Response/Signal carry data, ByeRequest/ByeResponse/ByeSignal close. Every result
 //! or failure comes back as a message.
 //!
-//! The protocol core ([`message`], [`wire`], [`address`], [`status`], [`pool`]) does no I/O and
-//! can be tested and fuzzed without sockets.
+//! The protocol core ([`message`], [`wire`], [`address`], [`status`]) does no I/O and can be
+//! tested and fuzzed without sockets.
 //!
 //! ```
 //! use std::time::Duration;
@@ -32,26 +32,33 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-pub mod address;
-mod channels;
+// The layers, from the bottom up; arrows point down only (see the README's "Architecture").
 mod engine;
-mod intmap;
-pub mod message;
-mod net;
-mod padded;
-pub mod poller;
-pub mod pool;
-mod protocol;
-mod reactor;
-pub mod status;
+mod proto;
+mod sys;
+mod util;
+
 pub mod testing;
-pub mod wire;
+
+// The public modules, where users have always found them.
+pub use engine::pool;
+pub use proto::{message, status, wire};
+
+/// Addresses, in tofu's text syntax: `tcp|<host>|<port>` and `uds|<path>`.
+///
+/// The syntax and its validation live in the protocol core; the Unix domain socket path limit
+/// of this platform ([`UDS_PATH_MAX`](crate::address::UDS_PATH_MAX)) is an OS fact and comes from the socket layer.
+pub mod address {
+    pub use crate::proto::address::*;
+    pub use crate::sys::net::UDS_PATH_MAX;
+}
 
 pub use address::Address;
 pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError, SendLimit};
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};
+pub use sys::poller::Backend;
 
 // Internals for the fuzz targets in `fuzz/`; not an API (see the module docs).
 #[cfg(feature = "fuzzing")]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use cli::client::{self, ClientOptions, ClientStats};
 use cli::{json_str, service};
-use tofu::poller::Backend;
+use tofu::Backend;
 use tofu::{Address, Engine, EngineOptions, PoolOptions};
 
 #[derive(Parser)]

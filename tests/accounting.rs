@@ -12,7 +12,7 @@ use tofu::{Address, Error, OpCode, PoolOptions, Status};
 
 const N: u64 = 20_000;
 
-fn run(b: tofu::poller::Backend, addr: &Address) {
+fn run(b: tofu::Backend, addr: &Address) {
     let receiver_engine = engine_with_pool(
         b,
         PoolOptions {

@@ -182,7 +182,7 @@ fn bad_arguments_are_explained() {
 
 #[test]
 fn demo_exits_zero_and_reports() {
-    for backend in tofu::poller::Backend::available() {
+    for backend in tofu::Backend::available() {
         let o = tofu(&[
             "demo",
             "--messages",

@@ -1,5 +1,7 @@
 //! 1000 connect/disconnect cycles leave no descriptor, channel or held message behind.
-//! Alone in its own test binary: it counts the process's open descriptors.
+//! Alone in its own test binary: it counts the process's open descriptors (through
+//! `/proc/self/fd`, so on Linux only).
+#![cfg(target_os = "linux")]
 
 mod common;
 use common::*;
@@ -14,7 +16,6 @@ fn raw_client(addr: &Address) -> std::net::TcpStream {
 }
 
 /// 1000 connects that end with a reset or a plain close: no descriptor or memory left behind.
-#[cfg(target_os = "linux")]
 #[test]
 fn connect_disconnect_cycles_leave_nothing_behind() {
     fn fds() -> usize {

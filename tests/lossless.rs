@@ -88,7 +88,7 @@ fn receive_stream(
     }
 }
 
-fn engines(b: tofu::poller::Backend) -> (Engine, Engine) {
+fn engines(b: tofu::Backend) -> (Engine, Engine) {
     let pool = PoolOptions {
         initial: 1024,
         max: 8192,

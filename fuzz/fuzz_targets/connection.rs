@@ -463,7 +463,7 @@ impl Harness {
                 Some(&id),
                 "frames out of the documented order"
             );
-            // The Bye rule of src/protocol.rs, independent of the model: after a bye-type
+            // The Bye rule of src/proto/connection.rs, independent of the model: after a bye-type
             // frame only one ByeResponse, and nothing after a ByeResponse.
             let after_bye = self
                 .written_ids

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tofu::poller::Backend;
 use tofu::wire::{FrameHeader, HEADER_LEN};
+use tofu::Backend;
 use tofu::{Address, ChannelGroup, Engine, EngineOptions, Message, OpCode, PoolOptions, Status};
 
 use super::json_str;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tofu::poller::Backend;
+use tofu::Backend;
 use tofu::{Address, Engine, EngineOptions, OpCode, Origin, PoolOptions, Status};
 
 use super::client::fill_body;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tofu::poller::Backend;
+use tofu::Backend;
 use tofu::{
     Address, ChannelGroup, Engine, EngineOptions, Message, OpCode, Origin, PoolOptions, Status,
 };

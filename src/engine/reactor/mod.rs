@@ -23,24 +23,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::address::Address;
-use crate::channels::{unpend, Pending, SendState};
-use crate::engine::{
+use crate::engine::channels::{unpend, Pending, SendState};
+use crate::engine::shared::{
     channel_closed_signal, pool_empty_signal, Command, Frames, GroupShared, Inbound, Shared,
 };
-use crate::intmap::IntMap;
-use crate::message::{Message, OpCode, Origin};
-use crate::net::{Listener, Stream};
-use crate::poller::{Event, Poller, RawSocket, Token, Triggers};
-use crate::protocol::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP};
-use crate::status::Status;
-use crate::wire::encoded_len;
+use crate::proto::address::Address;
+use crate::proto::connection::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP};
+use crate::proto::message::{Message, OpCode, Origin};
+use crate::proto::status::Status;
+use crate::proto::wire::encoded_len;
+use crate::sys::net::{Listener, Stream};
+use crate::sys::poller::{Event, Poller, RawSocket, Token, Triggers};
+use crate::util::intmap::IntMap;
 
 /// Size of the one read buffer all channels share.
 const READ_BUF_LEN: usize = 256 * 1024;
 /// Frames up to this length received whole are decoded by the application thread (see
 /// `Frames`); longer ones by the reactor, straight into pooled messages.
-const WHOLE_MAX: usize = crate::channels::ENCODE_MAX;
+const WHOLE_MAX: usize = crate::engine::channels::ENCODE_MAX;
 /// Most reads of one channel per readiness event (fairness between channels).
 const READS_PER_EVENT: usize = 8;
 /// Most accepts of one listener per readiness event.
@@ -1120,7 +1120,7 @@ impl Channel {
 /// A message to receive into: a spare one, else from the pool (see `Pool::for_receive`).
 fn take_spare(
     spare: &mut Vec<Message>,
-    pool: &crate::pool::Pool,
+    pool: &crate::engine::pool::Pool,
     pending: usize,
 ) -> Option<Message> {
     if spare.is_empty() && !pool.for_receive(REFILL_BATCH, spare, pending) {
@@ -1217,7 +1217,7 @@ struct Writer {
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch. First
 /// takes what posting threads queued since (see `Outbound`).
-fn flush(ch: &mut Channel, w: &mut Writer, bufs: &crate::pool::Buffers) {
+fn flush(ch: &mut Channel, w: &mut Writer, bufs: &crate::engine::pool::Buffers) {
     if !ch.send.take_for_reactor() {
         // A posting thread is writing (it asks for a flush when done) or handing a
         // started frame over (its command follows).

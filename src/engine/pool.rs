@@ -6,14 +6,15 @@
 //! steady state neither the application nor the engine allocates per message. When the pool
 //! already holds `max` messages, a returned message is freed instead.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use crate::channels::Pending;
-use crate::message::Message;
-use crate::padded::Padded;
+use crate::engine::channels::Pending;
+use crate::proto::message::{Message, Recycle};
+use crate::util::padded::Padded;
 
 /// Pool sizes. `0` means "the default"; `max < initial` is raised to `initial`
 /// (tofu's normalisation, so `{1, 1}` stays `{1, 1}`).
@@ -164,7 +165,7 @@ impl Pool {
     fn allocate(&self) -> Message {
         self.shared.created.fetch_add(1, Ordering::Relaxed);
         let mut m = Message::new();
-        m.home = Some(Arc::clone(&self.shared));
+        m.home = Some(Arc::clone(&self.shared) as Arc<dyn Recycle>);
         m
     }
 
@@ -216,8 +217,8 @@ impl Pool {
         if free.closed || free.spares.len() >= self.shared.max {
             return false; // `msg` and `home` are dropped: the buffers are freed
         }
-        let home = match home {
-            Some(h) if Arc::ptr_eq(&h, &self.shared) => h,
+        let home = match home.map(|h| h.into_any().downcast::<PoolShared>()) {
+            Some(Ok(h)) if Arc::ptr_eq(&h, &self.shared) => h,
             _ => Arc::clone(&self.shared), // a message of another pool, or of none
         };
         let (mut text, mut body) = msg.take_buffers();
@@ -290,7 +291,7 @@ impl Pool {
     }
 
     /// Counts `n` received frames as held by the application before they are messages
-    /// (delivered in a chunk the application decodes, see `Frames` in `src/engine.rs`).
+    /// (delivered in a chunk the application decodes, see `Frames` in `src/engine/shared.rs`).
     pub(crate) fn hold_n(&self, n: usize) {
         if n > 0 {
             self.shared.held.fetch_add(n, Ordering::SeqCst);
@@ -311,7 +312,7 @@ impl Pool {
     pub(crate) fn owns(&self, msg: &Message) -> bool {
         msg.home
             .as_ref()
-            .is_some_and(|h| Arc::ptr_eq(h, &self.shared))
+            .is_some_and(|h| std::ptr::addr_eq(Arc::as_ptr(h), Arc::as_ptr(&self.shared)))
     }
 
     /// How many messages the pool holds now.
@@ -372,8 +373,8 @@ const QUEUE_KEEP_MAX: usize = 256;
 const BUFFER_KEEP_MAX: usize = 512 * 1024;
 
 /// An engine's spare byte buffers: runs of frames that posting threads encode (see
-/// `Outbound` in `src/channels.rs`) and chunks of received frames that applications decode
-/// (see `Frames` in `src/engine.rs`). Taken and given back once per batch, not per message.
+/// `Outbound` in `src/engine/channels.rs`) and chunks of received frames that applications decode
+/// (see `Frames` in `src/engine/shared.rs`). Taken and given back once per batch, not per message.
 ///
 /// It also keeps the spare item queues of channels' `Outbound`s: a channel that queues a
 /// message whole takes one, the reactor gives it back once it took the items, so an idle
@@ -585,7 +586,7 @@ impl PoolShared {
 
     /// Takes back the buffers of a dropped message of this pool (`home`), or frees them
     /// when the pool is full or closed.
-    pub(crate) fn recycle(home: Arc<PoolShared>, mut text: Vec<u8>, mut body: Vec<u8>) {
+    fn recycle(home: Arc<PoolShared>, mut text: Vec<u8>, mut body: Vec<u8>) {
         // This thread keeps it at hand unless the pool is closed or someone waits for a
         // refill (the pool itself must see it then).
         if !home.closed.load(Ordering::Relaxed)
@@ -639,11 +640,6 @@ impl PoolShared {
         }
     }
 
-    pub(crate) fn release(&self) {
-        self.held.fetch_sub(1, Ordering::SeqCst);
-        self.after_refill();
-    }
-
     /// `n` held frames were given back at once.
     pub(crate) fn release_n(&self, n: usize) {
         if n > 0 {
@@ -662,7 +658,7 @@ impl PoolShared {
         }
         self.created.fetch_add(1, Ordering::Relaxed);
         let mut m = Message::new();
-        m.home = Some(Arc::clone(self));
+        m.home = Some(Arc::clone(self) as Arc<dyn Recycle>);
         m
     }
 
@@ -676,6 +672,22 @@ impl PoolShared {
                 f();
             }
         }
+    }
+}
+
+/// A pooled message's way back (see [`Recycle`]).
+impl Recycle for PoolShared {
+    fn recycle(self: Arc<Self>, text: Vec<u8>, body: Vec<u8>) {
+        PoolShared::recycle(self, text, body);
+    }
+
+    fn release(&self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        self.after_refill();
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
     }
 }
 
@@ -830,7 +842,7 @@ mod tests {
         m.append_header("a", "b").unwrap();
         drop(m);
         let m = pool.message();
-        assert_eq!(m.header, crate::message::Header::default());
+        assert_eq!(m.header, crate::proto::message::Header::default());
         assert!(m.body().is_empty() && m.text_headers().is_empty());
         assert!(m.body_capacity() >= 4096);
         assert_eq!(pool.created(), 1, "no allocation in steady state");

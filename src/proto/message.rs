@@ -2,17 +2,17 @@
 //!
 //! The message is tofu's whole API: its [`OpCode`] says what to do (listen, connect, send,
 //! close), and every result comes back as a message. This module has no I/O; the wire image
-//! of a message is produced and parsed by [`crate::wire`].
+//! of a message is produced and parsed by [`crate::proto::wire`].
 //!
 //! A message taken from a [`Pool`](crate::Pool) goes back to that pool when it is dropped,
 //! keeping its buffers' capacity, so steady-state messaging allocates nothing.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::pool::PoolShared;
-use crate::status::{Error, Status};
+use crate::proto::status::{Error, Status};
 
 /// Channel number 0: "not assigned yet" (legal only on a posted Hello/Welcome request).
 pub const CHANNEL_UNASSIGNED: u16 = 0;
@@ -329,6 +329,19 @@ pub fn next_message_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Where a pooled [`Message`] goes back to: the one seam between this sans-I/O layer and the
+/// engine. The engine's pool implements it; this layer only calls it, from `Message`'s `Drop`
+/// and when the application gives back a received frame it held. An implementation must not
+/// block for long: it runs on whatever thread drops the message.
+pub(crate) trait Recycle: Any + Send + Sync {
+    /// Takes back the buffers of a dropped message (to keep or to free).
+    fn recycle(self: Arc<Self>, text: Vec<u8>, body: Vec<u8>);
+    /// A received frame the application held was given back (dropped, pooled or posted).
+    fn release(&self);
+    /// This home as `Any`, so its owner can take its own type back without a new reference.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
 /// A message: [`Header`], text headers and body.
 ///
 /// Messages are moved, never shared: `post` consumes one, `wait_receive` hands one over.
@@ -338,7 +351,7 @@ pub struct Message {
     pub header: Header,
     text: Vec<u8>,
     body: Vec<u8>,
-    pub(crate) home: Option<Arc<PoolShared>>,
+    pub(crate) home: Option<Arc<dyn Recycle>>,
     /// A frame received from a peer that the application holds (counted by its pool: the
     /// reactor stops reading when the application holds too many).
     pub(crate) held: bool,
@@ -572,7 +585,7 @@ impl Drop for Message {
         self.release_hold();
         if let Some(home) = self.home.take() {
             let (text, body) = self.take_buffers();
-            crate::pool::PoolShared::recycle(home, text, body);
+            home.recycle(text, body);
         }
     }
 }

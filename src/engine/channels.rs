@@ -11,14 +11,14 @@ use std::io::IoSlice;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::intmap::IntMap;
+use crate::util::intmap::IntMap;
 use std::hash::BuildHasher;
 
-use crate::message::{Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
-use crate::net::Stream;
-use crate::pool::Buffers;
-use crate::status::Error;
-use crate::wire::{encoded_len, FrameHeader};
+use crate::engine::pool::Buffers;
+use crate::proto::message::{Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
+use crate::proto::status::Error;
+use crate::proto::wire::{encoded_len, FrameHeader};
+use crate::sys::net::Stream;
 
 /// How many released numbers are kept out of circulation.
 pub(crate) const QUARANTINE_LEN: usize = 1024;
@@ -27,7 +27,7 @@ pub(crate) const QUARANTINE_LEN: usize = 1024;
 pub(crate) const ENCODE_MAX: usize = 4096;
 /// A run of encoded frames behind other queued items grows to about this many bytes; then
 /// a new one starts.
-pub(crate) const RUN_CAP: usize = crate::protocol::CHUNK_CAP;
+pub(crate) const RUN_CAP: usize = crate::proto::connection::CHUNK_CAP;
 /// The first run of a queue may grow to this many bytes (a stream posted faster than the
 /// reactor takes it then needs no queue allocation).
 pub(crate) const RUN_FIRST_CAP: usize = 4 * RUN_CAP;
@@ -80,7 +80,7 @@ impl Outbound {
                 if self.run.capacity() == 0 {
                     self.run = bufs.get();
                 }
-                let _ = crate::wire::encode(msg, &mut self.run);
+                let _ = crate::proto::wire::encode(msg, &mut self.run);
                 self.run_frames += 1;
                 return;
             }
@@ -93,12 +93,12 @@ impl Outbound {
         }
         match self.items.back_mut() {
             Some(Pending::Run { bytes, frames }) if fits(bytes) => {
-                let _ = crate::wire::encode(msg, bytes);
+                let _ = crate::proto::wire::encode(msg, bytes);
                 *frames += 1;
             }
             _ => {
                 let mut bytes = bufs.get();
-                let _ = crate::wire::encode(msg, &mut bytes);
+                let _ = crate::proto::wire::encode(msg, &mut bytes);
                 self.push_item(Pending::Run { bytes, frames: 1 }, bufs);
             }
         }
@@ -150,7 +150,7 @@ pub(crate) fn encodable(msg: &Message) -> bool {
 /// `pool` (their buffers go to `spent`); `pending` is left empty.
 pub(crate) fn unpend(
     pending: &mut VecDeque<Pending>,
-    pool: &crate::pool::Pool,
+    pool: &crate::engine::pool::Pool,
     spent: &mut Vec<Vec<u8>>,
 ) -> Vec<Message> {
     let mut out = Vec::new();
@@ -158,7 +158,7 @@ pub(crate) fn unpend(
         match p {
             Pending::Message(m) => out.push(m),
             Pending::Run { bytes, .. } => {
-                crate::wire::decode_own_all(&bytes, &mut || pool.message(), &mut out);
+                crate::proto::wire::decode_own_all(&bytes, &mut || pool.message(), &mut out);
                 spent.push(bytes);
             }
         }
@@ -601,7 +601,7 @@ mod tests {
             )
         };
         let addr = crate::Address::tcp("127.0.0.1", crate::testing::free_tcp_port().unwrap());
-        let _listener = crate::net::Listener::bind(&addr).unwrap();
+        let _listener = crate::sys::net::Listener::bind(&addr).unwrap();
         let socket = Arc::new(Stream::connect(&addr).unwrap().0);
         let fresh = || {
             let b = SendState::default();
@@ -656,7 +656,8 @@ mod tests {
     fn small_data_is_encoded_at_post_others_kept_whole() {
         let s = SendState::default();
         let bufs = Buffers::default();
-        let pool = crate::pool::Pool::new(crate::pool::PoolOptions { initial: 4, max: 4 });
+        let pool =
+            crate::engine::pool::Pool::new(crate::engine::pool::PoolOptions { initial: 4, max: 4 });
         let mut m = pool.message();
         m.header.opcode = OpCode::Signal;
         m.header.channel = 3;
@@ -691,7 +692,7 @@ mod tests {
         let Some(Pending::Run { bytes, .. }) = got.front() else {
             unreachable!()
         };
-        let frames = crate::wire::Decoder::decode_all(bytes).unwrap();
+        let frames = crate::proto::wire::Decoder::decode_all(bytes).unwrap();
         assert_eq!(frames.len(), 2);
         assert_eq!(
             (frames[1].opcode(), frames[1].message_id()),
@@ -704,7 +705,7 @@ mod tests {
     fn a_run_ends_at_its_cap() {
         let s = SendState::default();
         let bufs = Buffers::default();
-        let frame = crate::wire::HEADER_LEN + 1000;
+        let frame = crate::proto::wire::HEADER_LEN + 1000;
         let n = 3 * RUN_FIRST_CAP / frame;
         for i in 0..n {
             s.push(data(OpCode::Signal, i as u64 + 1, 1000), &bufs)

@@ -1,4 +1,4 @@
-//! The AFD layer under the [`Iocp`](super::iocp) backend: readiness of Winsock sockets as
+//! The AFD layer under the [`Iocp`](super::selector) backend: readiness of Winsock sockets as
 //! completions on an I/O completion port.
 //!
 //! Winsock's kernel driver, AFD (`\Device\Afd`), answers `IOCTL_AFD_POLL`: "complete this
@@ -24,7 +24,7 @@
 //! * [`Winsock`]: a `WSAStartup(2.2)`/`WSACleanup` pair held by each poller.
 //!
 //! Memory passed to [`Afd::poll`] is written by the kernel until its completion is dequeued;
-//! the caller (the Iocp backend) owns that protocol, see `iocp.rs`.
+//! the caller (the Iocp backend) owns that protocol, see `selector.rs`.
 
 use std::ffi::c_void;
 use std::io;
@@ -48,7 +48,7 @@ use windows_sys::Win32::Storage::FileSystem::{
 };
 use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
 
-use super::iocp::CompletionPort;
+use super::port::CompletionPort;
 
 /// `IOCTL_AFD_POLL`: `CTL_CODE(FILE_DEVICE_NETWORK, AFD_POLL = 9, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
 const IOCTL_AFD_POLL: u32 = 0x0001_2024;
@@ -400,7 +400,7 @@ mod tests {
     //! socket condition, cancellation, and the base handle query.
 
     use super::*;
-    use crate::poller::iocp::CompletionPort;
+    use crate::sys::poller::windows::port::CompletionPort;
     use std::io::Write;
     use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
     use std::os::windows::io::AsRawSocket;

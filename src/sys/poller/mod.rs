@@ -53,7 +53,7 @@
 //!   `wait`, when the reactor has run the I/O to `WSAEWOULDBLOCK`, and AFD
 //!   checks the socket's current state when a poll is issued: so it reports
 //!   like the level-triggered backends. A changed interest cancels the poll in
-//!   flight and re-issues it. See `iocp.rs` for the details and the ownership
+//!   flight and re-issues it. See `windows/selector.rs` for the details and the ownership
 //!   of the memory the kernel writes.
 //!
 //! The reactor calls `reregister` once per loop iteration for each channel it
@@ -80,26 +80,23 @@ use std::time::Instant;
 #[cfg(unix)]
 use libc::c_int;
 
-#[cfg(windows)]
-#[allow(unsafe_code)]
-mod afd;
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod epoll;
-#[cfg(windows)]
-#[allow(unsafe_code)]
-mod iocp;
 #[cfg(unix)]
 #[allow(unsafe_code)]
 mod poll;
 #[cfg(unix)]
 #[allow(unsafe_code)]
 mod waker;
-
 #[cfg(windows)]
-pub use iocp::Waker;
+#[allow(unsafe_code)]
+mod windows;
+
 #[cfg(unix)]
 pub use waker::Waker;
+#[cfg(windows)]
+pub use windows::Waker;
 
 /// The OS handle of a socket as passed to the poller.
 #[cfg(unix)]
@@ -182,6 +179,7 @@ impl Triggers {
     }
 
     /// The bits set in `self` but not in `other`.
+    #[cfg(test)]
     pub const fn difference(self, other: Triggers) -> Triggers {
         Triggers(self.0 & !other.0)
     }
@@ -192,11 +190,13 @@ impl Triggers {
     }
 
     /// Clears the bits of `other`.
+    #[cfg(test)]
     pub fn remove(&mut self, other: Triggers) {
         self.0 &= !other.0;
     }
 
     /// The raw bits.
+    #[cfg(test)]
     pub const fn bits(self) -> u8 {
         self.0
     }
@@ -366,7 +366,7 @@ enum Flavor {
     #[cfg(unix)]
     Poll(poll::Poll),
     #[cfg(windows)]
-    Iocp(iocp::Iocp),
+    Iocp(windows::Iocp),
 }
 
 /// Waits for readiness of registered sockets; see the [module docs](self).
@@ -394,7 +394,7 @@ impl Poller {
             }
             #[cfg(windows)]
             Backend::Iocp => {
-                let (iocp, waker) = iocp::Iocp::new()?;
+                let (iocp, waker) = windows::Iocp::new()?;
                 Ok(Poller {
                     flavor: Flavor::Iocp(iocp),
                     waker: Arc::new(waker),
@@ -948,7 +948,7 @@ mod tests {
         assert_eq!(format!("{:?}", Triggers::TIMEOUT), "Triggers(TIMEOUT)");
     }
 
-    #[cfg(unix)] // the mapping of the unix backends; iocp.rs tests its own
+    #[cfg(unix)] // the mapping of the unix backends; windows/selector.rs tests its own
     #[test]
     fn readiness_mapping() {
         let r = |readable, writable, error, hangup| Readiness {
@@ -984,7 +984,7 @@ mod tests {
         assert!(!wants_writable(T::RECV | T::ACCEPT));
     }
 
-    #[cfg(unix)] // the unix helpers; iocp.rs tests its own conversion
+    #[cfg(unix)] // the unix helpers; windows/selector.rs tests its own conversion
     #[test]
     fn timeout_conversion_rounds_up() {
         assert_eq!(timeout_ms(Duration::ZERO), (0, false));

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 #[cfg(unix)]
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket};
 
-use crate::address::Address;
-use crate::status::Status;
+use crate::proto::address::Address;
+use crate::proto::status::Status;
 
 /// The OS handle of a socket, as registered with the poller.
 #[cfg(unix)]
@@ -63,7 +63,7 @@ fn invalid_input(msg: String) -> io::Error {
 }
 
 /// Makes an `InvalidAddress` failure from a validation message.
-fn invalid_address(msg: String) -> NetError {
+pub(super) fn invalid_address(msg: String) -> NetError {
     (Status::InvalidAddress, invalid_input(msg))
 }
 
@@ -113,360 +113,23 @@ fn bind_failure(e: io::Error) -> NetError {
     }
 }
 
-/// Where a Unix domain socket lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum UdsTarget {
-    /// A filesystem path.
-    Path(PathBuf),
-    /// A Linux abstract name (without the leading NUL or '@').
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    Abstract(Vec<u8>),
-}
-
-impl UdsTarget {
-    /// Validates a non-empty `Address::Uds` path.
-    fn parse(path: &str) -> Result<UdsTarget, NetError> {
-        use crate::testing::UDS_PATH_MAX;
-        if path.is_empty() {
-            return Err(invalid_address("empty Unix domain socket path".into()));
-        }
-        if path.contains('\0') {
-            return Err(invalid_address(format!(
-                "Unix domain socket path {path:?} contains a NUL byte"
-            )));
-        }
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        if let Some(name) = path.strip_prefix('@') {
-            // sun_path holds a leading NUL and then the name, without a
-            // terminating NUL.
-            if name.is_empty() {
-                return Err(invalid_address("empty abstract socket name".into()));
-            }
-            if name.len() + 1 > UDS_PATH_MAX {
-                return Err(invalid_address(format!(
-                    "abstract socket name is {} bytes long, the limit is {}",
-                    name.len(),
-                    UDS_PATH_MAX - 1
-                )));
-            }
-            return Ok(UdsTarget::Abstract(name.as_bytes().to_vec()));
-        }
-        // sun_path holds the path and a terminating NUL.
-        if path.len() + 1 > UDS_PATH_MAX {
-            return Err(invalid_address(format!(
-                "Unix domain socket path is {} bytes long, the limit is {}",
-                path.len(),
-                UDS_PATH_MAX - 1
-            )));
-        }
-        Ok(UdsTarget::Path(PathBuf::from(path)))
-    }
-
-    /// The `sockaddr_un` for this target.
-    fn sock_addr(&self) -> Result<SockAddr, NetError> {
-        let addr = match self {
-            UdsTarget::Path(p) => SockAddr::unix(p),
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            UdsTarget::Abstract(name) => {
-                use std::os::unix::ffi::OsStrExt;
-                // socket2 treats a path starting with NUL as abstract.
-                let mut bytes = Vec::with_capacity(name.len() + 1);
-                bytes.push(0);
-                bytes.extend_from_slice(name);
-                SockAddr::unix(std::ffi::OsStr::from_bytes(&bytes))
-            }
-        };
-        addr.map_err(|e| (Status::InvalidAddress, e))
-    }
-}
-
-/// Formats a Unix domain socket address for logs: the path, `@name` for an
-/// abstract name, or `<unnamed>`.
+mod uds;
+pub(crate) use uds::temp_uds_path;
 #[cfg(unix)]
-fn uds_addr_string(addr: &std::os::unix::net::SocketAddr) -> String {
-    if let Some(p) = addr.as_pathname() {
-        return p.display().to_string();
-    }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        #[cfg(target_os = "android")]
-        use std::os::android::net::SocketAddrExt;
-        #[cfg(target_os = "linux")]
-        use std::os::linux::net::SocketAddrExt;
-        if let Some(name) = addr.as_abstract_name() {
-            return format!("@{}", String::from_utf8_lossy(name));
-        }
-    }
-    "<unnamed>".to_string()
-}
+use uds::uds_addr_string;
+pub use uds::UDS_PATH_MAX;
+use uds::{file_id, remove_stale_socket, unlink_if_ours, FileId, UdsTarget};
 
-/// What identifies one socket file: (device, inode) on unix.
+// Platform details: socket creation, accept, send flags, connect errors.
 #[cfg(unix)]
-type FileId = (u64, u64);
-
-/// What identifies one socket file: its creation time on Windows (std has no
-/// stable file index there).
+mod unix;
+#[cfg(unix)]
+use unix as platform;
 #[cfg(windows)]
-type FileId = std::time::SystemTime;
-
-/// Returns the identity of the file at `path`, if any.
-#[cfg(unix)]
-fn file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
-}
-
-/// Returns the identity of the file at `path`, if any.
+mod windows;
 #[cfg(windows)]
-fn file_id(path: &Path) -> Option<FileId> {
-    std::fs::symlink_metadata(path)
-        .and_then(|m| m.created())
-        .ok()
-}
+use windows as platform;
 
-/// Removes the socket file at `path` if it is still the one identified by
-/// `id` (when `id` is unknown, removes it unconditionally). Errors are
-/// ignored: this is cleanup.
-fn unlink_if_ours(path: &Path, id: Option<FileId>) {
-    if id.is_none() || file_id(path) == id {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Removes a stale socket file at `path` before binding it. Anything that is
-/// not a socket (a regular file, a directory, ...) is left alone, so that
-/// binding fails instead of destroying user data.
-#[cfg(unix)]
-fn remove_stale_socket(path: &Path) {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// On Windows nothing is removed before binding: std cannot tell an AF_UNIX
-/// socket file from other reparse points (cloud placeholders, ...), and
-/// guessing could destroy user data. A stale socket file (left by a process
-/// that died; a [`Listener`] removes its own) makes the bind fail with
-/// `ListenFailed`.
-#[cfg(windows)]
-fn remove_stale_socket(_path: &Path) {}
-
-/// Platform details: socket creation, accept, send flags, connect errors.
-#[cfg(unix)]
-mod sys {
-    use std::io;
-
-    use socket2::{Domain, Protocol, SockRef, Socket, Type};
-
-    /// Flags for `send(2)`/`sendmsg(2)`: never raise `SIGPIPE` (the peer
-    /// having gone away is reported as `EPIPE` instead).
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "dragonfly"
-    ))]
-    pub const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-
-    /// Flags for `send(2)`/`sendmsg(2)`. Apple platforms have no
-    /// `MSG_NOSIGNAL`; socket2 sets `SO_NOSIGPIPE` on every socket it creates
-    /// and accepted sockets inherit it from the listener.
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "dragonfly"
-    )))]
-    pub const SEND_FLAGS: libc::c_int = 0;
-
-    /// Creates a non-blocking, close-on-exec stream socket.
-    pub fn stream_socket(domain: Domain, protocol: Option<Protocol>) -> io::Result<Socket> {
-        // Socket::new always sets close-on-exec (SOCK_CLOEXEC where it exists).
-        #[cfg(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "freebsd",
-            target_os = "netbsd",
-            target_os = "openbsd",
-            target_os = "dragonfly",
-            target_os = "illumos"
-        ))]
-        {
-            Socket::new(domain, Type::STREAM.nonblocking(), protocol)
-        }
-        #[cfg(not(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "freebsd",
-            target_os = "netbsd",
-            target_os = "openbsd",
-            target_os = "dragonfly",
-            target_os = "illumos"
-        )))]
-        {
-            let socket = Socket::new(domain, Type::STREAM, protocol)?;
-            socket.set_nonblocking(true)?;
-            Ok(socket)
-        }
-    }
-
-    /// Accepts one connection as a non-blocking, close-on-exec socket.
-    pub fn accept(listener: SockRef<'_>) -> io::Result<Socket> {
-        #[cfg(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "freebsd",
-            target_os = "netbsd",
-            target_os = "openbsd",
-            target_os = "dragonfly",
-            target_os = "illumos"
-        ))]
-        {
-            listener
-                .accept4(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                .map(|(socket, _)| socket)
-        }
-        #[cfg(not(any(
-            target_os = "linux",
-            target_os = "android",
-            target_os = "freebsd",
-            target_os = "netbsd",
-            target_os = "openbsd",
-            target_os = "dragonfly",
-            target_os = "illumos"
-        )))]
-        {
-            // socket2's accept sets close-on-exec.
-            let (socket, _) = listener.accept()?;
-            socket.set_nonblocking(true)?;
-            Ok(socket)
-        }
-    }
-
-    /// Whether a failed `accept(2)` only concerned the one pending
-    /// connection (or a signal), so that accepting again is right.
-    pub fn accept_should_retry(e: &io::Error) -> bool {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-        ) {
-            return true;
-        }
-        // accept(2) on Linux: "already-pending network errors on the new
-        // socket [...] should be treated like EAGAIN by retrying".
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            matches!(
-                e.raw_os_error(),
-                Some(
-                    libc::EPROTO
-                        | libc::ENETDOWN
-                        | libc::ENOPROTOOPT
-                        | libc::EHOSTDOWN
-                        | libc::ENONET
-                        | libc::EHOSTUNREACH
-                        | libc::EOPNOTSUPP
-                        | libc::ENETUNREACH
-                )
-            )
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        {
-            e.raw_os_error() == Some(libc::EPROTO)
-        }
-    }
-
-    /// Whether a failed non-blocking `connect(2)` goes on in the background.
-    ///
-    /// `EAGAIN` is *not* in progress: for a Unix domain socket it means the
-    /// listener's backlog is full and nothing was started, for TCP that no
-    /// local port is free. (On Windows, `WSAEWOULDBLOCK` *is* in progress.)
-    pub fn connect_in_progress(e: &io::Error) -> bool {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::EINPROGRESS | libc::EALREADY | libc::EINTR)
-        )
-    }
-}
-
-/// Platform details: socket creation, accept, send flags, connect errors.
-#[cfg(windows)]
-mod sys {
-    use std::io;
-
-    use socket2::{Domain, Protocol, SockRef, Socket, Type};
-    use windows_sys::Win32::Networking::WinSock::{
-        WSAEAFNOSUPPORT, WSAEALREADY, WSAEINPROGRESS, WSAEINTR, WSAEINVAL, WSAENOTCONN,
-        WSAEWOULDBLOCK,
-    };
-
-    /// Flags for `send`: Windows raises no signal for a vanished peer.
-    pub const SEND_FLAGS: i32 = 0;
-
-    /// Creates a non-blocking, non-inheritable stream socket (socket2 creates
-    /// every socket with `WSA_FLAG_NO_HANDLE_INHERIT`).
-    pub fn stream_socket(domain: Domain, protocol: Option<Protocol>) -> io::Result<Socket> {
-        let socket = Socket::new(domain, Type::STREAM, protocol)?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
-    }
-
-    /// Accepts one connection as a non-blocking, non-inheritable socket.
-    pub fn accept(listener: SockRef<'_>) -> io::Result<Socket> {
-        // Accepted sockets inherit the listener's non-blocking mode; set it
-        // anyway rather than rely on that.
-        let (socket, _) = listener.accept()?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
-    }
-
-    /// Whether a failed `accept` only concerned the one pending connection,
-    /// so that accepting again is right (Windows reports a connection reset
-    /// before it was accepted as `WSAECONNRESET`).
-    pub fn accept_should_retry(e: &io::Error) -> bool {
-        matches!(
-            e.kind(),
-            io::ErrorKind::Interrupted
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::ConnectionReset
-        )
-    }
-
-    /// Whether a failed non-blocking `connect` goes on in the background:
-    /// on Windows that is `WSAEWOULDBLOCK` (and `WSAEINPROGRESS`/`WSAEALREADY`
-    /// for a connect already under way).
-    pub fn connect_in_progress(e: &io::Error) -> bool {
-        matches!(
-            e.raw_os_error(),
-            Some(WSAEWOULDBLOCK | WSAEINPROGRESS | WSAEALREADY | WSAEINTR)
-        )
-    }
-
-    /// Whether `getpeername` failed only because the connect is still under
-    /// way: `WSAENOTCONN`, or `WSAEINVAL` under Wine.
-    pub fn not_yet_connected(e: &io::Error) -> bool {
-        e.kind() == io::ErrorKind::NotConnected
-            || matches!(e.raw_os_error(), Some(WSAENOTCONN | WSAEINVAL))
-    }
-
-    /// Whether creating a socket failed because the system has no such
-    /// address family (AF_UNIX before Windows 10 1803, and under Wine 8).
-    pub fn family_unsupported(e: &io::Error) -> bool {
-        e.raw_os_error() == Some(WSAEAFNOSUPPORT)
-    }
-}
-
-/// Creates the stream socket of a Unix domain socket; on a system without
-/// AF_UNIX that is an `InvalidAddress` failure, anything else `other`.
 /// A client socket could not be created: out of descriptors or buffers is a failed connect
 /// (the address is fine; retry later), anything else means the address cannot be used.
 fn socket_creation_failed(e: io::Error) -> NetError {
@@ -487,10 +150,12 @@ fn out_of_resources(e: &io::Error) -> bool {
     e.raw_os_error().is_some_and(|c| codes.contains(&c))
 }
 
+/// Creates the stream socket of a Unix domain socket; on a system without
+/// AF_UNIX that is an `InvalidAddress` failure, anything else `other`.
 fn uds_socket(other: Status) -> Result<Socket, NetError> {
-    sys::stream_socket(Domain::UNIX, None).map_err(|e| {
+    platform::stream_socket(Domain::UNIX, None).map_err(|e| {
         #[cfg(windows)]
-        if sys::family_unsupported(&e) {
+        if platform::family_unsupported(&e) {
             return (
                 Status::InvalidAddress,
                 io::Error::new(
@@ -554,7 +219,7 @@ impl Listener {
     /// # Errors
     /// - `InvalidAddress`: a host of [`MAX_HOST_LEN`] bytes or more, an
     ///   unresolvable host, a path of
-    ///   [`UDS_PATH_MAX`](crate::testing::UDS_PATH_MAX) bytes or more (an
+    ///   [`UDS_PATH_MAX`] bytes or more (an
     ///   abstract name: more than `UDS_PATH_MAX - 1`), an empty abstract
     ///   name, a NUL byte in the path, or `EADDRNOTAVAIL` from `bind(2)` (an
     ///   IP that is not local).
@@ -571,7 +236,7 @@ impl Listener {
     /// [`Listener::bind`] for TCP.
     fn bind_tcp(host: &str, port: u16) -> Result<Listener, NetError> {
         let addr = resolve_tcp(host, port, true)?;
-        let socket = sys::stream_socket(Domain::for_address(addr), Some(Protocol::TCP))
+        let socket = platform::stream_socket(Domain::for_address(addr), Some(Protocol::TCP))
             .map_err(|e| (Status::ListenFailed, e))?;
         socket
             .set_reuse_address(true)
@@ -593,7 +258,7 @@ impl Listener {
     /// [`Listener::bind`] for Unix domain sockets.
     fn bind_uds(path: &str) -> Result<Listener, NetError> {
         let target = if path.is_empty() {
-            UdsTarget::Path(crate::testing::temp_uds_path())
+            UdsTarget::Path(temp_uds_path())
         } else {
             UdsTarget::parse(path)?
         };
@@ -641,13 +306,13 @@ impl Listener {
     pub fn accept(&self) -> io::Result<Option<Stream>> {
         loop {
             let accepted = match self {
-                Listener::Tcp(l) => sys::accept(SockRef::from(l)),
-                Listener::Uds { listener, .. } => sys::accept(SockRef::from(listener)),
+                Listener::Tcp(l) => platform::accept(SockRef::from(l)),
+                Listener::Uds { listener, .. } => platform::accept(SockRef::from(listener)),
             };
             let socket = match accepted {
                 Ok(socket) => socket,
                 Err(e) if is_would_block(&e) => return Ok(None),
-                Err(e) if sys::accept_should_retry(&e) => continue,
+                Err(e) if platform::accept_should_retry(&e) => continue,
                 Err(e) => return Err(e),
             };
             socket.set_linger(Some(Duration::ZERO))?;
@@ -773,8 +438,9 @@ impl Stream {
         match addr {
             Address::Tcp { host, port } => {
                 let target = resolve_tcp(host, *port, false)?;
-                let socket = sys::stream_socket(Domain::for_address(target), Some(Protocol::TCP))
-                    .map_err(socket_creation_failed)?;
+                let socket =
+                    platform::stream_socket(Domain::for_address(target), Some(Protocol::TCP))
+                        .map_err(socket_creation_failed)?;
                 socket
                     .set_linger(Some(Duration::ZERO))
                     .and_then(|()| socket.set_tcp_nodelay(true))
@@ -825,7 +491,7 @@ impl Stream {
             #[cfg(unix)]
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
             #[cfg(windows)]
-            Err(e) if sys::not_yet_connected(&e) => Ok(false),
+            Err(e) if platform::not_yet_connected(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -865,7 +531,7 @@ impl Stream {
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
         let socket = self.sock_ref();
         loop {
-            match socket.send_with_flags(buf, sys::SEND_FLAGS) {
+            match socket.send_with_flags(buf, platform::SEND_FLAGS) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
@@ -876,7 +542,7 @@ impl Stream {
     pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let socket = self.sock_ref();
         loop {
-            match socket.send_vectored_with_flags(bufs, sys::SEND_FLAGS) {
+            match socket.send_vectored_with_flags(bufs, platform::SEND_FLAGS) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
@@ -943,7 +609,7 @@ impl Stream {
 fn start_connect(socket: &Socket, addr: &SockAddr, uds: bool) -> Result<bool, NetError> {
     match socket.connect(addr) {
         Ok(()) => Ok(true),
-        Err(e) if sys::connect_in_progress(&e) => Ok(false),
+        Err(e) if platform::connect_in_progress(&e) => Ok(false),
         Err(e) if uds && e.kind() == io::ErrorKind::NotFound => Err((Status::UdsPathNotFound, e)),
         Err(e) => Err((Status::ConnectFailed, e)),
     }
@@ -952,9 +618,8 @@ fn start_connect(socket: &Socket, addr: &SockAddr, uds: bool) -> Result<bool, Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(unix)]
-    use crate::testing::UDS_PATH_MAX;
-    use crate::testing::{free_tcp_port, temp_uds_path};
+    use crate::testing::free_tcp_port;
+    use std::path::Path;
     use std::time::Instant;
 
     const DEADLINE: Duration = Duration::from_secs(10);

@@ -3,7 +3,7 @@
 //! socket; tests drive it with plain byte slices.
 //!
 //! The send queue holds messages and *runs*: frames that posting threads encoded themselves
-//! (small data messages, see `Outbound` in `src/channels.rs`), written as one slice and
+//! (small data messages, see `Outbound` in `src/engine/channels.rs`), written as one slice and
 //! decoded back into messages only if they must be handed back at close. A run behaves
 //! exactly like the messages it holds: every rule below is per frame.
 //!
@@ -20,9 +20,9 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use crate::message::{Message, MessageType, OpCode, Origin};
-use crate::status::{Error, Status};
-use crate::wire::{encoded_len, DecodeError, Decoder, FrameHeader, HEADER_LEN};
+use crate::proto::message::{Message, MessageType, OpCode, Origin};
+use crate::proto::status::{Error, Status};
+use crate::proto::wire::{encoded_len, DecodeError, Decoder, FrameHeader, HEADER_LEN};
 
 /// One queued item: a message with its encoded header, or a run of encoded frames.
 enum Outgoing {
@@ -71,7 +71,7 @@ impl Run {
     fn note_written(&mut self, written: usize) -> (u64, u64) {
         let (mut frames, mut bytes) = (0, 0);
         while self.start < self.bytes.len() {
-            let len = crate::wire::frame_len(&self.bytes[self.start..]);
+            let len = crate::proto::wire::frame_len(&self.bytes[self.start..]);
             if self.start + len > written {
                 break;
             }
@@ -215,7 +215,7 @@ impl Connection {
             return;
         };
         let cut = if self.head_written > r.start {
-            r.start + crate::wire::frame_len(&r.bytes[r.start..])
+            r.start + crate::proto::wire::frame_len(&r.bytes[r.start..])
         } else {
             r.start // at a frame boundary: nothing of the rest is written
         };
@@ -490,7 +490,7 @@ impl Connection {
     }
 
     /// How many bytes of whole frames at the start of `input` the application may decode
-    /// itself (see `Frames` in `src/engine.rs`), and how many frames they are: at most
+    /// itself (see `Frames` in `src/engine/shared.rs`), and how many frames they are: at most
     /// `max_frames`, each at most `max_len` bytes, together at most [`CHUNK_CAP`] bytes
     /// (the first frame aside). Only at a frame boundary with nothing
     /// stashed; stops before an incomplete frame, a ByeResponse and an undefined opCode (left
@@ -604,7 +604,7 @@ impl Connection {
             match o {
                 Outgoing::Frame { msg, .. } => out.push(msg),
                 Outgoing::Run(r) => {
-                    crate::wire::decode_own_all(&r.bytes[r.start..], supply, &mut out);
+                    crate::proto::wire::decode_own_all(&r.bytes[r.start..], supply, &mut out);
                     self.spent.push(r.bytes);
                 }
             }
@@ -673,7 +673,7 @@ mod tests {
     }
 
     fn decode(bytes: &[u8]) -> Vec<(OpCode, u64)> {
-        crate::wire::Decoder::decode_all(bytes)
+        crate::proto::wire::Decoder::decode_all(bytes)
             .unwrap()
             .iter()
             .map(|m| (m.opcode(), m.message_id()))
@@ -719,7 +719,7 @@ mod tests {
                 c.enqueue(m).unwrap();
             }
             let wire = write_all(&mut c, chunk);
-            let got = crate::wire::Decoder::decode_all(&wire).unwrap();
+            let got = crate::proto::wire::Decoder::decode_all(&wire).unwrap();
             assert_eq!(got.len(), sizes.len());
             for (i, m) in got.iter().enumerate() {
                 assert_eq!(m.message_id(), i as u64 + 1);
@@ -769,7 +769,7 @@ mod tests {
                 .unwrap();
             let started = msg(OpCode::Request, 1, b"started by a posting thread");
             let mut wire = Vec::new();
-            crate::wire::encode(&started, &mut wire).unwrap();
+            crate::proto::wire::encode(&started, &mut wire).unwrap();
             wire.truncate(written); // what the posting thread got out
             c.enqueue_started(started, written).unwrap();
             assert!(!c.is_idle());
@@ -839,7 +839,8 @@ mod tests {
         let mut bytes = Vec::new();
         let mut n = 0;
         for id in ids {
-            crate::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 30]), &mut bytes).unwrap();
+            crate::proto::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 30]), &mut bytes)
+                .unwrap();
             n += 1;
         }
         (bytes, n)
@@ -997,7 +998,7 @@ mod tests {
             (OpCode::ByeResponse, 2),
             (OpCode::Request, 3),
         ] {
-            crate::wire::encode(&msg(op, id, b"xy"), &mut wire).unwrap();
+            crate::proto::wire::encode(&msg(op, id, b"xy"), &mut wire).unwrap();
         }
         let mut c = Connection::new();
         let mut got = Vec::new();
@@ -1015,7 +1016,8 @@ mod tests {
     fn starvation_stashes_and_resumes_in_order() {
         let mut wire = Vec::new();
         for id in 1..=4 {
-            crate::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 10]), &mut wire).unwrap();
+            crate::proto::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 10]), &mut wire)
+                .unwrap();
         }
         let mut c = Connection::new();
         let mut budget = 1;
@@ -1056,8 +1058,8 @@ mod tests {
         // finishes it without new bytes; it is still the first frame received (found by
         // fuzz/fuzz_targets/connection.rs).
         let mut wire = Vec::new();
-        crate::wire::encode(&msg(OpCode::HelloRequest, 7, b""), &mut wire).unwrap();
-        crate::wire::encode(&msg(OpCode::Request, 8, b"x"), &mut wire).unwrap();
+        crate::proto::wire::encode(&msg(OpCode::HelloRequest, 7, b""), &mut wire).unwrap();
+        crate::proto::wire::encode(&msg(OpCode::Request, 8, b"x"), &mut wire).unwrap();
         let mut c = Connection::new();
         let mut got = Vec::new();
         let stop = c

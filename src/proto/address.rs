@@ -6,7 +6,8 @@
 //!
 //! * `tcp||7099` (empty host) means all IPv4 interfaces for a listener.
 //! * A host may be an IPv4 or IPv6 literal or a DNS name, at most 255 bytes.
-//! * On Linux a UDS path starting with `@` names an abstract socket (`@name`).
+//! * On Linux a UDS path starting with `@` names an abstract socket (`@name`); elsewhere the
+//!   socket layer refuses it when the socket is created.
 //! * An empty UDS listen path makes the engine choose a temporary path.
 //!
 //! Unlike Zig tofu, malformed values (four or more `|` parts, an unknown protocol token, an
@@ -15,8 +16,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::message::{Header, Message, OpCode};
-use crate::status::Error;
+use crate::proto::message::{Header, Message, OpCode};
+use crate::proto::status::Error;
 
 /// Text-header name of a HelloRequest's address.
 pub const CONNECT_TO: &str = "~connect_to";
@@ -26,28 +27,13 @@ pub const LISTEN_ON: &str = "~listen_on";
 pub const DEFAULT_PORT: u16 = 7099;
 /// Longest host, in bytes.
 pub const MAX_HOST_LEN: usize = 255;
-/// Size of `sun_path` including the terminating NUL: a UDS path (or abstract name after `@`)
-/// may have at most `UDS_PATH_MAX - 1` bytes.
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
-pub const UDS_PATH_MAX: usize = 104;
-/// Size of `sun_path` including the terminating NUL: a UDS path (or abstract name after `@`)
-/// may have at most `UDS_PATH_MAX - 1` bytes.
-#[cfg(not(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
-pub const UDS_PATH_MAX: usize = 108;
+/// Size of the largest `sun_path` of the platforms tofu runs on (Linux and Windows: 108
+/// bytes, its terminating NUL included): a UDS path (or abstract name after `@`) of more than
+/// `SUN_PATH_LEN - 1` bytes is not an address anywhere. Whether a path fits *this* platform
+/// (104 bytes on macOS and the BSDs: [`UDS_PATH_MAX`](crate::address::UDS_PATH_MAX)) and
+/// whether it may be an abstract name (Linux only) is the socket layer's check, made when the
+/// socket is created.
+pub const SUN_PATH_LEN: usize = 108;
 
 /// Where to connect or listen.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -80,9 +66,10 @@ impl Address {
         Address::Uds { path: path.into() }
     }
 
-    /// Checks the limits: host at most 255 bytes, path shorter than [`UDS_PATH_MAX`], no `|`
-    /// or NUL in host or path, no space or tab at the end of a path, `@` names only on Linux.
-    /// Errors are `InvalidAddress`.
+    /// Checks the syntax: host at most 255 bytes, path shorter than [`SUN_PATH_LEN`], no `|`
+    /// or NUL in host or path, no space or tab at the end of a path. Errors are
+    /// `InvalidAddress`. (Limits of the platform are checked when the socket is created: see
+    /// [`SUN_PATH_LEN`].)
     pub fn validate(&self) -> Result<(), Error> {
         match self {
             Address::Tcp { host, .. } => {
@@ -92,11 +79,11 @@ impl Address {
             }
             Address::Uds { path } => {
                 // A filesystem path needs room for its NUL; an abstract name (after `@`) has
-                // a leading NUL instead, so `@` plus up to UDS_PATH_MAX - 1 bytes fit.
+                // a leading NUL instead, so `@` plus up to SUN_PATH_LEN - 1 bytes fit.
                 let too_long = if path.starts_with('@') {
-                    path.len() > UDS_PATH_MAX
+                    path.len() > SUN_PATH_LEN
                 } else {
-                    path.len() >= UDS_PATH_MAX
+                    path.len() >= SUN_PATH_LEN
                 };
                 if too_long || path.contains(['|', '\0', '\r', '\n']) {
                     return Err(Error::InvalidAddress);
@@ -105,9 +92,6 @@ impl Address {
                 // a trailing space or tab would be lost on the way (`uds| ` would even turn
                 // into the empty "temporary path").
                 if path.ends_with([' ', '\t']) {
-                    return Err(Error::InvalidAddress);
-                }
-                if path.starts_with('@') && !cfg!(any(target_os = "linux", target_os = "android")) {
                     return Err(Error::InvalidAddress);
                 }
             }
@@ -236,9 +220,9 @@ mod tests {
         assert_eq!(long_host.parse::<Address>(), Err(Error::InvalidAddress));
         let ok_host = format!("tcp|{}|1", "h".repeat(MAX_HOST_LEN));
         assert!(ok_host.parse::<Address>().is_ok());
-        let long_path = format!("uds|/{}", "p".repeat(UDS_PATH_MAX));
+        let long_path = format!("uds|/{}", "p".repeat(SUN_PATH_LEN));
         assert_eq!(long_path.parse::<Address>(), Err(Error::InvalidAddress));
-        let max_path = format!("uds|/{}", "p".repeat(UDS_PATH_MAX - 2));
+        let max_path = format!("uds|/{}", "p".repeat(SUN_PATH_LEN - 2));
         assert!(max_path.parse::<Address>().is_ok());
     }
 
@@ -275,7 +259,7 @@ mod tests {
             Err(Error::WrongAddress)
         );
         assert_eq!(
-            Address::uds("x".repeat(UDS_PATH_MAX)).format_listen(&mut m),
+            Address::uds("x".repeat(SUN_PATH_LEN)).format_listen(&mut m),
             Err(Error::WrongAddress)
         );
     }
@@ -323,7 +307,6 @@ mod tests {
         }
     }
 
-    #[cfg(target_os = "linux")]
     #[test]
     fn abstract_names() {
         let a: Address = "uds|@tofu-abstract".parse().unwrap();

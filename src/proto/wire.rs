@@ -17,8 +17,8 @@
 
 use std::fmt;
 
-use crate::message::{Message, OpCode, Origin, MAX_SECTION_LEN};
-use crate::status::{Error, Status};
+use crate::proto::message::{Message, OpCode, Origin, MAX_SECTION_LEN};
+use crate::proto::status::{Error, Status};
 
 /// Length of the binary header.
 pub const HEADER_LEN: usize = 16;
@@ -410,7 +410,7 @@ fn set_header(m: &mut Message, h: &FrameHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Header;
+    use crate::proto::message::Header;
 
     #[test]
     fn header_round_trip_from_tofu_tests() {

@@ -51,31 +51,21 @@ use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle, RawSocket};
-use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::windows::io::RawSocket;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use windows_sys::Win32::Foundation::{
-    ERROR_INVALID_HANDLE, INVALID_HANDLE_VALUE, STATUS_CANCELLED, WAIT_TIMEOUT,
-};
+use windows_sys::Win32::Foundation::{ERROR_INVALID_HANDLE, STATUS_CANCELLED};
 use windows_sys::Win32::Networking::WinSock::WSAENOTSOCK;
-use windows_sys::Win32::System::IO::{
-    CreateIoCompletionPort, GetQueuedCompletionStatusEx, PostQueuedCompletionStatus,
-    IO_STATUS_BLOCK, OVERLAPPED_ENTRY,
-};
+use windows_sys::Win32::System::IO::{IO_STATUS_BLOCK, OVERLAPPED_ENTRY};
 
 use super::afd::{self, Afd, AfdPollInfo, Winsock};
-use super::{Event, Registration, Registry, Token, Triggers};
+use super::port::{CompletionPort, Waker, INFINITE, KEY_WAKER};
+use crate::sys::poller::{Event, Registration, Registry, Token, Triggers};
 
 /// Completion key of the AFD helper handle: the entry's `lpOverlapped` is a [`PollState`].
 const KEY_AFD: usize = 1;
-/// Completion key of [`Waker`] packets (no `lpOverlapped`).
-const KEY_WAKER: usize = 2;
-
-/// `INFINITE` for `GetQueuedCompletionStatusEx`.
-const INFINITE: u32 = u32::MAX;
 
 /// Completion entries dequeued per `GetQueuedCompletionStatusEx` call.
 const ENTRIES: usize = 256;
@@ -86,119 +76,6 @@ const MAX_BATCHES: usize = 8;
 
 /// How long `Drop` waits for cancelled polls to come back before leaking their memory.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-
-/// An owned I/O completion port handle.
-#[derive(Debug)]
-pub(super) struct CompletionPort {
-    handle: OwnedHandle,
-}
-
-impl CompletionPort {
-    /// Creates a completion port (one thread, the reactor's, dequeues from it).
-    pub(super) fn new() -> io::Result<CompletionPort> {
-        // SAFETY: with INVALID_HANDLE_VALUE and no existing port this only creates a port.
-        let handle = unsafe { CreateIoCompletionPort(INVALID_HANDLE_VALUE, ptr::null_mut(), 0, 1) };
-        if handle.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new, open handle that nothing else owns.
-        let handle = unsafe { OwnedHandle::from_raw_handle(handle) };
-        Ok(CompletionPort { handle })
-    }
-
-    /// Associates `handle` (opened for asynchronous I/O) with this port under `key`.
-    pub(super) fn associate(&self, handle: RawHandle, key: usize) -> io::Result<()> {
-        // SAFETY: both handles are open (the caller owns `handle`; self owns the port).
-        let port = unsafe { CreateIoCompletionPort(handle, self.handle.as_raw_handle(), key, 0) };
-        if port.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Queues a packet with `key` and no `OVERLAPPED`.
-    fn post(&self, key: usize) -> io::Result<()> {
-        // SAFETY: the port is open; a null OVERLAPPED is allowed and never dereferenced.
-        let ok =
-            unsafe { PostQueuedCompletionStatus(self.handle.as_raw_handle(), 0, key, ptr::null()) };
-        if ok == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// [`CompletionPort::get_many`] for the AFD layer's tests.
-    #[cfg(test)]
-    pub(super) fn get_many_for_tests(
-        &self,
-        entries: &mut [OVERLAPPED_ENTRY],
-        timeout_ms: u32,
-    ) -> io::Result<usize> {
-        self.get_many(entries, timeout_ms)
-    }
-
-    /// Dequeues up to `entries.len()` packets, waiting up to `timeout_ms` ([`INFINITE`]) for
-    /// the first. Returns how many were dequeued; 0 when the wait timed out. Entries of
-    /// failed I/O are returned like the others (their status is in the I/O status block).
-    fn get_many(&self, entries: &mut [OVERLAPPED_ENTRY], timeout_ms: u32) -> io::Result<usize> {
-        let mut removed: u32 = 0;
-        // Callers pass at most ENTRIES entries.
-        let len = entries.len() as u32;
-        // SAFETY: `entries` is valid for `len` writes and `removed` for one; not alertable.
-        let ok = unsafe {
-            GetQueuedCompletionStatusEx(
-                self.handle.as_raw_handle(),
-                entries.as_mut_ptr(),
-                len,
-                &mut removed,
-                timeout_ms,
-                0,
-            )
-        };
-        if ok == 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(WAIT_TIMEOUT as i32) {
-                return Ok(0);
-            }
-            return Err(e);
-        }
-        Ok(removed as usize)
-    }
-}
-
-/// Interrupts a blocked [`Poller::wait`](super::Poller::wait) from another thread.
-///
-/// `Send + Sync`; obtained (as an `Arc`) from [`Poller::waker`](super::Poller::waker). On
-/// Windows a wake-up is a packet posted to the poller's completion port; the waker keeps the
-/// port open, so waking after the poller is gone is harmless. Wake-ups coalesce: at most one
-/// packet is queued at a time, and all `wake` calls made before a `wait` notices it yield a
-/// single `NOTIFY`.
-#[derive(Debug)]
-pub struct Waker {
-    port: Arc<CompletionPort>,
-    /// A packet is queued and not yet dequeued by `wait`.
-    posted: AtomicBool,
-}
-
-impl Waker {
-    /// Makes the current or next `wait` of the owning poller return with a `NOTIFY` event.
-    ///
-    /// Fails only if `PostQueuedCompletionStatus` fails (then nothing is queued, and a later
-    /// `wake` tries again).
-    pub fn wake(&self) -> io::Result<()> {
-        if self.posted.swap(true, Ordering::AcqRel) {
-            return Ok(()); // a packet is already on its way
-        }
-        self.port.post(KEY_WAKER).inspect_err(|_| {
-            self.posted.store(false, Ordering::Release);
-        })
-    }
-
-    /// Called by `wait` when it dequeues the packet: the next `wake` posts a new one.
-    fn consumed(&self) {
-        self.posted.store(false, Ordering::Release);
-    }
-}
 
 /// What the kernel writes while a poll is in flight, plus the identity it was made for.
 ///
@@ -290,7 +167,7 @@ struct Slot {
 }
 
 /// The IOCP + AFD_POLL backend; see the module docs.
-pub(super) struct Iocp {
+pub(crate) struct Iocp {
     port: Arc<CompletionPort>,
     afd: Afd,
     /// The validation rules shared with the other backends (token -> socket, interest).
@@ -393,14 +270,11 @@ fn timeout_ms(deadline: Option<Instant>) -> u32 {
 
 impl Iocp {
     /// Creates the completion port, the AFD helper handle and the waker posting to the port.
-    pub(super) fn new() -> io::Result<(Iocp, Waker)> {
+    pub(crate) fn new() -> io::Result<(Iocp, Waker)> {
         let winsock = Winsock::start()?;
         let port = Arc::new(CompletionPort::new()?);
         let afd = Afd::open(&port, KEY_AFD)?;
-        let waker = Waker {
-            port: Arc::clone(&port),
-            posted: AtomicBool::new(false),
-        };
+        let waker = Waker::new(Arc::clone(&port));
         let iocp = Iocp {
             port,
             afd,
@@ -418,7 +292,7 @@ impl Iocp {
     }
 
     /// Registers `socket` and issues its first poll at once (so a bad socket fails here).
-    pub(super) fn register(
+    pub(crate) fn register(
         &mut self,
         socket: RawSocket,
         token: Token,
@@ -455,7 +329,7 @@ impl Iocp {
     }
 
     /// Changes the interest; no syscall unless the AFD mask in flight must change.
-    pub(super) fn reregister(
+    pub(crate) fn reregister(
         &mut self,
         socket: RawSocket,
         token: Token,
@@ -491,7 +365,7 @@ impl Iocp {
 
     /// Removes the registration; a poll in flight is cancelled and its block kept as a
     /// zombie until the completion comes back.
-    pub(super) fn deregister(&mut self, socket: RawSocket, token: Token) -> io::Result<()> {
+    pub(crate) fn deregister(&mut self, socket: RawSocket, token: Token) -> io::Result<()> {
         if self.registry.removable(socket, token)?.is_none() {
             return Ok(());
         }
@@ -524,7 +398,7 @@ impl Iocp {
 
     /// Re-arms queued registrations, then dequeues completions until one maps to an event,
     /// the waker fires or the deadline passes. Returns the number of events (0: timed out).
-    pub(super) fn wait(
+    pub(crate) fn wait(
         &mut self,
         waker: &Waker,
         events: &mut Vec<Event>,
@@ -1149,9 +1023,9 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert!(w.posted.load(Ordering::Acquire));
+        assert!(w.is_posted());
         assert_eq!(wait(&mut p, &w, LONG).len(), 1);
-        assert!(!w.posted.load(Ordering::Acquire));
+        assert!(!w.is_posted());
         // Nothing left over in the port...
         quiet(&mut p, &w);
         // ... and the next wake posts again.

@@ -1,0 +1,379 @@
+//! [`ChannelGroup`]: the application's side of a set of channels: `post` (validation, the
+//! per-thread cache of send states, the direct-write path) and `wait_receive`.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::shared::{engine_signal, Command, Completion, GroupShared, MailboxState, Shared};
+use super::PostError;
+use crate::engine::channels::{Direct, Posted, SendState};
+use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
+use crate::proto::status::{Error, Status};
+
+/// A set of channels and one receive queue, used from application threads.
+///
+/// Every channel belongs to the group that created it (by Hello or Welcome) or, for an
+/// accepted connection, to its listener's group. All results, statuses and peer messages for
+/// those channels arrive through this group's [`wait_receive`](ChannelGroup::wait_receive).
+///
+/// Share a group between threads with `Arc` or scoped threads. [`destroy`](Self::destroy) (or
+/// drop) closes its channels abortively and wakes every blocked `wait_receive` with
+/// `ShutdownStarted`.
+pub struct ChannelGroup {
+    group: Arc<GroupShared>,
+    shared: Arc<Shared>,
+    destroyed: AtomicBool,
+}
+
+impl ChannelGroup {
+    /// The application's handle of a new group of the engine behind `shared`.
+    pub(crate) fn new(group: Arc<GroupShared>, shared: Arc<Shared>) -> ChannelGroup {
+        ChannelGroup {
+            group,
+            shared,
+            destroyed: AtomicBool::new(false),
+        }
+    }
+
+    /// Validates `msg` (see [`Message::validate_for_post`]) and queues it for the reactor.
+    ///
+    /// A Request, Response or Signal without `oob` whose frame is at most 4 KiB is encoded
+    /// by the calling thread into its channel's queue, and the message returns to the pool
+    /// at once: the reactor writes the queued frames in one system call without copying
+    /// them. Should the channel close before they are written, they come back through
+    /// `wait_receive` decoded into messages with the same content. Other messages (bye-type,
+    /// `oob`, larger ones) are queued whole, in the same order.
+    ///
+    /// A Request, Response or Signal for an idle channel (nothing queued) posted while the
+    /// reactor sleeps is written by the calling thread instead: one non-blocking write, and
+    /// the message returns to the pool. At most one post per reactor sleep does so, and none
+    /// after the reactor wrote more than one frame since it woke, so a stream of posts is
+    /// still written in batches by the reactor. See [`EngineStats::direct_writes`](crate::EngineStats::direct_writes).
+    ///
+    /// Returns the header as posted: the channel number (new for Hello/Welcome requests) and
+    /// the message_id. Success means "accepted" (queued, or written), not "delivered": every
+    /// later outcome comes back through `wait_receive`. On failure the message is handed back
+    /// with the error:
+    /// validation errors, `InvalidChannelNumber` (no such live channel),
+    /// `InvalidMessageChannelGroup` (another group's channel), `SendQueueFull` (the channel
+    /// already holds [`SendLimit`](crate::SendLimit) worth of unsent messages), `NotificationDisabled`
+    /// (engine shut down), `ShutdownStarted` (this group destroyed), `AllocationFailed`
+    /// (no free channel number).
+    pub fn post(&self, mut msg: Message) -> Result<Header, PostError> {
+        if let Err(error) = msg.validate_for_post() {
+            return Err(PostError {
+                error,
+                message: msg,
+            });
+        }
+        if self.destroyed.load(Ordering::SeqCst) {
+            return Err(PostError {
+                error: Error::ShutdownStarted,
+                message: msg,
+            });
+        }
+        if msg.header.channel == CHANNEL_UNASSIGNED {
+            return self.open(msg);
+        }
+        let header = msg.header;
+        if msg.header.opcode == OpCode::ByeSignal && msg.header.oob {
+            // A local abort acts at once instead of waiting behind queued frames (after the
+            // checks of the table, which the reactor makes again).
+            return match self.send_state(msg.header.channel) {
+                Ok(_) => self.submit_post(msg, false),
+                Err(error) => Err(refused(Some(msg), error)),
+            };
+        }
+        let limit = (
+            self.shared.send_limit.messages,
+            self.shared.send_limit.bytes,
+        );
+        let direct = matches!(
+            msg.header.opcode,
+            OpCode::Request | OpCode::Response | OpCode::Signal
+        );
+        let bufs = self.shared.pool.buffers();
+        // Posts `slot` to `send`; a direct write needs the send state afterwards.
+        let post_to = |send: &Arc<SendState>, slot: &mut Option<Message>| {
+            let turn = || self.shared.take_direct_turn();
+            let r = send.post(slot, limit, direct, turn, bufs);
+            let keep = matches!(r, Ok(Posted::Direct(_))).then(|| Arc::clone(send));
+            (r, keep)
+        };
+        // The channels this thread posted to lately need no lookup in the engine's table;
+        // one that closed since is looked up again (its number may be in use once more).
+        let mut slot = Some(msg);
+        let (outcome, send) = match with_recent(self.group.id, header.channel, |send| {
+            post_to(send, &mut slot)
+        }) {
+            Some((Err(Error::InvalidChannelNumber), _)) | None => {
+                let send = match self.send_state(header.channel) {
+                    Ok(send) => send,
+                    Err(error) => return Err(refused(slot, error)),
+                };
+                remember(self.group.id, header.channel, &send);
+                post_to(&send, &mut slot)
+            }
+            Some(x) => x,
+        };
+        let socket = match outcome {
+            Ok(Posted::Direct(socket)) => socket,
+            Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
+            Err(error) => return Err(refused(slot, error)),
+        };
+        let (Some(msg), Some(send)) = (slot, send) else {
+            unreachable!("a direct write leaves the message and its send state to the caller")
+        };
+        // A data message for an idle channel while the reactor sleeps is written right here
+        // (see `SendState`): no hand-off to the reactor and back.
+        match send.write_direct(msg, &socket) {
+            Direct::Written { flush } => {
+                self.shared.direct_writes.fetch_add(1, Ordering::Relaxed);
+                if flush {
+                    // Not refused unless the engine is gone, and then nothing is queued.
+                    let _ = self.shared.submit(Command::Flush {
+                        channel: header.channel,
+                    });
+                }
+                Ok(header)
+            }
+            Direct::HandOver { msg, written } => {
+                self.shared.handovers.fetch_add(1, Ordering::Relaxed);
+                send.count(crate::proto::wire::encoded_len(&msg) as u64);
+                let cmd = Command::HandOver {
+                    group: Arc::clone(&self.group),
+                    msg,
+                    written,
+                };
+                self.submit_or_refuse(cmd, false)
+            }
+            // The gate closed meanwhile: queued as usual, and (the queue being empty a
+            // moment ago) without the limit check, like any post to an empty queue.
+            Direct::NotTaken(msg) => match send.push(msg, bufs) {
+                Ok(was_empty) => self.queued(was_empty, header),
+                Err(msg) => Err(refused(Some(msg), Error::InvalidChannelNumber)),
+            },
+        }
+    }
+
+    /// The send state of this group's live channel `ch` (one lookup in the engine's table).
+    fn send_state(&self, ch: u16) -> Result<Arc<SendState>, Error> {
+        match self.shared.lock_table().record(ch) {
+            Some(r) if r.group == self.group.id => Ok(Arc::clone(&r.send)),
+            None => Err(Error::InvalidChannelNumber),
+            Some(_) => Err(Error::InvalidMessageChannelGroup),
+        }
+    }
+
+    /// A post went to its channel's queue; the reactor is told when the queue was empty.
+    fn queued(&self, was_empty: bool, header: Header) -> Result<Header, PostError> {
+        if was_empty {
+            // The reactor takes the queue when told; the command costs no system call while
+            // it is awake. Refused only once the engine is gone, and then the channel was
+            // closed (its queue handed back) before.
+            let _ = self.shared.submit(Command::Flush {
+                channel: header.channel,
+            });
+        }
+        Ok(header)
+    }
+
+    /// A Hello or Welcome request: a new channel number, then the reactor opens the channel.
+    fn open(&self, mut msg: Message) -> Result<Header, PostError> {
+        let allocated = {
+            let mut table = self.shared.lock_table();
+            let ch = table.allocate(self.group.id);
+            if let Some(r) = ch.and_then(|ch| table.record(ch)) {
+                r.send.count(crate::proto::wire::encoded_len(&msg) as u64);
+            }
+            ch
+        };
+        let Some(ch) = allocated else {
+            msg.header.status = Status::AllocationFailed;
+            return Err(PostError {
+                error: Error::AllocationFailed,
+                message: msg,
+            });
+        };
+        msg.header.channel = ch;
+        self.submit_post(msg, true)
+    }
+
+    /// Queues a message for the reactor as a command.
+    fn submit_post(&self, msg: Message, new_channel: bool) -> Result<Header, PostError> {
+        let cmd = Command::Post {
+            group: Arc::clone(&self.group),
+            msg,
+        };
+        self.submit_or_refuse(cmd, new_channel)
+    }
+
+    fn submit_or_refuse(&self, cmd: Command, new_channel: bool) -> Result<Header, PostError> {
+        let header = match &cmd {
+            Command::Post { msg, .. } | Command::HandOver { msg, .. } => msg.header,
+            _ => unreachable!("only posts are submitted here"),
+        };
+        match self.shared.submit(cmd) {
+            Ok(()) => Ok(header),
+            Err(cmd) => {
+                if new_channel {
+                    self.shared.lock_table().release(header.channel);
+                }
+                let (Command::Post { mut msg, .. } | Command::HandOver { mut msg, .. }) = cmd
+                else {
+                    unreachable!("submit hands back the command it was given")
+                };
+                msg.header.status = Status::NotificationDisabled;
+                Err(PostError {
+                    error: Error::NotificationDisabled,
+                    message: msg,
+                })
+            }
+        }
+    }
+
+    /// Waits for the next message: `timeout` `None` waits forever, `Some(ZERO)` polls once.
+    ///
+    /// Small frames a peer sent are handed to the group as bytes and decoded here, on the
+    /// calling thread, into a message of the engine's pool (see the README's architecture
+    /// notes); the result is the same message either way.
+    ///
+    /// `Ok(None)` means the timeout passed. `Err(ShutdownStarted)` means the group was
+    /// destroyed, or the engine is gone and every queued message has been taken.
+    /// The caller owns the message; dropping it returns it to the pool.
+    #[doc(alias = "waitReceive")]
+    pub fn wait_receive(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
+        self.group.wait(timeout)
+    }
+
+    /// Puts a message into this group's receive queue, waking a `wait_receive`, without
+    /// involving the reactor (tofu's cross-thread wake-up).
+    ///
+    /// * `None`: the queue gets a Signal with origin engine, status `ReceiverUpdate`,
+    ///   channel 0 and message_id 0.
+    /// * `Some(msg)`: the message keeps opcode, channel and message_id and gets origin
+    ///   application and status `ReceiverUpdate`.
+    ///
+    /// Fails with `ShutdownStarted` when the group is destroyed or its engine is gone; the
+    /// message then returns to the pool.
+    #[doc(alias = "updateReceiver")]
+    pub fn update_receiver(&self, msg: Option<Message>) -> Result<(), Error> {
+        let msg = match msg {
+            Some(mut m) => {
+                m.header.origin = Origin::Application;
+                m.header.status = Status::ReceiverUpdate;
+                m
+            }
+            None => engine_signal(self.shared.pool.message(), Status::ReceiverUpdate, 0, 0),
+        };
+        if self.group.deliver_if_open(msg) {
+            Ok(())
+        } else {
+            Err(Error::ShutdownStarted)
+        }
+    }
+
+    /// Closes every channel of this group abortively (RST, no notifications), discards its
+    /// queued messages into the pool, and wakes blocked `wait_receive` calls with
+    /// `ShutdownStarted`. Blocks until the reactor has done so. Idempotent; drop calls it.
+    pub fn destroy(&self) {
+        if self.destroyed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Seen by the reactor before anything this group posted from now on (and racing
+        // posts): such posts are discarded instead of opening channels nobody owns.
+        self.group.destroyed.store(true, Ordering::SeqCst);
+        let done = Arc::new(Completion::default());
+        let cmd = Command::DestroyGroup {
+            group: self.group.id,
+            done: Arc::clone(&done),
+        };
+        if self.shared.submit(cmd).is_ok() {
+            done.wait();
+        }
+        self.group.close(MailboxState::Destroyed);
+    }
+
+    /// This group's process-wide id.
+    pub fn id(&self) -> u32 {
+        self.group.id
+    }
+}
+
+impl Drop for ChannelGroup {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+impl std::fmt::Debug for ChannelGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelGroup")
+            .field("id", &self.group.id)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recently used send states, per thread.
+
+/// Entries of [`RECENT`].
+const RECENT_LEN: usize = 16;
+
+/// A recently used send state: its group's process-wide id, its channel number, and
+/// whether it was used since the last miss on its slot.
+type Recent = Option<(u32, u16, Arc<SendState>, Cell<bool>)>;
+
+thread_local! {
+    /// The send states this thread posted to lately, by group id (unique in the process)
+    /// and channel number, so that a post to them takes no engine-wide lock. An entry is
+    /// only trusted while its channel's queue accepts posts: a closed one makes `post` look
+    /// the number up in the engine's table again. Stale entries keep only a small closed
+    /// `SendState` alive until they are replaced.
+    static RECENT: RefCell<[Recent; RECENT_LEN]> = const { RefCell::new([const { None }; RECENT_LEN]) };
+}
+
+/// `f(send state)` if this thread used the send state of (`group`, `channel`) lately.
+/// (No reference count changes: `f` borrows the entry.)
+fn with_recent<R>(group: u32, channel: u16, f: impl FnOnce(&Arc<SendState>) -> R) -> Option<R> {
+    RECENT
+        .try_with(|r| {
+            let r = r.borrow();
+            match &r[usize::from(channel) % RECENT_LEN] {
+                Some((g, c, s, used)) if *g == group && *c == channel => {
+                    used.set(true);
+                    Some(f(s))
+                }
+                _ => None,
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+/// The post error for a message left in `slot` (its status set to the error's).
+fn refused(slot: Option<Message>, error: Error) -> PostError {
+    let Some(mut message) = slot else {
+        unreachable!("a refused post keeps its message")
+    };
+    message.header.status = error.status();
+    PostError { error, message }
+}
+
+/// Remembers `send` as the send state of (`group`, `channel`) for this thread.
+///
+/// An entry used since the last miss on its slot gets a second chance instead of being
+/// replaced, so a thread posting round-robin to many channels does not keep evicting the
+/// few it posts to often (nor pay for the churn).
+fn remember(group: u32, channel: u16, send: &Arc<SendState>) {
+    let _ = RECENT.try_with(|r| {
+        let mut r = r.borrow_mut();
+        let slot = &mut r[usize::from(channel) % RECENT_LEN];
+        match slot {
+            Some((_, _, _, used)) if used.get() => used.set(false),
+            _ => *slot = Some((group, channel, Arc::clone(send), Cell::new(false))),
+        }
+    });
+}

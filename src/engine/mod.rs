@@ -1,0 +1,256 @@
+//! The engine (tofu's `Ampe`) and its channel groups: the application-facing half.
+//!
+//! An [`Engine`] owns one I/O thread running the reactor, a message [`Pool`] and the channel
+//! table. Application threads talk to it through [`ChannelGroup`]s: `post` hands a message to
+//! the reactor, `wait_receive` takes the next message the engine or a peer produced.
+//!
+//! Guarantees:
+//! * **Order.** Messages posted on one channel are written in post order (an `oob` message
+//!   goes ahead of those not yet started, so several `oob` messages go out newest first).
+//!   Messages received on a channel are delivered in arrival order. A channel's final
+//!   `ChannelClosed` Signal follows everything the engine hands back at its close; only a
+//!   message posted while the close was already under way can come back after it.
+//! * **Nothing lost silently.** A posted message is either written to the socket or handed
+//!   back to its group with an engine status: at channel close (the close reason), when its
+//!   channel no longer exists (`ChannelClosed`) or at engine shutdown (`ShutdownStarted`).
+//!   A post that fails returns the message with the error.
+//! * **Thread safety.** `Engine` and `ChannelGroup` are `Send + Sync`; every method may be
+//!   called from any thread. Messages are moved, never shared.
+//! * **Teardown.** Dropping a group closes its channels abortively and wakes its waiters with
+//!   `ShutdownStarted`; dropping the engine first is also safe (groups then report
+//!   `ShutdownStarted` once their queues are empty).
+
+pub(crate) mod channels;
+mod group;
+pub mod pool;
+mod reactor;
+pub(crate) mod shared;
+
+pub use group::ChannelGroup;
+use shared::{GroupShared, MailboxState, Shared};
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::engine::pool::{Allocation, Pool, PoolOptions};
+use crate::engine::reactor::Reactor;
+use crate::proto::message::Message;
+use crate::proto::status::Error;
+use crate::sys::poller::{Backend, Poller};
+
+/// Engine settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Message pool sizes (tofu `initialPoolMsgs` / `maxPoolMsgs`).
+    pub pool: PoolOptions,
+    /// The OS readiness mechanism of the reactor.
+    pub backend: Backend,
+    /// Per-channel bound on messages posted but not yet written.
+    pub send_limit: SendLimit,
+    /// A peer that starts a frame and then sends nothing for this long has its channel
+    /// closed with `RecvFailed` (a slowloris peer cannot hold a channel forever). `None`
+    /// waits forever, as Zig tofu does. Default: 30 s.
+    pub frame_timeout: Option<Duration>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            pool: PoolOptions::default(),
+            backend: Backend::default(),
+            send_limit: SendLimit::default(),
+            frame_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// The send-side high-water mark of every channel: once a channel holds this many posted,
+/// not yet written messages (or bytes of their frames), `post` hands further messages back
+/// with `SendQueueFull` instead of queueing without bound. A single message is always
+/// accepted by an empty queue, whatever its size.
+///
+/// Zig tofu has no such limit; a peer that stops reading made its queues grow forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendLimit {
+    /// Most messages queued per channel.
+    pub messages: u64,
+    /// Most frame bytes (header, text headers, body) queued per channel.
+    pub bytes: u64,
+}
+
+impl SendLimit {
+    /// No limit (Zig tofu's behaviour).
+    pub const UNLIMITED: SendLimit = SendLimit {
+        messages: u64::MAX,
+        bytes: u64::MAX,
+    };
+}
+
+impl Default for SendLimit {
+    /// 65536 messages or 64 MiB per channel.
+    fn default() -> SendLimit {
+        SendLimit {
+            messages: 65_536,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// A failed [`ChannelGroup::post`]: the error and the message, handed back to the caller.
+#[derive(Debug)]
+pub struct PostError {
+    /// Why the post failed.
+    pub error: Error,
+    /// The message, unchanged except for the status byte (and origin) set by validation.
+    pub message: Message,
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "post failed: {}", self.error)
+    }
+}
+
+impl std::error::Error for PostError {}
+
+/// A messaging engine: one reactor thread, one pool, one channel table.
+///
+/// Several engines may live in one process. Dropping the engine stops its thread: every
+/// channel is closed abortively, unsent messages go back to their groups with
+/// `ShutdownStarted`, and groups still alive report `ShutdownStarted` once drained.
+#[doc(alias = "Ampe")]
+#[doc(alias = "Reactor")]
+pub struct Engine {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts an engine and its I/O thread; returns once the thread runs.
+    ///
+    /// Fails with `CommunicationFailed` when the poller cannot be created (the cause is
+    /// logged) and `AllocationFailed` when the thread cannot be started.
+    pub fn new(options: EngineOptions) -> Result<Engine, Error> {
+        let poller = Poller::new(options.backend).map_err(|e| {
+            tracing::debug!(error = %e, backend = %options.backend, "poller creation failed");
+            Error::CommunicationFailed
+        })?;
+        let pool = Pool::new(options.pool);
+        let shared = Arc::new(Shared::new(pool.clone(), poller.waker(), &options));
+        let weak = Arc::downgrade(&shared);
+        pool.set_on_refill(Box::new(move || {
+            if let Some(s) = weak.upgrade() {
+                s.wake();
+            }
+        }));
+        let reactor = Reactor::new(Arc::clone(&shared), poller);
+        let thread = std::thread::Builder::new()
+            .name("tofu-reactor".into())
+            .spawn(move || reactor.run())
+            .map_err(|e| {
+                tracing::debug!(error = %e, "reactor thread spawn failed");
+                Error::AllocationFailed
+            })?;
+        Ok(Engine {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// An engine with default options.
+    pub fn with_defaults() -> Result<Engine, Error> {
+        Engine::new(EngineOptions::default())
+    }
+
+    /// Creates a channel group.
+    #[doc(alias = "create")]
+    pub fn create_group(&self) -> Result<ChannelGroup, Error> {
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            return Err(Error::ShutdownStarted);
+        }
+        let group = Arc::new(GroupShared::new());
+        let mut groups = self.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.retain(|g| g.strong_count() > 0);
+        groups.push(Arc::downgrade(&group));
+        drop(groups);
+        Ok(ChannelGroup::new(group, Arc::clone(&self.shared)))
+    }
+
+    /// Takes a message from the engine's pool (`None` only for `PoolOnly` on an empty pool).
+    /// The message returns to the pool when dropped.
+    pub fn get(&self, how: Allocation) -> Option<Message> {
+        self.shared.pool.get(how)
+    }
+
+    /// Puts a message into the engine's pool (any message, also one not from this pool).
+    pub fn put(&self, msg: Message) {
+        self.shared.pool.put(msg)
+    }
+
+    /// The engine's pool.
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    /// The poller backend in use.
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+
+    /// Counters of the reactor thread, for monitoring and benchmarks.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            iterations: self.shared.iterations.load(Ordering::Relaxed),
+            sleeps: self.shared.sleeps.load(Ordering::Relaxed),
+            direct_writes: self.shared.direct_writes.load(Ordering::Relaxed),
+            handovers: self.shared.handovers.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Reactor counters (see [`Engine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Loop iterations so far.
+    pub iterations: u64,
+    /// Times the reactor blocked in the poller with no timeout (it has no periodic timer, so
+    /// an idle engine's counters stay still: every wake-up has a cause).
+    pub sleeps: u64,
+    /// Messages written by the posting thread itself: posted to an idle channel while the
+    /// reactor slept (at most one per reactor sleep), so no thread hand-off was needed.
+    pub direct_writes: u64,
+    /// Direct writes that could not write the whole frame (full socket buffer, failing
+    /// socket) and handed the message to the reactor, which wrote the rest or reported the
+    /// failure. Not counted in `direct_writes`.
+    pub handovers: u64,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.force_wake();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("reactor thread panicked");
+            }
+        }
+        // The reactor is gone: refuse further posts, hand back what is still queued.
+        self.shared.close_commands();
+        self.shared.close_outbounds();
+        let groups =
+            std::mem::take(&mut *self.shared.groups.lock().unwrap_or_else(|p| p.into_inner()));
+        for g in groups.iter().filter_map(Weak::upgrade) {
+            g.close(MailboxState::EngineGone);
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.shared.backend)
+            .finish()
+    }
+}

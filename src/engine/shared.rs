@@ -1,0 +1,513 @@
+//! The state the application threads and the reactor share: the command queue and wake-up
+//! ([`Shared`]), each group's mailbox ([`GroupShared`]), what a mailbox holds ([`Inbound`],
+//! [`Frames`]) and the engine's own notifications. The reactor reads and writes it; it never
+//! names the reactor.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use super::{EngineOptions, SendLimit};
+use crate::engine::channels::ChannelTable;
+use crate::engine::pool::{Allocation, Pool};
+use crate::proto::message::{Header, Message, OpCode, Origin};
+use crate::proto::status::{Error, Status};
+use crate::sys::poller::{Backend, Waker};
+use crate::util::padded::Padded;
+
+/// What application threads ask of the reactor.
+pub(crate) enum Command {
+    /// A validated message for a channel (new for Hello/Welcome requests).
+    Post {
+        group: Arc<GroupShared>,
+        msg: Message,
+    },
+    /// A message whose frame a posting thread started to write directly (`written` bytes,
+    /// maybe none): the reactor writes the rest before anything else on the channel.
+    HandOver {
+        group: Arc<GroupShared>,
+        msg: Message,
+        written: usize,
+    },
+    /// A posting thread wrote directly while messages were queued: write them now.
+    Flush { channel: u16 },
+    /// Close every channel of a group without notifications, then signal `done`.
+    DestroyGroup { group: u32, done: Arc<Completion> },
+}
+
+impl Command {
+    /// Gives a command up (engine gone): posted messages go back to their group.
+    pub(crate) fn abandon(self, status: Status) {
+        match self {
+            Command::Post { group, mut msg } | Command::HandOver { group, mut msg, .. } => {
+                let opened = matches!(msg.opcode(), OpCode::HelloRequest | OpCode::WelcomeRequest);
+                let (channel, id) = (msg.channel(), msg.message_id());
+                msg.header.origin = Origin::Engine;
+                msg.header.status = status;
+                group.deliver(msg);
+                if opened {
+                    // Its channel never opened; it still ends with the final Signal.
+                    let m = engine_signal(Message::new(), Status::ChannelClosed, channel, id);
+                    group.deliver(m);
+                }
+            }
+            Command::DestroyGroup { done, .. } => done.complete(),
+            Command::Flush { .. } => {}
+        }
+    }
+}
+
+pub(crate) struct Commands {
+    pub(crate) queue: Vec<Command>,
+    /// False once the reactor stopped taking commands.
+    pub(crate) open: bool,
+}
+
+/// Engine state shared by the handles and the reactor thread.
+///
+/// Fields written often by different threads sit on cache lines of their own ([`Padded`]):
+/// the command queue (posters and the reactor), `sleeping` (the reactor; read per post), the
+/// channel table (posters) and the reactor's counters; the rest is read-mostly.
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
+    pub(crate) commands: Padded<Mutex<Commands>>,
+    /// The reactor is (about to be) blocked in the poller and needs a wake-up.
+    pub(crate) sleeping: Padded<AtomicBool>,
+    pub(crate) waker: Arc<Waker>,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) table: Padded<Mutex<ChannelTable>>,
+    pub(crate) groups: Mutex<Vec<Weak<GroupShared>>>,
+    pub(crate) backend: Backend,
+    pub(crate) iterations: Padded<AtomicU64>,
+    pub(crate) sleeps: AtomicU64,
+    /// Set by the reactor while it sleeps: one post may write directly (see `SendState`).
+    pub(crate) direct_turn: Padded<AtomicBool>,
+    pub(crate) direct_writes: Padded<AtomicU64>,
+    pub(crate) handovers: AtomicU64,
+    pub(crate) send_limit: SendLimit,
+    pub(crate) frame_timeout: Option<Duration>,
+}
+
+impl Shared {
+    /// The state of a new engine: its pool, the waker of its poller and its options.
+    pub(crate) fn new(pool: Pool, waker: Arc<Waker>, options: &EngineOptions) -> Shared {
+        Shared {
+            pool,
+            commands: Padded::new(Mutex::new(Commands {
+                queue: Vec::new(),
+                open: true,
+            })),
+            sleeping: Padded::new(AtomicBool::new(false)),
+            waker,
+            shutdown: AtomicBool::new(false),
+            table: Padded::new(Mutex::new(ChannelTable::new())),
+            groups: Mutex::new(Vec::new()),
+            backend: options.backend,
+            iterations: Padded::new(AtomicU64::new(0)),
+            direct_turn: Padded::new(AtomicBool::new(false)),
+            direct_writes: Padded::new(AtomicU64::new(0)),
+            handovers: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
+            send_limit: options.send_limit,
+            frame_timeout: options.frame_timeout,
+        }
+    }
+
+    pub(crate) fn lock_commands(&self) -> MutexGuard<'_, Commands> {
+        // Commands are pushed and swapped whole; a panic cannot leave them half-updated.
+        self.commands.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_table(&self) -> MutexGuard<'_, ChannelTable> {
+        // Table operations complete before any call that could panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the one direct write allowed per reactor sleep. One, not all: a thread posting
+    /// a stream of messages would otherwise make a system call per message instead of
+    /// letting the reactor write them in batches.
+    pub(crate) fn take_direct_turn(&self) -> bool {
+        self.direct_turn.load(Ordering::Relaxed) && self.direct_turn.swap(false, Ordering::AcqRel)
+    }
+
+    /// Queues a command; hands it back if the reactor no longer takes commands.
+    /// Costs no syscall when the reactor is awake.
+    pub(crate) fn submit(&self, cmd: Command) -> Result<(), Command> {
+        {
+            let mut c = self.lock_commands();
+            if !c.open || self.shutdown.load(Ordering::SeqCst) {
+                return Err(cmd);
+            }
+            c.queue.push(cmd);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Stops taking commands and hands back those still queued (engine shutdown).
+    pub(crate) fn close_commands(&self) {
+        let leftovers = {
+            let mut c = self.lock_commands();
+            c.open = false;
+            std::mem::take(&mut c.queue)
+        };
+        for cmd in leftovers {
+            cmd.abandon(Status::ShutdownStarted);
+        }
+    }
+
+    /// After the reactor stopped: closes the `Outbound` queue of every channel it did not
+    /// close itself (a Hello still in the command queue, a post that raced the shutdown) and
+    /// hands what they hold back to their groups with `ShutdownStarted`. Later posts to
+    /// them are refused.
+    pub(crate) fn close_outbounds(&self) {
+        let sends: Vec<(u32, Arc<crate::engine::channels::SendState>)> = self
+            .lock_table()
+            .records()
+            .map(|(g, s)| (g, Arc::clone(s)))
+            .collect();
+        let groups: Vec<Arc<GroupShared>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let (mut pending, mut spent) = (VecDeque::new(), Vec::new());
+        for (g, send) in sends {
+            send.close_outbound(&mut pending, self.pool.buffers());
+            let msgs = crate::engine::channels::unpend(&mut pending, &self.pool, &mut spent);
+            let Some(group) = groups.iter().find(|x| x.id == g) else {
+                continue; // the group is gone: nobody to hand them to
+            };
+            for mut m in msgs {
+                m.header.origin = Origin::Engine;
+                m.header.status = Status::ShutdownStarted;
+                group.deliver(m);
+            }
+        }
+    }
+
+    /// Wakes the reactor if it sleeps (or is about to).
+    pub(crate) fn wake(&self) {
+        // A plain load first: while the reactor is awake a post writes no shared cache line.
+        // (The command queue's mutex orders this load after the reactor's `sleeping` store
+        // whenever the reactor could have missed the queued command.)
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            self.force_wake();
+        }
+    }
+
+    pub(crate) fn force_wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            tracing::error!(error = %e, "waking the reactor failed");
+        }
+    }
+}
+
+/// Signals one waiting thread once.
+#[derive(Default)]
+pub(crate) struct Completion {
+    done: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Completion {
+    pub(crate) fn complete(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    pub(crate) fn wait(&self) {
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*d {
+            d = self.cond.wait(d).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MailboxState {
+    Open,
+    /// The engine stopped: queued messages can still be taken, then `ShutdownStarted`.
+    EngineGone,
+    /// The group was destroyed: nothing more is delivered or taken.
+    Destroyed,
+}
+
+pub(crate) struct Mailbox {
+    queue: VecDeque<Inbound>,
+    waiters: usize,
+    state: MailboxState,
+}
+
+/// The receive side of a group, shared with the reactor.
+pub(crate) struct GroupShared {
+    pub(crate) id: u32,
+    pub(crate) destroyed: AtomicBool,
+    mailbox: Padded<Mutex<Mailbox>>,
+    cond: Condvar,
+    /// Messages a `wait_receive` moved out of the mailbox in one go, older than anything
+    /// still in the mailbox. Only application threads lock it, so taking a message does not
+    /// touch the lock the reactor delivers through (lock order: mailbox, then taken).
+    taken: Padded<Mutex<VecDeque<Inbound>>>,
+}
+
+impl GroupShared {
+    /// A new group's receive side, with a process-wide unique id.
+    pub(crate) fn new() -> GroupShared {
+        static NEXT_GROUP: AtomicU32 = AtomicU32::new(1);
+        GroupShared {
+            id: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
+            destroyed: AtomicBool::new(false),
+            mailbox: Padded::new(Mutex::new(Mailbox {
+                queue: VecDeque::new(),
+                waiters: 0,
+                state: MailboxState::Open,
+            })),
+            cond: Condvar::new(),
+            taken: Padded::new(Mutex::new(VecDeque::new())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Mailbox> {
+        // Queue operations cannot panic half-way.
+        self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Inbound>> {
+        // Queue operations cannot panic half-way.
+        self.taken.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once the group's destruction started.
+    pub(crate) fn is_destroyed(&self) -> bool {
+        self.destroyed.load(Ordering::SeqCst)
+    }
+
+    /// Appends a message from the reactor. A destroyed group drops it (back to the pool):
+    /// its application has given the group up.
+    pub(crate) fn deliver(&self, msg: Message) {
+        let _ = self.deliver_if_open(msg);
+    }
+
+    /// Appends several messages with one lock and at most one wake-up.
+    pub(crate) fn deliver_all(&self, msgs: &mut Vec<Inbound>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut mb = self.lock();
+        if mb.state == MailboxState::Destroyed {
+            drop(mb);
+            msgs.clear();
+            return;
+        }
+        mb.queue.extend(msgs.drain(..));
+        let wake = mb.waiters > 0;
+        drop(mb);
+        if wake {
+            self.cond.notify_all();
+        }
+    }
+
+    pub(crate) fn deliver_if_open(&self, msg: Message) -> bool {
+        let mut mb = self.lock();
+        if mb.state != MailboxState::Open {
+            return false;
+        }
+        mb.queue.push_back(Inbound::Msg(msg));
+        let wake = mb.waiters > 0;
+        drop(mb);
+        if wake {
+            self.cond.notify_one();
+        }
+        true
+    }
+
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
+        // Fast path: a message an earlier call already moved out of the mailbox.
+        if let Some(m) = take_one(&mut self.lock_taken()) {
+            return Ok(Some(m));
+        }
+        // The deadline is computed when the first wait starts (no clock read otherwise);
+        // a timeout too large to represent is as good as none.
+        let mut deadline: Option<Option<Instant>> = None;
+        let mut mb = self.lock();
+        loop {
+            if mb.state == MailboxState::Destroyed {
+                return Err(Error::ShutdownStarted);
+            }
+            if !mb.queue.is_empty() {
+                // Take everything at once: the next calls find it in `taken` without
+                // touching the mailbox the reactor delivers to.
+                let mut taken = self.lock_taken();
+                if taken.is_empty() {
+                    std::mem::swap(&mut *taken, &mut mb.queue);
+                } else {
+                    taken.extend(mb.queue.drain(..));
+                }
+                let m = take_one(&mut taken);
+                let more = !taken.is_empty() && mb.waiters > 0;
+                drop(taken);
+                drop(mb);
+                if more {
+                    self.cond.notify_one(); // another waiter can take from `taken`
+                }
+                return Ok(m);
+            }
+            if let Some(m) = take_one(&mut self.lock_taken()) {
+                return Ok(Some(m)); // moved there by another thread meanwhile
+            }
+            if mb.state == MailboxState::EngineGone {
+                return Err(Error::ShutdownStarted);
+            }
+            let deadline = *deadline
+                .get_or_insert_with(|| timeout.and_then(|t| Instant::now().checked_add(t)));
+            mb.waiters += 1;
+            mb = match deadline {
+                None => self.cond.wait(mb).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        mb.waiters -= 1;
+                        return Ok(None);
+                    }
+                    self.cond
+                        .wait_timeout(mb, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            mb.waiters -= 1;
+        }
+    }
+
+    pub(crate) fn close(&self, state: MailboxState) {
+        let drained = {
+            let mut mb = self.lock();
+            if mb.state == MailboxState::Destroyed {
+                return;
+            }
+            mb.state = state;
+            if state == MailboxState::Destroyed {
+                let mut q = std::mem::take(&mut mb.queue);
+                q.extend(self.lock_taken().drain(..));
+                q
+            } else {
+                VecDeque::new()
+            }
+        };
+        drop(drained); // messages return to the pool outside the lock
+        self.cond.notify_all();
+    }
+}
+
+/// What a group's receive queue holds, in arrival order.
+pub(crate) enum Inbound {
+    Msg(Message),
+    Frames(Frames),
+}
+
+/// The next message of `q`: a queued one, or the next frame of a chunk decoded now.
+fn take_one(q: &mut VecDeque<Inbound>) -> Option<Message> {
+    loop {
+        let m = match q.front_mut()? {
+            Inbound::Msg(_) => match q.pop_front() {
+                Some(Inbound::Msg(m)) => Some(m),
+                _ => None,
+            },
+            Inbound::Frames(f) => {
+                let m = f.next();
+                if f.left == 0 {
+                    q.pop_front(); // the buffer goes back to the pool's spares
+                }
+                m
+            }
+        };
+        if m.is_some() {
+            return m;
+        }
+    }
+}
+
+/// Frames received whole on one channel, copied back to back by the reactor and decoded by
+/// the application thread that takes them (see `Connection::take_whole`): the reactor hands
+/// over one buffer instead of a message per frame, and each message is taken from the pool
+/// and given back to it by the same thread. Only the frames' bytes cross between threads.
+///
+/// Every frame counts as held by the application (see `Pool::for_receive`) from delivery
+/// until its message is given back; frames dropped undecoded (a destroyed group) are
+/// released at once.
+pub(crate) struct Frames {
+    bytes: Vec<u8>,
+    pos: usize,
+    left: usize,
+    /// The receiving channel's number (frames carry the sender's).
+    channel: u16,
+    home: Arc<crate::engine::pool::PoolShared>,
+}
+
+impl Frames {
+    /// `count` whole frames in `bytes`, received on `channel`; counted as held at once.
+    pub(crate) fn new(pool: &Pool, bytes: Vec<u8>, count: usize, channel: u16) -> Frames {
+        pool.hold_n(count);
+        Frames {
+            bytes,
+            pos: 0,
+            left: count,
+            channel,
+            home: pool.home(),
+        }
+    }
+
+    /// The next frame as a message of the pool (sanitised as every received frame is).
+    fn next(&mut self) -> Option<Message> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = crate::proto::wire::frame_len(&self.bytes[self.pos..]);
+        let mut m = self.home.message();
+        crate::proto::wire::decode_own(&self.bytes[self.pos..self.pos + len], &mut m);
+        m.header.channel = self.channel;
+        m.held = true; // counted at delivery; released when given back
+        self.pos += len;
+        self.left -= 1;
+        Some(m)
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        self.home.release_n(self.left);
+        self.home.buffers.put(std::mem::take(&mut self.bytes));
+    }
+}
+
+/// Builds the engine Signal that ends every channel: origin engine, status `ChannelClosed`.
+pub(crate) fn channel_closed_signal(pool: &Pool, channel: u16, message_id: u64) -> Message {
+    engine_signal(pool.message(), Status::ChannelClosed, channel, message_id)
+}
+
+/// Turns `m` into a Signal from the engine (its buffers are cleared).
+pub(crate) fn engine_signal(
+    mut m: Message,
+    status: Status,
+    channel: u16,
+    message_id: u64,
+) -> Message {
+    m.reset();
+    m.header = Header::new(OpCode::Signal);
+    m.header.origin = Origin::Engine;
+    m.header.status = status;
+    m.header.channel = channel;
+    m.header.message_id = message_id;
+    m
+}
+
+/// Builds the `PoolEmpty` Signal for a starved channel. It comes from the pool's `Always`
+/// path, so the application dropping it adds a message to the pool.
+pub(crate) fn pool_empty_signal(pool: &Pool, channel: u16) -> Message {
+    let m = pool.get(Allocation::Always).unwrap_or_default();
+    engine_signal(m, Status::PoolEmpty, channel, 0)
+}
