@@ -6,8 +6,9 @@
 #                the reactor is named only by the engine's constructor (engine/mod.rs);
 #   src/sys/     no engine, no testing;
 #   src/util/    nothing of the crate.
-# Comment lines and a file's unit tests (from its `#[cfg(test)]` on, tests come last) are not
-# checked. Prints every violation and fails if there is one.
+# Comment lines and a file's unit tests (from its `#[cfg(test)]` on, tests come last; a whole
+# file under `#![cfg(test)]`) are not checked. Prints every violation and fails if there is
+# one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,7 @@ bad=0
 check() {
   local dir=$1 what=$2 re=$3 f hits
   while IFS= read -r f; do
-    hits=$(awk '/^#\[cfg\(test\)\]/ { exit } { print FILENAME ":" FNR ": " $0 }' "$f" |
+    hits=$(awk '/^#!?\[cfg\(test\)\]/ { exit } { print FILENAME ":" FNR ": " $0 }' "$f" |
       grep -E -v '^[^:]+:[0-9]+: *//' | grep -E -- "$re" || true)
     if [ -n "$hits" ]; then
       printf '%s may not use %s:\n%s\n' "$dir" "$what" "$hits"

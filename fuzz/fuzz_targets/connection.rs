@@ -1,7 +1,7 @@
 //! The per-connection protocol state (`Connection`) driven by an arbitrary sequence of
 //! operations, the way the reactor drives it: enqueue (messages, and runs of frames encoded by
 //! posting threads), gather + advance with partial writes, peer bytes read in arbitrary pieces
-//! with a pool that may run dry, resume, take_unsent.
+//! with a pool that may run dry, resume, close.
 //!
 //! Send side, checked against a model of the documented rules (post order; `oob` to the front
 //! of what is not started, never before a started frame or an unsent HelloRequest at the head;
@@ -13,7 +13,7 @@
 //!   model's order; after the first bye-type frame at most one ByeResponse follows;
 //! * every enqueued message is accounted for exactly once: fully written and handed back by
 //!   `advance` (unchanged, in write order; a frame of a run is not a message and only counts
-//!   as written), refused by `enqueue` (returned), or returned by `take_unsent` (origin
+//!   as written), refused by `enqueue` (returned), or returned by `close` (origin
 //!   engine, the given status, content unchanged, frames of runs decoded back); the queue
 //!   never holds more than what was enqueued and not written;
 //! * `take_progress` reports exactly the frames the model completed, and their bytes.
@@ -26,13 +26,21 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tofu::fuzzing::{Connection, RecvStop, COPY_MAX, STAGE_CAP};
+use tofu::fuzzing::{Connection, Progress, RecvStop, Whole, COPY_MAX, STAGE_CAP};
 use tofu::message::MAX_SECTION_LEN;
 use tofu::wire::{encode, DecodeError, Decoder, FrameHeader, HEADER_LEN};
 use tofu::{Error, Message, MessageType, OpCode, Origin, Status};
+
+/// The time bytes arrive: fixed, the connections here have no frame timeout.
+fn now() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
 
 /// Peer bytes kept per run (the reference decode re-reads them).
 const MAX_PEER_BYTES: usize = 1 << 16;
@@ -137,7 +145,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         Harness {
-            conn: Connection::new(),
+            conn: Connection::default(),
             next_id: 1,
             sent: HashMap::new(),
             encoded: std::collections::HashSet::new(),
@@ -414,7 +422,10 @@ impl Harness {
         let bytes: usize = done.iter().map(|id| self.sent[id].bytes.len()).sum();
         assert_eq!(
             self.conn.take_progress(),
-            (done.len() as u64, bytes as u64),
+            Progress {
+                frames: done.len() as u64,
+                bytes: bytes as u64
+            },
             "take_progress"
         );
         // The messages of exactly the finished frames come back, unchanged, in order; frames
@@ -492,12 +503,30 @@ impl Harness {
         assert_eq!(self.written_ids.len(), self.model.done.len());
     }
 
+    /// `close` without its final Signal (checked here: it always comes, last).
+    fn close(&mut self, reason: Status) -> Vec<Message> {
+        let mut back = self
+            .conn
+            .close(reason, &mut std::iter::empty(), 3, &mut Message::new);
+        let last = back.pop().expect("the final Signal");
+        assert_eq!(
+            (last.opcode(), last.origin(), last.status(), last.channel()),
+            (OpCode::Signal, Origin::Engine, Status::ChannelClosed, 3)
+        );
+        assert_eq!(
+            last.message_id(),
+            self.delivered.first().map_or(0, Message::message_id),
+            "the final Signal carries the first received frame's id"
+        );
+        back
+    }
+
     fn take_unsent(&mut self, reason: Status) {
         if self.closed {
-            assert!(self.conn.take_unsent(reason).is_empty());
+            assert!(self.close(reason).is_empty());
             return;
         }
-        let back = self.conn.take_unsent(reason);
+        let back = self.close(reason);
         let ids: Vec<u64> = back.iter().map(Message::message_id).collect();
         let want: Vec<u64> = self.model.queue.iter().copied().collect();
         assert_eq!(ids, want, "take_unsent: other messages or order");
@@ -545,33 +574,39 @@ impl Harness {
         let r = if whole % 8 == 0 {
             let delivered = &mut self.delivered;
             self.conn
-                .receive(input, &mut || pool.get(), &mut |m| delivered.push(m))
+                .handle_read(input, now(), &mut || pool.get(), &mut |m| delivered.push(m), None)
         } else {
             let allowed = usize::from(whole % 8);
             let max_len = [40, 200, 5000, 5000][usize::from(whole >> 3) % 4];
             let delivered = std::cell::RefCell::new(&mut self.delivered);
-            self.conn.receive_with(
+            let allowed_now = move || allowed;
+            let mut take = |bytes: &[u8], n: usize| {
+                // What the application decodes: exactly `n` whole frames, none too long,
+                // no ByeResponse (its rule is the decoder's).
+                assert!(n >= 1 && n <= allowed, "{n} frames handed over");
+                let frames = Decoder::decode_all(bytes).expect("whole valid frames");
+                assert_eq!(frames.len(), n);
+                let mut at = 0;
+                for f in &frames {
+                    let flen = HEADER_LEN + f.text_headers().len() + f.body().len();
+                    assert!(flen <= max_len, "frame too long");
+                    assert_ne!(f.opcode(), OpCode::ByeResponse);
+                    at += flen;
+                }
+                assert_eq!(at, bytes.len(), "only whole frames");
+                delivered.borrow_mut().extend(frames);
+            };
+            let whole = Whole {
+                max_len,
+                allowed: &allowed_now,
+                take: &mut take,
+            };
+            self.conn.handle_read(
                 input,
+                now(),
                 &mut || pool.get(),
                 &mut |m| delivered.borrow_mut().push(m),
-                max_len,
-                allowed,
-                &mut |bytes, n| {
-                    // What the application decodes: exactly `n` whole frames, none too long,
-                    // no ByeResponse (its rule is the decoder's).
-                    assert!(n >= 1 && n <= allowed, "{n} frames handed over");
-                    let frames = Decoder::decode_all(bytes).expect("whole valid frames");
-                    assert_eq!(frames.len(), n);
-                    let mut at = 0;
-                    for f in &frames {
-                        let flen = HEADER_LEN + f.text_headers().len() + f.body().len();
-                        assert!(flen <= max_len, "frame too long");
-                        assert_ne!(f.opcode(), OpCode::ByeResponse);
-                        at += flen;
-                    }
-                    assert_eq!(at, bytes.len(), "only whole frames");
-                    delivered.borrow_mut().extend(frames);
-                },
+                Some(whole),
             )
         };
         self.after_receive(r, &pool);

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::shared::{engine_signal, Command, Completion, GroupShared, MailboxState, Shared};
+use super::shared::{Command, Completion, GroupShared, MailboxState, Shared};
 use super::PostError;
 use crate::engine::channels::{Direct, Posted, SendState};
 use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
+use crate::proto::notify;
 use crate::proto::status::{Error, Status};
 
 /// A set of channels and one receive queue, used from application threads.
@@ -266,7 +267,7 @@ impl ChannelGroup {
                 m.header.status = Status::ReceiverUpdate;
                 m
             }
-            None => engine_signal(self.shared.pool.message(), Status::ReceiverUpdate, 0, 0),
+            None => notify::signal(self.shared.pool.message(), Status::ReceiverUpdate, 0, 0),
         };
         if self.group.deliver_if_open(msg) {
             Ok(())

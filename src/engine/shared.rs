@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use super::{EngineOptions, SendLimit};
 use crate::engine::channels::ChannelTable;
 use crate::engine::pool::{Allocation, Pool};
-use crate::proto::message::{Header, Message, OpCode, Origin};
+use crate::proto::message::{Message, OpCode, Origin};
+use crate::proto::notify;
 use crate::proto::status::{Error, Status};
 use crate::sys::poller::{Backend, Waker};
 use crate::util::padded::Padded;
@@ -48,7 +49,7 @@ impl Command {
                 group.deliver(msg);
                 if opened {
                     // Its channel never opened; it still ends with the final Signal.
-                    let m = engine_signal(Message::new(), Status::ChannelClosed, channel, id);
+                    let m = notify::signal(Message::new(), Status::ChannelClosed, channel, id);
                     group.deliver(m);
                 }
             }
@@ -484,30 +485,9 @@ impl Drop for Frames {
     }
 }
 
-/// Builds the engine Signal that ends every channel: origin engine, status `ChannelClosed`.
-pub(crate) fn channel_closed_signal(pool: &Pool, channel: u16, message_id: u64) -> Message {
-    engine_signal(pool.message(), Status::ChannelClosed, channel, message_id)
-}
-
-/// Turns `m` into a Signal from the engine (its buffers are cleared).
-pub(crate) fn engine_signal(
-    mut m: Message,
-    status: Status,
-    channel: u16,
-    message_id: u64,
-) -> Message {
-    m.reset();
-    m.header = Header::new(OpCode::Signal);
-    m.header.origin = Origin::Engine;
-    m.header.status = status;
-    m.header.channel = channel;
-    m.header.message_id = message_id;
-    m
-}
-
 /// Builds the `PoolEmpty` Signal for a starved channel. It comes from the pool's `Always`
 /// path, so the application dropping it adds a message to the pool.
 pub(crate) fn pool_empty_signal(pool: &Pool, channel: u16) -> Message {
     let m = pool.get(Allocation::Always).unwrap_or_default();
-    engine_signal(m, Status::PoolEmpty, channel, 0)
+    notify::signal(m, Status::PoolEmpty, channel, 0)
 }

@@ -1,6 +1,10 @@
-//! The per-connection protocol state, free of I/O: the send queue with its partially written
-//! head, the receive decoder, and the Bye rules. The reactor moves bytes between this and a
-//! socket; tests drive it with plain byte slices.
+//! A data channel's whole protocol life, free of I/O: the send queue with its partially
+//! written head, the receive decoder, the Bye rules, the frame timeout, and the ordered
+//! hand-back at close. Bytes and the current time come in as values ([`Connection::gather`] /
+//! [`Connection::advance`] out, [`Connection::handle_read`] in, [`Connection::poll_timeout`] /
+//! [`Connection::handle_timeout`] for the clock, [`Connection::close`] at the end); the
+//! reactor only moves bytes and readiness between sockets and connections. The tests below
+//! wire two connections to each other in memory, with a fake clock.
 //!
 //! The send queue holds messages and *runs*: frames that posting threads encoded themselves
 //! (small data messages, see `Outbound` in `src/engine/channels.rs`), written as one slice and
@@ -15,12 +19,21 @@
 //!   simultaneous ByeRequests from both ends close instead of deadlocking as in Zig tofu);
 //!   everything else stays queued and is handed back at close.
 //!
-//! Receive rules: after a ByeResponse frame nothing more is read.
+//! Receive rules: after a ByeResponse frame nothing more is read. A peer that starts a frame
+//! and then sends nothing for the frame timeout has its channel closed with `RecvFailed`
+//! (waiting for the pool to give messages back does not count).
+//!
+//! Close: the application gets back, in order, every queued message not completely written,
+//! then the posts the connection never saw, all marked origin engine with the close reason,
+//! then the channel's final `ChannelClosed` Signal, which carries the message_id of the
+//! peer's first frame (or, before one arrived, the id the channel was opened with).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::time::{Duration, Instant};
 
-use crate::proto::message::{Message, MessageType, OpCode, Origin};
+use crate::proto::message::{Message, MessageType, OpCode};
+use crate::proto::notify;
 use crate::proto::status::{Error, Status};
 use crate::proto::wire::{encoded_len, DecodeError, Decoder, FrameHeader, HEADER_LEN};
 
@@ -87,18 +100,20 @@ impl Run {
 /// What [`Connection::advance`] completed since the last [`Connection::take_progress`]:
 /// frames and their bytes (messages and run frames alike).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Progress {
-    pub(crate) frames: u64,
-    pub(crate) bytes: u64,
+pub struct Progress {
+    /// Frames completely written.
+    pub frames: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// Largest frame section (text headers or body) copied into the staging buffer by
 /// [`Connection::gather`]; larger ones are written from the message itself.
-pub(crate) const COPY_MAX: usize = 2048;
+pub const COPY_MAX: usize = 2048;
 /// Bytes [`Connection::gather`] stages at most per call.
-pub(crate) const STAGE_CAP: usize = 64 * 1024;
+pub const STAGE_CAP: usize = 64 * 1024;
 /// Bytes of whole frames [`Connection::take_whole`] hands over at most at once.
-pub(crate) const CHUNK_CAP: usize = 64 * 1024;
+pub const CHUNK_CAP: usize = 64 * 1024;
 /// Slices [`Connection::gather`] offers at most per call.
 const GATHER_ITEMS: usize = 64;
 
@@ -109,19 +124,19 @@ enum Item<'a> {
     Direct(&'a [u8]),
 }
 
-/// Where [`Connection::receive_with`] hands whole small frames as bytes.
-pub(crate) struct Whole<'a> {
+/// Where [`Connection::handle_read`] hands whole small frames as bytes.
+pub struct Whole<'a> {
     /// Longest frame handed over.
-    pub(crate) max_len: usize,
+    pub max_len: usize,
     /// How many frames may be handed over now (0: decode them instead).
-    pub(crate) allowed: &'a dyn Fn() -> usize,
+    pub allowed: &'a dyn Fn() -> usize,
     /// Takes `frames` whole frames encoded back to back.
-    pub(crate) take: &'a mut dyn FnMut(&[u8], usize),
+    pub take: &'a mut dyn FnMut(&[u8], usize),
 }
 
-/// What [`Connection::receive`] stopped on.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum RecvStop {
+/// What [`Connection::handle_read`] and [`Connection::resume`] stopped on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvStop {
     /// All input was consumed.
     Drained,
     /// A message was needed and none was available; the unconsumed bytes were stashed.
@@ -131,7 +146,7 @@ pub(crate) enum RecvStop {
 }
 
 /// Protocol state of one data channel.
-pub(crate) struct Connection {
+pub struct Connection {
     queue: VecDeque<Outgoing>,
     head_written: usize,
     /// Frames and bytes completed by `advance`, until taken.
@@ -147,10 +162,26 @@ pub(crate) struct Connection {
     decoder: Decoder,
     stash: Vec<u8>,
     first_id: Option<u64>,
+    /// The final Signal's message_id until the peer's first frame replaces it.
+    opened_id: u64,
+    frame_timeout: Option<Duration>,
+    /// When bytes last arrived.
+    last_input: Option<Instant>,
+}
+
+impl Default for Connection {
+    /// A connection opened with message_id 0 and no frame timeout.
+    fn default() -> Connection {
+        Connection::new(0, None)
+    }
 }
 
 impl Connection {
-    pub(crate) fn new() -> Connection {
+    /// A connection at the start of both streams. `opened_id` is the message_id the final
+    /// `ChannelClosed` Signal carries until the peer's first frame replaces it (a client
+    /// channel's HelloRequest id; 0 for an accepted one). `frame_timeout`: see
+    /// [`handle_timeout`](Self::handle_timeout); `None` waits forever.
+    pub fn new(opened_id: u64, frame_timeout: Option<Duration>) -> Connection {
         Connection {
             queue: VecDeque::new(),
             head_written: 0,
@@ -163,12 +194,15 @@ impl Connection {
             decoder: Decoder::new(),
             stash: Vec::new(),
             first_id: None,
+            opened_id,
+            frame_timeout,
+            last_input: None,
         }
     }
 
     /// Queues a validated message. Sections over 65535 bytes are refused (post validates this,
     /// so it only guards the invariant).
-    pub(crate) fn enqueue(&mut self, msg: Message) -> Result<(), (Error, Message)> {
+    pub fn enqueue(&mut self, msg: Message) -> Result<(), (Error, Message)> {
         let header = match FrameHeader::for_message(&msg) {
             Ok(h) => h.to_bytes(),
             Err(e) => return Err((e, msg)),
@@ -192,7 +226,7 @@ impl Connection {
 
     /// Queues `frames` data frames encoded back to back in `bytes` (by posting threads; each
     /// one the encoding of a validated Request, Response or Signal without `oob`).
-    pub(crate) fn enqueue_run(&mut self, bytes: Vec<u8>, frames: u32) {
+    pub fn enqueue_run(&mut self, bytes: Vec<u8>, frames: u32) {
         if frames == 0 {
             self.spent.push(bytes);
             return;
@@ -248,7 +282,7 @@ impl Connection {
     /// Queues a message whose first `written` bytes were already written by someone else
     /// (a direct write from a posting thread): it goes to the front, ahead of everything.
     /// Only valid while no other frame is partially written.
-    pub(crate) fn enqueue_started(
+    pub fn enqueue_started(
         &mut self,
         msg: Message,
         written: usize,
@@ -271,17 +305,17 @@ impl Connection {
 
     /// True when nothing is queued or half-written and no bye-type frame was queued: a
     /// whole new frame may be written by someone else (see `SendState`).
-    pub(crate) fn is_idle(&self) -> bool {
+    pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.head_written == 0 && !self.bye_queued
     }
 
     /// True once a bye-type message was queued.
-    pub(crate) fn bye_queued(&self) -> bool {
+    pub fn bye_queued(&self) -> bool {
         self.bye_queued
     }
 
     /// True when a frame can be written now.
-    pub(crate) fn wants_send(&mut self) -> bool {
+    pub fn wants_send(&mut self) -> bool {
         if self.queue.is_empty() {
             return false;
         }
@@ -316,7 +350,7 @@ impl Connection {
     /// one contiguous slice: the kernel's per-slice cost dominates small writes. Larger
     /// sections are offered in place, without a copy. Offers nothing more once `stage` is
     /// full or `iov` has no free slot, so the result may be a prefix of what is queued.
-    pub(crate) fn gather<'a>(&'a self, stage: &'a mut Vec<u8>, iov: &mut [IoSlice<'a>]) -> usize {
+    pub fn gather<'a>(&'a self, stage: &'a mut Vec<u8>, iov: &mut [IoSlice<'a>]) -> usize {
         stage.clear();
         // Pass 1: copy the small pieces, remember the order of staged runs and large pieces.
         let mut items = [Item::Staged(0); GATHER_ITEMS];
@@ -384,7 +418,7 @@ impl Connection {
     /// Records that `n` bytes of what [`gather`](Self::gather) offered were written: finished
     /// frames leave the queue, their messages go to `sent` (for reuse or the pool) and the
     /// buffers of finished runs are kept for [`take_spent`](Self::take_spent).
-    pub(crate) fn advance(&mut self, mut n: usize, sent: &mut Vec<Message>) {
+    pub fn advance(&mut self, mut n: usize, sent: &mut Vec<Message>) {
         while n > 0 {
             let Some(head) = self.queue.front_mut() else {
                 return;
@@ -425,32 +459,36 @@ impl Connection {
     }
 
     /// Frames and bytes completely written since the last call.
-    pub(crate) fn take_progress(&mut self) -> Progress {
+    pub fn take_progress(&mut self) -> Progress {
         std::mem::take(&mut self.progress)
     }
 
     /// Moves the buffers of written runs to `into` (for reuse).
-    pub(crate) fn take_spent(&mut self, into: &mut Vec<Vec<u8>>) {
+    pub fn take_spent(&mut self, into: &mut Vec<Vec<u8>>) {
         into.append(&mut self.spent);
     }
 
-    /// Feeds received bytes. Each complete frame goes to `deliver` (channel number still the
-    /// sender's). `supply` provides receive messages; when it has none the rest of `input` is
-    /// stashed until [`resume`](Self::resume).
-    pub(crate) fn receive(
+    /// Feeds bytes received at `now`. Each complete frame goes to `deliver` (channel number
+    /// still the sender's). `supply` provides receive messages; when it has none the rest of
+    /// `input` is stashed until [`resume`](Self::resume). With `whole`, small frames received
+    /// whole are handed to `whole.take` as bytes wherever the stream is at a frame boundary
+    /// (see [`take_whole`](Self::take_whole)), the others decoded into messages; order is
+    /// kept: `whole.take` and `deliver` are called in stream order.
+    pub fn handle_read(
         &mut self,
         input: &[u8],
+        now: Instant,
         supply: &mut dyn FnMut() -> Option<Message>,
         deliver: &mut dyn FnMut(Message),
+        whole: Option<Whole<'_>>,
     ) -> Result<RecvStop, DecodeError> {
-        self.receive_with(input, supply, deliver, None)
+        if !input.is_empty() {
+            self.last_input = Some(now);
+        }
+        self.decode_input(input, supply, deliver, whole)
     }
 
-    /// [`receive`](Self::receive), handing whole small frames to `whole` as bytes wherever
-    /// the stream is at a frame boundary (see [`take_whole`](Self::take_whole)); the other
-    /// frames are decoded into messages as by `receive`. Order is kept: `whole.take` and
-    /// `deliver` are called in stream order.
-    pub(crate) fn receive_with(
+    fn decode_input(
         &mut self,
         mut input: &[u8],
         supply: &mut dyn FnMut() -> Option<Message>,
@@ -494,14 +532,9 @@ impl Connection {
     /// `max_frames`, each at most `max_len` bytes, together at most [`CHUNK_CAP`] bytes
     /// (the first frame aside). Only at a frame boundary with nothing
     /// stashed; stops before an incomplete frame, a ByeResponse and an undefined opCode (left
-    /// to [`receive`](Self::receive), which applies their rules). The caller copies the bytes
-    /// and feeds the rest of `input` to `receive`.
-    pub(crate) fn take_whole(
-        &mut self,
-        input: &[u8],
-        max_frames: usize,
-        max_len: usize,
-    ) -> (usize, usize) {
+    /// to the decoder, which applies their rules). The caller copies the bytes and feeds the
+    /// rest of `input` to the decoder.
+    fn take_whole(&mut self, input: &[u8], max_frames: usize, max_len: usize) -> (usize, usize) {
         if self.bye_received || self.decoder.is_mid_frame() || !self.stash.is_empty() {
             return (0, 0);
         }
@@ -529,7 +562,7 @@ impl Connection {
     }
 
     /// Continues decoding stashed bytes after starvation.
-    pub(crate) fn resume(
+    pub fn resume(
         &mut self,
         supply: &mut dyn FnMut() -> Option<Message>,
         deliver: &mut dyn FnMut(Message),
@@ -551,7 +584,7 @@ impl Connection {
                 RecvStop::Drained
             });
         }
-        let r = self.receive(&stash, supply, deliver);
+        let r = self.decode_input(&stash, supply, deliver, None);
         // `receive` re-stashes what it could not decode; reuse the old allocation next time.
         if self.stash.is_empty() {
             let mut stash = stash;
@@ -565,37 +598,66 @@ impl Connection {
 
     /// True while decoding waits for a message.
     #[cfg(any(test, feature = "fuzzing"))]
-    pub(crate) fn is_starved(&self) -> bool {
+    pub fn is_starved(&self) -> bool {
         self.decoder.is_starved()
     }
 
     /// True while the peer owes the rest of a frame (not while the pool is what is missing).
-    pub(crate) fn is_mid_frame(&self) -> bool {
+    pub fn is_mid_frame(&self) -> bool {
         self.decoder.is_mid_frame() && !self.decoder.is_starved()
     }
 
     /// True once a ByeResponse was received (reading stops).
-    pub(crate) fn bye_received(&self) -> bool {
+    pub fn bye_received(&self) -> bool {
         self.bye_received
     }
 
     /// True once a bye-type frame was written.
     #[cfg(any(test, feature = "fuzzing"))]
-    pub(crate) fn bye_sent(&self) -> bool {
+    pub fn bye_sent(&self) -> bool {
         self.bye_sent
     }
 
     /// message_id of the first frame received, if any.
-    pub(crate) fn first_received_id(&self) -> Option<u64> {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn first_received_id(&self) -> Option<u64> {
         self.first_id
     }
 
-    /// Queued messages that were not (completely) sent, marked for the application:
-    /// origin engine and status `reason`. Frames of runs are decoded back into messages
-    /// taken from `supply`.
-    pub(crate) fn take_unsent(
+    /// The message_id the final `ChannelClosed` Signal carries: the peer's first frame's,
+    /// or the one the channel was opened with.
+    pub fn closing_id(&self) -> u64 {
+        self.first_id.unwrap_or(self.opened_id)
+    }
+
+    /// When the frame the peer started must be complete: the last input plus the frame
+    /// timeout, while a frame is incomplete for want of bytes (not of messages). `None`
+    /// when nothing is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.is_mid_frame() {
+            return None;
+        }
+        Some(self.last_input? + self.frame_timeout?)
+    }
+
+    /// `Some(RecvFailed)` when the peer left a frame incomplete for the frame timeout at
+    /// `now`: the channel must close (a slowloris peer cannot hold it forever).
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Status> {
+        let due = self.poll_timeout()?;
+        (now >= due).then_some(Status::RecvFailed)
+    }
+
+    /// Ends the connection and returns what the application gets back, in order: the
+    /// queued messages not (completely) written, then `later` (posts this connection never
+    /// saw), all marked origin engine with status `reason`, then the channel's final
+    /// `ChannelClosed` Signal (on `channel`, with [`closing_id`](Self::closing_id)). Frames of
+    /// runs are decoded back into messages taken from `supply`, which also provides the
+    /// Signal. Buffers of runs go to [`take_spent`](Self::take_spent).
+    pub fn close(
         &mut self,
         reason: Status,
+        later: &mut dyn Iterator<Item = Message>,
+        channel: u16,
         supply: &mut dyn FnMut() -> Message,
     ) -> Vec<Message> {
         self.head_written = 0;
@@ -609,16 +671,18 @@ impl Connection {
                 }
             }
         }
+        out.extend(later);
         for m in &mut out {
-            m.header.origin = Origin::Engine;
-            m.header.status = reason;
+            notify::mark_handed_back(m, reason);
         }
+        let id = self.closing_id();
+        out.push(notify::channel_closed(supply(), channel, id));
         out
     }
 
     /// Number of queued frames not completely written (each frame of a run counts).
     #[cfg(any(test, feature = "fuzzing"))]
-    pub(crate) fn queued(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.queue
             .iter()
             .map(|o| match o {
@@ -642,6 +706,53 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::message::Origin;
+
+    /// Any instant: these tests do not look at the frame timeout.
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    /// The calls of the single-connection tests, in the words they were written in.
+    trait Drive {
+        fn receive(
+            &mut self,
+            input: &[u8],
+            supply: &mut dyn FnMut() -> Option<Message>,
+            deliver: &mut dyn FnMut(Message),
+        ) -> Result<RecvStop, DecodeError>;
+        /// `close` without its final Signal (checked here).
+        fn take_unsent(
+            &mut self,
+            reason: Status,
+            supply: &mut dyn FnMut() -> Message,
+        ) -> Vec<Message>;
+    }
+
+    impl Drive for Connection {
+        fn receive(
+            &mut self,
+            input: &[u8],
+            supply: &mut dyn FnMut() -> Option<Message>,
+            deliver: &mut dyn FnMut(Message),
+        ) -> Result<RecvStop, DecodeError> {
+            self.handle_read(input, t0(), supply, deliver, None)
+        }
+
+        fn take_unsent(
+            &mut self,
+            reason: Status,
+            supply: &mut dyn FnMut() -> Message,
+        ) -> Vec<Message> {
+            let mut back = self.close(reason, &mut std::iter::empty(), 1, supply);
+            let last = back.pop().expect("the final Signal");
+            assert_eq!(
+                (last.opcode(), last.status(), last.origin()),
+                (OpCode::Signal, Status::ChannelClosed, Origin::Engine)
+            );
+            back
+        }
+    }
 
     fn msg(op: OpCode, id: u64, body: &[u8]) -> Message {
         let mut m = Message::with_opcode(op);
@@ -683,7 +794,7 @@ mod tests {
     #[test]
     fn frames_in_post_order_with_partial_writes() {
         for chunk in [1, 3, 17, 1000] {
-            let mut c = Connection::new();
+            let mut c = Connection::default();
             for i in 1..=5 {
                 c.enqueue(msg(OpCode::Request, i, &[i as u8; 40])).unwrap();
             }
@@ -706,7 +817,7 @@ mod tests {
             &[333, 4096, 1 << 20]
         };
         for &chunk in chunks {
-            let mut c = Connection::new();
+            let mut c = Connection::default();
             for (i, &len) in sizes.iter().enumerate() {
                 let mut m = msg(
                     OpCode::Signal,
@@ -730,7 +841,7 @@ mod tests {
 
     #[test]
     fn gather_offers_small_frames_as_one_slice_up_to_the_cap() {
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         let count = 2 * STAGE_CAP / (HEADER_LEN + 64);
         for i in 0..count {
             c.enqueue(msg(OpCode::Signal, i as u64, &[7; 64])).unwrap();
@@ -741,7 +852,7 @@ mod tests {
         let offered = iov[0].len();
         assert!(offered <= STAGE_CAP && offered > STAGE_CAP - (HEADER_LEN + 64));
         // A large body interrupts the run and is offered in place.
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         c.enqueue(msg(OpCode::Signal, 1, &[1; 5])).unwrap();
         c.enqueue(msg(OpCode::Signal, 2, &[2; COPY_MAX + 1]))
             .unwrap();
@@ -763,7 +874,7 @@ mod tests {
     #[test]
     fn a_started_frame_goes_first_from_where_it_stopped() {
         for written in [0, 1, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 7] {
-            let mut c = Connection::new();
+            let mut c = Connection::default();
             assert!(c.is_idle());
             c.enqueue(msg(OpCode::Signal, 2, b"queued meanwhile"))
                 .unwrap();
@@ -785,7 +896,7 @@ mod tests {
 
     #[test]
     fn a_queued_bye_ends_idleness_for_good() {
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         c.enqueue(msg(OpCode::ByeRequest, 1, b"")).unwrap();
         assert!(c.bye_queued());
         write_all(&mut c, 100);
@@ -794,7 +905,7 @@ mod tests {
 
     #[test]
     fn oob_goes_to_front_but_not_before_hello_or_started_frame() {
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         c.enqueue(msg(OpCode::HelloRequest, 1, b"")).unwrap();
         c.enqueue(msg(OpCode::Request, 2, b"")).unwrap();
         let mut urgent = msg(OpCode::Signal, 3, b"");
@@ -809,7 +920,7 @@ mod tests {
 
     #[test]
     fn nothing_after_bye_except_bye_response() {
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         c.enqueue(msg(OpCode::Request, 1, b"a")).unwrap();
         c.enqueue(msg(OpCode::ByeRequest, 2, b"")).unwrap();
         c.enqueue(msg(OpCode::Request, 3, b"late")).unwrap();
@@ -849,7 +960,7 @@ mod tests {
     #[test]
     fn runs_and_messages_keep_post_order_through_partial_writes() {
         for chunk in [1, 7, 46, 47, 1000] {
-            let mut c = Connection::new();
+            let mut c = Connection::default();
             let (b, n) = run(1..=3);
             c.enqueue_run(b, n);
             c.enqueue(msg(OpCode::Request, 4, &[4; COPY_MAX + 10]))
@@ -902,7 +1013,7 @@ mod tests {
 
     #[test]
     fn progress_counts_every_frame_and_its_bytes() {
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         let (b, n) = run(1..=4);
         let total = b.len() as u64;
         c.enqueue_run(b, n);
@@ -930,7 +1041,7 @@ mod tests {
 
     #[test]
     fn unsent_frames_of_runs_come_back_as_messages() {
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         let (b, n) = run(1..=3);
         let frame = b.len() / 3;
         c.enqueue_run(b, n);
@@ -964,7 +1075,7 @@ mod tests {
     fn oob_goes_ahead_of_the_unstarted_frames_of_a_started_run() {
         // Mid-frame: the started frame finishes first, then the oob, then the rest.
         for written in [0, 1, 46, 47, 60] {
-            let mut c = Connection::new();
+            let mut c = Connection::default();
             let (b, n) = run(1..=3);
             let frame = b.len() / 3;
             let whole = b.clone();
@@ -1000,7 +1111,7 @@ mod tests {
         ] {
             crate::proto::wire::encode(&msg(op, id, b"xy"), &mut wire).unwrap();
         }
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         let mut got = Vec::new();
         let stop = c
             .receive(&wire, &mut || Some(Message::new()), &mut |m| {
@@ -1019,7 +1130,7 @@ mod tests {
             crate::proto::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 10]), &mut wire)
                 .unwrap();
         }
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         let mut budget = 1;
         let mut got = Vec::new();
         let stop = c
@@ -1060,7 +1171,7 @@ mod tests {
         let mut wire = Vec::new();
         crate::proto::wire::encode(&msg(OpCode::HelloRequest, 7, b""), &mut wire).unwrap();
         crate::proto::wire::encode(&msg(OpCode::Request, 8, b"x"), &mut wire).unwrap();
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         let mut got = Vec::new();
         let stop = c
             .receive(&wire[..HEADER_LEN], &mut || None, &mut |m| {
@@ -1090,7 +1201,7 @@ mod tests {
     fn bad_opcode_is_an_error() {
         let mut bytes = FrameHeader::default().to_bytes();
         bytes[2] = 12;
-        let mut c = Connection::new();
+        let mut c = Connection::default();
         let r = c.receive(&bytes, &mut || Some(Message::new()), &mut |_| {});
         assert_eq!(r, Err(DecodeError::InvalidOpCode(12)));
     }

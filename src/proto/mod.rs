@@ -13,5 +13,7 @@
 pub mod address;
 pub(crate) mod connection;
 pub mod message;
+pub(crate) mod notify;
+mod pair;
 pub mod status;
 pub mod wire;

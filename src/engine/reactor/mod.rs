@@ -24,12 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::channels::{unpend, Pending, SendState};
-use crate::engine::shared::{
-    channel_closed_signal, pool_empty_signal, Command, Frames, GroupShared, Inbound, Shared,
-};
+use crate::engine::shared::{pool_empty_signal, Command, Frames, GroupShared, Inbound, Shared};
 use crate::proto::address::Address;
 use crate::proto::connection::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP};
 use crate::proto::message::{Message, OpCode, Origin};
+use crate::proto::notify;
 use crate::proto::status::Status;
 use crate::proto::wire::encoded_len;
 use crate::sys::net::{Listener, Stream};
@@ -73,9 +72,12 @@ pub(crate) struct Reactor {
     starved: Vec<u16>,
     /// Listeners backing off after accept failures, with the time they resume.
     paused: Vec<(Instant, u16)>,
-    /// Channels in the middle of a frame, watched for `frame_timeout`.
+    /// Channels whose peer owes the rest of a frame (see `Connection::poll_timeout`).
     partial: Vec<u16>,
+    /// Given to every new connection (see `Connection::handle_timeout`).
     frame_timeout: Option<Duration>,
+    /// When the last poller wait returned: the time of the bytes read in this iteration.
+    now: Instant,
     deliveries: Vec<Message>,
     /// Messages for the application, delivered per group once per loop iteration.
     outbox: Outbox,
@@ -102,9 +104,6 @@ struct Channel {
     group: Arc<GroupShared>,
     /// Posted and not yet written (shared with `post`, which enforces the send limit).
     send: Arc<SendState>,
-    /// message_id for the final ChannelClosed Signal: the request's, replaced by the first
-    /// frame received.
-    mid: u64,
     registered: bool,
     touched: bool,
     closing: Option<Status>,
@@ -118,6 +117,8 @@ enum Kind {
 
 struct ListenerState {
     listener: Listener,
+    /// message_id of the WelcomeRequest, for the final ChannelClosed Signal.
+    opened_id: u64,
     /// Backing off after an accept failure such as EMFILE: no ACCEPT interest meanwhile.
     paused: bool,
 }
@@ -130,12 +131,8 @@ struct Io {
     write_blocked: bool,
     starving: bool,
     queued_flush: bool,
-    /// The first received frame's message_id has been copied into the channel's `mid`.
-    mid_taken: bool,
     /// The poller reported an error or hang-up.
     hangup: bool,
-    /// When bytes last arrived while a frame was incomplete.
-    last_input: Instant,
     /// Listed in `Reactor::partial`.
     in_partial: bool,
     /// `stream` was given to the channel's `SendState` for direct writes.
@@ -188,6 +185,7 @@ impl Reactor {
             paused: Vec::new(),
             partial: Vec::new(),
             frame_timeout,
+            now: Instant::now(),
             deliveries: Vec::new(),
             outbox: Outbox::default(),
             writer: Writer {
@@ -234,6 +232,7 @@ impl Reactor {
                 self.shared.sleeps.fetch_add(1, Ordering::Relaxed);
             }
             let r = self.poller.wait(&mut self.events, timeout);
+            self.now = Instant::now();
             self.shared.direct_turn.store(false, Ordering::Relaxed);
             self.shared.sleeping.store(false, Ordering::SeqCst);
             self.writer.frames = 0;
@@ -293,15 +292,14 @@ impl Reactor {
         // The only timers: listeners backing off after accept failures, and channels in the
         // middle of a frame (see `expire_partial`). An idle engine has neither.
         let now = Instant::now();
-        let partial = self.frame_timeout.and_then(|t| {
-            self.partial
-                .iter()
-                .filter_map(|n| match &self.channels.get(n)?.kind {
-                    Kind::Io(io) => Some(io.last_input + t),
-                    Kind::Listener(_) => None,
-                })
-                .min()
-        });
+        let partial = self
+            .partial
+            .iter()
+            .filter_map(|n| match &self.channels.get(n)?.kind {
+                Kind::Io(io) => io.conn.poll_timeout(),
+                Kind::Listener(_) => None,
+            })
+            .min();
         self.paused
             .iter()
             .map(|&(at, _)| at)
@@ -310,12 +308,13 @@ impl Reactor {
             .map(|at| at.saturating_duration_since(now))
     }
 
-    /// Closes channels whose peer started a frame and then sent nothing for `frame_timeout`
-    /// (a slowloris peer would otherwise hold the channel and its receive message forever).
+    /// Closes channels whose peer started a frame and then sent nothing for the frame
+    /// timeout (a slowloris peer would otherwise hold the channel and its receive message
+    /// forever); the connection decides, the reactor only asks the ones that owe bytes.
     fn expire_partial(&mut self) {
-        let Some(timeout) = self.frame_timeout else {
+        if self.partial.is_empty() {
             return;
-        };
+        }
         let now = Instant::now();
         let mut i = 0;
         while i < self.partial.len() {
@@ -328,16 +327,16 @@ impl Reactor {
                 self.partial.swap_remove(i);
                 continue;
             };
-            if !io.conn.is_mid_frame() || ch.closing.is_some() {
+            if io.conn.poll_timeout().is_none() || ch.closing.is_some() {
                 io.in_partial = false;
                 self.partial.swap_remove(i);
                 continue;
             }
-            if now.duration_since(io.last_input) >= timeout {
+            if let Some(status) = io.conn.handle_timeout(now) {
                 tracing::debug!(channel = number, "incomplete frame timed out");
                 io.in_partial = false;
                 self.partial.swap_remove(i);
-                mark(&mut self.marked, ch, Status::RecvFailed);
+                mark(&mut self.marked, ch, status);
                 continue;
             }
             i += 1;
@@ -500,8 +499,7 @@ impl Reactor {
                 return self.refuse(group, msg, OpCode::HelloResponse, status);
             }
         };
-        let mid = msg.message_id();
-        let mut conn = Connection::new();
+        let mut conn = Connection::new(msg.message_id(), self.frame_timeout);
         if let Err((e, msg)) = conn.enqueue(msg) {
             return self.refuse(group, msg, OpCode::HelloResponse, e.status());
         }
@@ -513,16 +511,14 @@ impl Reactor {
             write_blocked: false,
             starving: false,
             queued_flush: connected,
-            mid_taken: false,
             hangup: false,
-            last_input: Instant::now(),
             in_partial: false,
             socket_shared: false,
         };
         if connected {
             self.to_flush.push(number);
         }
-        self.insert(number, group, mid, Kind::Io(Box::new(io)));
+        self.insert(number, group, Kind::Io(Box::new(io)));
     }
 
     fn open_listener(&mut self, group: Arc<GroupShared>, mut msg: Message) {
@@ -541,26 +537,24 @@ impl Reactor {
         tracing::debug!(channel = number, address = %listener.local_addr_string(), "listening");
         let listener = ListenerState {
             listener,
+            opened_id: msg.message_id(),
             paused: false,
         };
-        let mid = msg.message_id();
         // Success comes back with origin application (tofu's behaviour).
         msg.header.opcode = OpCode::WelcomeResponse;
         msg.header.origin = Origin::Application;
         msg.header.status = Status::Success;
         self.outbox.push(&group, msg);
-        self.insert(number, group, mid, Kind::Listener(listener));
+        self.insert(number, group, Kind::Listener(listener));
     }
 
     /// A Hello/Welcome request that could not even start: the request comes back as `reply`
     /// with the status, then the channel's final Signal.
-    fn refuse(&mut self, group: Arc<GroupShared>, mut msg: Message, reply: OpCode, status: Status) {
+    fn refuse(&mut self, group: Arc<GroupShared>, msg: Message, reply: OpCode, status: Status) {
         let number = msg.channel();
         let mid = msg.message_id();
-        msg.header.opcode = reply;
-        msg.header.origin = Origin::Engine;
-        msg.header.status = status;
-        self.outbox.push(&group, msg);
+        self.outbox
+            .push(&group, notify::refusal(msg, reply, status));
         // Posted to the channel meanwhile: it never opened.
         let send = self
             .shared
@@ -574,14 +568,12 @@ impl Reactor {
                 hand_back(&mut self.outbox, &group, msg, Status::ChannelClosed);
             }
         }
-        self.outbox.push(
-            &group,
-            channel_closed_signal(&self.shared.pool, number, mid),
-        );
+        let closed = notify::channel_closed(self.shared.pool.message(), number, mid);
+        self.outbox.push(&group, closed);
         self.shared.lock_table().release(number);
     }
 
-    fn insert(&mut self, number: u16, group: Arc<GroupShared>, mid: u64, kind: Kind) {
+    fn insert(&mut self, number: u16, group: Arc<GroupShared>, kind: Kind) {
         let token = Token(self.next_token);
         self.next_token += 1;
         let send = self
@@ -595,7 +587,6 @@ impl Reactor {
             token,
             group,
             send,
-            mid,
             registered: false,
             touched: false,
             closing: None,
@@ -743,18 +734,16 @@ impl Reactor {
             tracing::debug!(listener = number, channel = new, peer = %stream.peer_string(), "accepted");
             let io = Io {
                 stream: Arc::new(stream),
-                conn: Connection::new(),
+                conn: Connection::new(0, self.frame_timeout),
                 connected: true,
                 write_blocked: false,
                 starving: false,
                 queued_flush: false,
-                mid_taken: false,
                 hangup: false,
-                last_input: Instant::now(),
                 in_partial: false,
                 socket_shared: false,
             };
-            self.insert(new, group, 0, Kind::Io(Box::new(io)));
+            self.insert(new, group, Kind::Io(Box::new(io)));
         }
     }
 
@@ -816,8 +805,9 @@ impl Reactor {
                 allowed: &allowed,
                 take: &mut take,
             };
-            let r = io.conn.receive_with(
+            let r = io.conn.handle_read(
                 &self.read_buf[..n],
+                self.now,
                 &mut supply,
                 &mut |mut m| {
                     m.header.channel = number;
@@ -855,17 +845,9 @@ impl Reactor {
                 }
             }
         }
-        if io.conn.is_mid_frame() {
-            io.last_input = Instant::now();
-            if !io.in_partial {
-                io.in_partial = true;
-                self.partial.push(number);
-            }
-        }
-        if let Some(id) = io.conn.first_received_id() {
-            if ch.mid_from_peer_pending() {
-                ch.mid = id;
-            }
+        if !io.in_partial && io.conn.poll_timeout().is_some() {
+            io.in_partial = true;
+            self.partial.push(number);
         }
         pool.hold_all(&mut self.deliveries);
         if end == ReadEnd::Starved {
@@ -919,13 +901,6 @@ impl Reactor {
                 }
                 Ok(RecvStop::ByeResponse) => close = Some(Status::ChannelClosed),
                 Err(e) => close = Some(e.status()),
-            }
-            if let Kind::Io(io) = &ch.kind {
-                if let Some(id) = io.conn.first_received_id() {
-                    if ch.mid_from_peer_pending() {
-                        ch.mid = id;
-                    }
-                }
             }
             self.shared.pool.hold_all(&mut self.deliveries);
             self.outbox.extend(&ch.group, &mut self.deliveries);
@@ -1025,9 +1000,9 @@ impl Reactor {
     }
 
     /// Removes a channel: deregisters it, hands its unsent messages back with `reason` and
-    /// sends the final ChannelClosed Signal (when `notify`), closes the socket (RST) and frees
+    /// sends the final ChannelClosed Signal (when `report`), closes the socket (RST) and frees
     /// its number.
-    fn finish(&mut self, mut ch: Box<Channel>, reason: Status, notify: bool) {
+    fn finish(&mut self, mut ch: Box<Channel>, reason: Status, report: bool) {
         ch.send.close();
         self.by_token.remove(&ch.token);
         if ch.registered {
@@ -1035,35 +1010,38 @@ impl Reactor {
                 tracing::debug!(channel = ch.number, error = %e, "deregister failed");
             }
         }
-        let pool = &self.shared.pool;
-        if let Kind::Io(io) = &mut ch.kind {
-            let unsent = io.conn.take_unsent(reason, &mut || pool.message());
-            if notify {
-                self.deliveries.extend(unsent);
-            }
-            io.conn.take_spent(&mut self.writer.spent);
-        }
         // Posts still queued for the reactor come back after those it had taken; later
         // posts are refused (the channel is gone).
+        let pool = &self.shared.pool;
+        let number = ch.number;
         ch.send
-            .close_outbound(&mut self.writer.pending, self.shared.pool.buffers());
-        for mut msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
-            if notify {
-                msg.header.origin = Origin::Engine;
-                msg.header.status = reason;
-                self.deliveries.push(msg);
+            .close_outbound(&mut self.writer.pending, pool.buffers());
+        let mut later = unpend(&mut self.writer.pending, pool, &mut self.writer.spent).into_iter();
+        match &mut ch.kind {
+            Kind::Io(io) => {
+                let back = io
+                    .conn
+                    .close(reason, &mut later, number, &mut || pool.message());
+                io.conn.take_spent(&mut self.writer.spent);
+                self.deliveries.extend(back);
+            }
+            Kind::Listener(l) => {
+                for mut msg in later {
+                    notify::mark_handed_back(&mut msg, reason);
+                    self.deliveries.push(msg);
+                }
+                let closed = notify::channel_closed(pool.message(), number, l.opened_id);
+                self.deliveries.push(closed);
             }
         }
-        let (number, mid, group) = (ch.number, ch.mid, Arc::clone(&ch.group));
+        let group = Arc::clone(&ch.group);
         // Close the socket (SO_LINGER {on, 0} makes it a reset; a UDS listener unlinks its
-        // path) and free the number before the final Signal: once the application sees it,
-        // the socket is gone and posts to the channel are refused.
+        // path) and free the number before the final Signal is delivered: once the
+        // application sees it, the socket is gone and posts to the channel are refused.
         drop(ch);
         self.shared.lock_table().release(number);
         tracing::debug!(channel = number, ?reason, "channel closed");
-        if notify {
-            self.deliveries
-                .push(channel_closed_signal(&self.shared.pool, number, mid));
+        if report {
             self.outbox.extend(&group, &mut self.deliveries);
         } else {
             self.deliveries.clear();
@@ -1103,18 +1081,6 @@ impl Channel {
         }
         self.send.open();
     }
-
-    /// True until the first frame from the peer has set `mid`.
-    fn mid_from_peer_pending(&mut self) -> bool {
-        match &mut self.kind {
-            Kind::Io(io) => {
-                let pending = !io.mid_taken;
-                io.mid_taken = true;
-                pending
-            }
-            Kind::Listener(_) => false,
-        }
-    }
 }
 
 /// A message to receive into: a spare one, else from the pool (see `Pool::for_receive`).
@@ -1144,8 +1110,7 @@ fn mark(marked: &mut Vec<u16>, ch: &mut Channel, reason: Status) {
 }
 
 fn hand_back(outbox: &mut Outbox, group: &Arc<GroupShared>, mut msg: Message, status: Status) {
-    msg.header.origin = Origin::Engine;
-    msg.header.status = status;
+    notify::mark_handed_back(&mut msg, status);
     outbox.push(group, msg);
 }
 

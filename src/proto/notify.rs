@@ -1,0 +1,71 @@
+//! What the engine tells the application in messages of its own: a message handed back, a
+//! refused Hello or Welcome, and the engine's Signals (`ChannelClosed` at the end of every
+//! channel, `PoolEmpty` when reading pauses). Every one has origin engine and a status.
+
+use crate::proto::message::{Header, Message, OpCode, Origin};
+use crate::proto::status::Status;
+
+/// Marks `m` as handed back by the engine: origin engine, status `status`; the rest of the
+/// message is the application's, unchanged.
+pub(crate) fn mark_handed_back(m: &mut Message, status: Status) {
+    m.header.origin = Origin::Engine;
+    m.header.status = status;
+}
+
+/// A HelloRequest or WelcomeRequest that could not even start comes back as `reply` (its
+/// response opcode) with origin engine and `status`; text headers and body unchanged.
+pub(crate) fn refusal(mut request: Message, reply: OpCode, status: Status) -> Message {
+    request.header.opcode = reply;
+    mark_handed_back(&mut request, status);
+    request
+}
+
+/// Turns `m` into a Signal from the engine on `channel` (its buffers are cleared).
+pub(crate) fn signal(mut m: Message, status: Status, channel: u16, message_id: u64) -> Message {
+    m.reset();
+    m.header = Header::new(OpCode::Signal);
+    m.header.origin = Origin::Engine;
+    m.header.status = status;
+    m.header.channel = channel;
+    m.header.message_id = message_id;
+    m
+}
+
+/// The Signal that ends every channel: origin engine, status `ChannelClosed`, the message_id
+/// of the peer's first frame or of the request that opened the channel.
+pub(crate) fn channel_closed(m: Message, channel: u16, message_id: u64) -> Message {
+    signal(m, Status::ChannelClosed, channel, message_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_carry_only_what_they_say() {
+        let mut m = Message::with_opcode(OpCode::Request);
+        m.append_header("x", "1").unwrap();
+        m.body_mut().extend_from_slice(b"payload");
+        let s = channel_closed(m, 7, 42);
+        assert_eq!(s.opcode(), OpCode::Signal);
+        assert_eq!(s.header.origin, Origin::Engine);
+        assert_eq!(s.status(), Status::ChannelClosed);
+        assert_eq!((s.channel(), s.message_id()), (7, 42));
+        assert!(s.text_headers().is_empty() && s.body().is_empty());
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_request_but_its_opcode() {
+        let mut m = Message::with_opcode(OpCode::HelloRequest);
+        m.header.message_id = 9;
+        m.append_header("~connect_to", "tcp|h|1").unwrap();
+        let r = refusal(m, OpCode::HelloResponse, Status::ConnectFailed);
+        assert_eq!(r.opcode(), OpCode::HelloResponse);
+        assert_eq!(
+            (r.header.origin, r.status()),
+            (Origin::Engine, Status::ConnectFailed)
+        );
+        assert_eq!(r.message_id(), 9);
+        assert_eq!(r.header_value("~connect_to"), Some("tcp|h|1"));
+    }
+}
