@@ -6,5 +6,5 @@
 //! runs, through the same calls.
 
 pub use crate::proto::connection::{
-    Connection, Progress, RecvStop, Whole, CHUNK_CAP, COPY_MAX, STAGE_CAP,
+    Completed, Connection, RecvStop, Whole, CHUNK_CAP, COPY_MAX, STAGE_CAP,
 };

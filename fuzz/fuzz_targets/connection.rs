@@ -16,7 +16,7 @@
 //!   as written), refused by `enqueue` (returned), or returned by `close` (origin
 //!   engine, the given status, content unchanged, frames of runs decoded back); the queue
 //!   never holds more than what was enqueued and not written;
-//! * `take_progress` reports exactly the frames the model completed, and their bytes.
+//! * `take_completed` reports exactly the frames the model completed, and their bytes.
 //!
 //! Receive side, against a one-piece decode of the same bytes (the reference): the delivered
 //! messages are the reference's frames in order, nothing after a ByeResponse, the same error
@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tofu::fuzzing::{Connection, Progress, RecvStop, Whole, COPY_MAX, STAGE_CAP};
+use tofu::fuzzing::{Connection, Completed, RecvStop, Whole, COPY_MAX, STAGE_CAP};
 use tofu::message::MAX_SECTION_LEN;
 use tofu::wire::{encode, DecodeError, Decoder, FrameHeader, HEADER_LEN};
 use tofu::{Error, Message, MessageType, OpCode, Origin, Status};
@@ -417,16 +417,16 @@ impl Harness {
         let before = self.model.done.len();
         self.model.advance(w, &self.sent);
         self.parse_written();
-        // Progress: exactly the frames completed, with their bytes.
+        // Completed: exactly the frames completed, with their bytes.
         let done: Vec<u64> = self.model.done[before..].to_vec();
         let bytes: usize = done.iter().map(|id| self.sent[id].bytes.len()).sum();
         assert_eq!(
-            self.conn.take_progress(),
-            Progress {
+            self.conn.take_completed(),
+            Completed {
                 frames: done.len() as u64,
                 bytes: bytes as u64
             },
-            "take_progress"
+            "take_completed"
         );
         // The messages of exactly the finished frames come back, unchanged, in order; frames
         // of runs were bytes only and count as written.

@@ -172,19 +172,19 @@ pub(crate) fn unpend(
 ///
 /// **Direct writes.** A message posted to an idle channel while the reactor sleeps is
 /// written by the posting thread itself, saving two thread hand-offs per hop (post to
-/// reactor, reactor back to sleep). The `gate` decides who may write the socket:
-/// * `CLOSED`: only the reactor (its queue holds frames, the channel is not connected yet,
+/// reactor, reactor back to sleep). The [`Gate`] says who may write the socket:
+/// * `Reactor`: only the reactor (its queue holds frames, the channel is not connected yet,
 ///   a bye-type frame was queued or written, or the channel is closing);
-/// * `OPEN`: nobody is writing and the reactor's queue is empty; a posting thread may take
-///   the gate (`OPEN` to `APP`), and the reactor takes it (`OPEN` to `CLOSED`) before it
-///   writes;
-/// * `APP`: a posting thread is writing one whole frame; it puts the gate back to `OPEN`,
-///   then asks the reactor to flush if messages were queued meanwhile;
-/// * `HANDOVER`: the posting thread could not write the whole frame (full socket buffer,
-///   error); its message is on its way to the reactor with the count of bytes already
-///   written, and nothing else may be written before it.
+/// * `Free`: nobody is writing and the reactor's queue is empty; a posting thread may take
+///   the gate (`Free` to `Poster`), and the reactor takes it (`Free` to `Reactor`) before
+///   it writes;
+/// * `Poster`: a posting thread is writing one whole frame; it frees the gate again, then
+///   asks the reactor to write if messages were queued meanwhile;
+/// * `HandingOver`: the posting thread could not write the whole frame (full socket
+///   buffer, error); its message is on its way to the reactor with the count of bytes
+///   already written, and nothing else may be written before it.
 ///
-/// Only the reactor opens the gate, at the end of a loop iteration in which the channel's
+/// Only the reactor frees the gate, at the end of a loop iteration in which the channel's
 /// queue ended empty. Frames never interleave: whoever writes holds the gate.
 ///
 /// Aligned to its own cache lines: posting threads and the reactor both write it, and it
@@ -192,16 +192,65 @@ pub(crate) fn unpend(
 #[derive(Default, Debug)]
 #[repr(align(128))]
 pub(crate) struct SendState {
-    gate: AtomicU8,
+    gate: AtomicGate,
     outbound: Mutex<Outbound>,
 }
 
-/// See [`SendState`].
-pub(crate) mod gate {
-    pub(crate) const CLOSED: u8 = 0;
-    pub(crate) const OPEN: u8 = 1;
-    pub(crate) const APP: u8 = 2;
-    pub(crate) const HANDOVER: u8 = 3;
+/// Who may write a channel's socket (see [`SendState`]). Frames never interleave: whoever
+/// writes holds the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Gate {
+    /// The reactor holds it: its queue holds frames, the channel is not connected yet, a
+    /// bye-type frame was queued or written, or the channel is closing. Only the reactor
+    /// gives it up ([`SendState::free_gate`]).
+    Reactor = 0,
+    /// Nobody holds it and the reactor's queue is empty: a posting thread may take it to
+    /// write one frame, and the reactor takes it back before it writes.
+    Free = 1,
+    /// A posting thread is writing one whole frame; it frees the gate when done.
+    Poster = 2,
+    /// A posting thread could not write its whole frame and hands it to the reactor with
+    /// the count of bytes written; nothing else may be written before it.
+    HandingOver = 3,
+}
+
+impl Gate {
+    fn from_u8(v: u8) -> Gate {
+        match v {
+            0 => Gate::Reactor,
+            1 => Gate::Free,
+            2 => Gate::Poster,
+            _ => Gate::HandingOver,
+        }
+    }
+}
+
+/// A [`Gate`] shared by posting threads and the reactor.
+#[derive(Debug, Default)]
+struct AtomicGate(AtomicU8);
+
+impl AtomicGate {
+    fn load(&self, order: Ordering) -> Gate {
+        Gate::from_u8(self.0.load(order))
+    }
+
+    fn store(&self, gate: Gate, order: Ordering) {
+        self.0.store(gate as u8, order);
+    }
+
+    fn compare_exchange(
+        &self,
+        current: Gate,
+        new: Gate,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<Gate, Gate> {
+        self.0
+            .compare_exchange(current as u8, new as u8, success, failure)
+            .map(Gate::from_u8)
+            .map_err(Gate::from_u8)
+    }
 }
 
 /// What [`SendState::post`] did with a message.
@@ -210,16 +259,16 @@ pub(crate) enum Posted {
     Queued(bool),
     /// Not queued: the channel is idle and the caller has the direct-write turn, so it
     /// writes the message itself to the socket ([`SendState::write_direct`]).
-    Direct(Arc<Stream>),
+    DirectTurn(Arc<Stream>),
 }
 
 /// How a [`SendState::write_direct`] ended.
-pub(crate) enum Direct {
+pub(crate) enum DirectWrite {
     /// The gate was not open: queue the message as usual.
     NotTaken(Message),
-    /// The whole frame was written; `flush` asks the reactor to write messages queued
+    /// The whole frame was written; `wake_reactor` asks the reactor to write messages queued
     /// meanwhile (it could not while the gate was taken).
-    Written { flush: bool },
+    Written { wake_reactor: bool },
     /// `written` bytes of the frame went out (maybe none): the message must go to the
     /// reactor, which writes the rest before anything else (the gate is `HANDOVER`).
     HandOver { msg: Message, written: usize },
@@ -255,42 +304,43 @@ impl SendState {
         }
     }
 
-    /// The reactor takes the gate before writing. True when it holds it (it was `OPEN` or
-    /// already `CLOSED`); false while a posting thread writes or hands a message over.
-    pub(crate) fn take_for_reactor(&self) -> bool {
+    /// The reactor takes the gate before writing. True when it holds it (it was free or
+    /// already the reactor's); false while a posting thread writes or hands a message over.
+    pub(crate) fn take_gate(&self) -> bool {
         match self.gate.compare_exchange(
-            gate::OPEN,
-            gate::CLOSED,
+            Gate::Free,
+            Gate::Reactor,
             Ordering::SeqCst,
             Ordering::SeqCst,
         ) {
             Ok(_) => true,
-            Err(state) => state == gate::CLOSED,
+            Err(holder) => holder == Gate::Reactor,
         }
     }
 
     /// The reactor received the handed-over message: the gate is its own again.
     pub(crate) fn take_handover(&self) {
-        self.gate.store(gate::CLOSED, Ordering::SeqCst);
+        self.gate.store(Gate::Reactor, Ordering::SeqCst);
     }
 
-    /// The reactor's queue is empty and direct writes are allowed: opens the gate (if the
+    /// The reactor's queue is empty and direct writes are allowed: frees the gate (if the
     /// reactor holds it).
-    pub(crate) fn open(&self) {
-        if self.gate.load(Ordering::Relaxed) != gate::CLOSED {
-            return; // open already, or taken by a posting thread: nothing to do
+    pub(crate) fn free_gate(&self) {
+        if self.gate.load(Ordering::Relaxed) != Gate::Reactor {
+            return; // free already, or taken by a posting thread: nothing to do
         }
         let _ = self.gate.compare_exchange(
-            gate::CLOSED,
-            gate::OPEN,
+            Gate::Reactor,
+            Gate::Free,
             Ordering::SeqCst,
             Ordering::Relaxed,
         );
     }
 
-    /// Closes the gate for good (channel closing, bye-type frame queued).
-    pub(crate) fn close(&self) {
-        self.gate.store(gate::CLOSED, Ordering::SeqCst);
+    /// The reactor keeps the gate from now on (channel closing, bye-type frame queued: the
+    /// reactor never frees it again).
+    pub(crate) fn keep_gate(&self) {
+        self.gate.store(Gate::Reactor, Ordering::SeqCst);
     }
 
     fn lock_outbound(&self) -> MutexGuard<'_, Outbound> {
@@ -300,7 +350,7 @@ impl SendState {
 
     /// Takes the post in `slot`: when `direct` is allowed for it, the queue is empty, the
     /// gate open and `turn` grants the direct-write turn, the caller writes it itself
-    /// ([`Posted::Direct`], the message stays in `slot`); otherwise it is queued for the
+    /// ([`Posted::DirectTurn`], the message stays in `slot`); otherwise it is queued for the
     /// reactor within `limit` (messages, bytes; a message is always accepted by an empty
     /// queue), encoded into a run when [`encodable`], else whole (see [`Outbound`]), and
     /// `slot` is emptied. Fails with `InvalidChannelNumber` when the channel is closing or
@@ -323,9 +373,9 @@ impl SendState {
         if ob.closed {
             return Err(Error::InvalidChannelNumber);
         }
-        if direct && ob.messages == 0 && self.gate.load(Ordering::Relaxed) == gate::OPEN {
+        if direct && ob.messages == 0 && self.gate.load(Ordering::Relaxed) == Gate::Free {
             if let Some(socket) = ob.socket.as_ref().filter(|_| turn()) {
-                return Ok(Posted::Direct(Arc::clone(socket)));
+                return Ok(Posted::DirectTurn(Arc::clone(socket)));
             }
         }
         let len = encoded_len(msg) as u64;
@@ -381,20 +431,25 @@ impl SendState {
 
     /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).
     /// Never blocks: the socket is non-blocking.
-    pub(crate) fn write_direct(&self, msg: Message, socket: &Stream) -> Direct {
+    pub(crate) fn write_direct(&self, msg: Message, socket: &Stream) -> DirectWrite {
         if self
             .gate
-            .compare_exchange(gate::OPEN, gate::APP, Ordering::SeqCst, Ordering::Relaxed)
+            .compare_exchange(
+                Gate::Free,
+                Gate::Poster,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
-            return Direct::NotTaken(msg);
+            return DirectWrite::NotTaken(msg);
         }
         let header = match FrameHeader::for_message(&msg) {
             Ok(h) => h.to_bytes(),
             Err(_) => {
                 // Validated by post; the reactor reports it the usual way.
-                self.gate.store(gate::HANDOVER, Ordering::SeqCst);
-                return Direct::HandOver { msg, written: 0 };
+                self.gate.store(Gate::HandingOver, Ordering::SeqCst);
+                return DirectWrite::HandOver { msg, written: 0 };
             }
         };
         let parts = [&header[..], msg.text_headers(), msg.body()];
@@ -406,24 +461,24 @@ impl SendState {
         ];
         match socket.write_vectored(&iov) {
             Ok(n) if n == total => {
-                self.gate.store(gate::OPEN, Ordering::SeqCst);
+                self.gate.store(Gate::Free, Ordering::SeqCst);
                 // A post queued while the gate was taken found it closed and left the
                 // writing to the reactor, which could not take the gate either: ask it to
-                // flush. (A post either counted its message before this lock, or takes the
+                // write. (A post either counted its message before this lock, or takes the
                 // lock after it and finds the gate open.)
-                Direct::Written {
-                    flush: self.lock_outbound().messages > 0,
+                DirectWrite::Written {
+                    wake_reactor: self.lock_outbound().messages > 0,
                 }
             }
             Ok(n) => {
-                self.gate.store(gate::HANDOVER, Ordering::SeqCst);
-                Direct::HandOver { msg, written: n }
+                self.gate.store(Gate::HandingOver, Ordering::SeqCst);
+                DirectWrite::HandOver { msg, written: n }
             }
             Err(_) => {
                 // Full socket buffer or a failing socket: the reactor retries the write and
                 // handles what follows (readiness wait, or closing with SendFailed).
-                self.gate.store(gate::HANDOVER, Ordering::SeqCst);
-                Direct::HandOver { msg, written: 0 }
+                self.gate.store(Gate::HandingOver, Ordering::SeqCst);
+                DirectWrite::HandOver { msg, written: 0 }
             }
         }
     }
@@ -597,7 +652,7 @@ mod tests {
             let mut slot = Some(data(OpCode::Signal, 1, 1));
             matches!(
                 b.post(&mut slot, unlimited, true, || turn, &bufs),
-                Ok(Posted::Direct(..))
+                Ok(Posted::DirectTurn(..))
             )
         };
         let addr = crate::Address::tcp("127.0.0.1", crate::testing::free_tcp_port().unwrap());
@@ -615,13 +670,13 @@ mod tests {
         );
         assert_eq!(b.messages(), 1, "queued instead");
         let b = SendState::default();
-        b.open();
+        b.free_gate();
         assert!(!direct(&b, true), "no socket yet");
         let b = fresh();
-        b.open();
+        b.free_gate();
         assert!(!direct(&b, false), "no turn");
         let b = fresh();
-        b.open();
+        b.free_gate();
         assert!(direct(&b, true));
         assert_eq!(b.messages(), 0, "a direct write is not counted");
         b.post(
@@ -635,7 +690,7 @@ mod tests {
         .unwrap();
         assert!(!direct(&b, true), "something is queued");
         let b = fresh();
-        b.open();
+        b.free_gate();
         b.close_outbound(&mut VecDeque::new(), &bufs);
         assert_eq!(
             Arc::strong_count(&socket),

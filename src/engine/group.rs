@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::shared::{Command, Completion, GroupShared, MailboxState, Shared};
 use super::PostError;
-use crate::engine::channels::{Direct, Posted, SendState};
+use crate::engine::channels::{DirectWrite, Posted, SendState};
 use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
 use crate::proto::notify;
 use crate::proto::status::{Error, Status};
@@ -100,7 +100,7 @@ impl ChannelGroup {
         let post_to = |send: &Arc<SendState>, slot: &mut Option<Message>| {
             let turn = || self.shared.take_direct_turn();
             let r = send.post(slot, limit, direct, turn, bufs);
-            let keep = matches!(r, Ok(Posted::Direct(_))).then(|| Arc::clone(send));
+            let keep = matches!(r, Ok(Posted::DirectTurn(_))).then(|| Arc::clone(send));
             (r, keep)
         };
         // The channels this thread posted to lately need no lookup in the engine's table;
@@ -120,7 +120,7 @@ impl ChannelGroup {
             Some(x) => x,
         };
         let socket = match outcome {
-            Ok(Posted::Direct(socket)) => socket,
+            Ok(Posted::DirectTurn(socket)) => socket,
             Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
             Err(error) => return Err(refused(slot, error)),
         };
@@ -130,17 +130,17 @@ impl ChannelGroup {
         // A data message for an idle channel while the reactor sleeps is written right here
         // (see `SendState`): no hand-off to the reactor and back.
         match send.write_direct(msg, &socket) {
-            Direct::Written { flush } => {
+            DirectWrite::Written { wake_reactor } => {
                 self.shared.direct_writes.fetch_add(1, Ordering::Relaxed);
-                if flush {
+                if wake_reactor {
                     // Not refused unless the engine is gone, and then nothing is queued.
-                    let _ = self.shared.submit(Command::Flush {
+                    let _ = self.shared.submit(Command::Queued {
                         channel: header.channel,
                     });
                 }
                 Ok(header)
             }
-            Direct::HandOver { msg, written } => {
+            DirectWrite::HandOver { msg, written } => {
                 self.shared.handovers.fetch_add(1, Ordering::Relaxed);
                 send.count(crate::proto::wire::encoded_len(&msg) as u64);
                 let cmd = Command::HandOver {
@@ -152,7 +152,7 @@ impl ChannelGroup {
             }
             // The gate closed meanwhile: queued as usual, and (the queue being empty a
             // moment ago) without the limit check, like any post to an empty queue.
-            Direct::NotTaken(msg) => match send.push(msg, bufs) {
+            DirectWrite::NotTaken(msg) => match send.push(msg, bufs) {
                 Ok(was_empty) => self.queued(was_empty, header),
                 Err(msg) => Err(refused(Some(msg), Error::InvalidChannelNumber)),
             },
@@ -174,7 +174,7 @@ impl ChannelGroup {
             // The reactor takes the queue when told; the command costs no system call while
             // it is awake. Refused only once the engine is gone, and then the channel was
             // closed (its queue handed back) before.
-            let _ = self.shared.submit(Command::Flush {
+            let _ = self.shared.submit(Command::Queued {
                 channel: header.channel,
             });
         }

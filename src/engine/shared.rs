@@ -31,8 +31,9 @@ pub(crate) enum Command {
         msg: Message,
         written: usize,
     },
-    /// A posting thread wrote directly while messages were queued: write them now.
-    Flush { channel: u16 },
+    /// Posts wait in the channel's outbound queue (it went from empty to non-empty, or a
+    /// posting thread wrote directly while others queued): write them.
+    Queued { channel: u16 },
     /// Close every channel of a group without notifications, then signal `done`.
     DestroyGroup { group: u32, done: Arc<Completion> },
 }
@@ -54,7 +55,7 @@ impl Command {
                 }
             }
             Command::DestroyGroup { done, .. } => done.complete(),
-            Command::Flush { .. } => {}
+            Command::Queued { .. } => {}
         }
     }
 }

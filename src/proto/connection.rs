@@ -97,10 +97,10 @@ impl Run {
     }
 }
 
-/// What [`Connection::advance`] completed since the last [`Connection::take_progress`]:
+/// What [`Connection::advance`] completed since the last [`Connection::take_completed`]:
 /// frames and their bytes (messages and run frames alike).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
+pub struct Completed {
     /// Frames completely written.
     pub frames: u64,
     /// Their bytes.
@@ -121,7 +121,7 @@ const GATHER_ITEMS: usize = 64;
 #[derive(Clone, Copy)]
 enum Item<'a> {
     Staged(usize),
-    Direct(&'a [u8]),
+    InPlace(&'a [u8]),
 }
 
 /// Where [`Connection::handle_read`] hands whole small frames as bytes.
@@ -150,7 +150,7 @@ pub struct Connection {
     queue: VecDeque<Outgoing>,
     head_written: usize,
     /// Frames and bytes completed by `advance`, until taken.
-    progress: Progress,
+    completed: Completed,
     /// Buffers of runs that are written (or handed back), for reuse.
     spent: Vec<Vec<u8>>,
     bye_sent: bool,
@@ -185,7 +185,7 @@ impl Connection {
         Connection {
             queue: VecDeque::new(),
             head_written: 0,
-            progress: Progress::default(),
+            completed: Completed::default(),
             spent: Vec::new(),
             bye_sent: false,
             bye_queued: false,
@@ -390,7 +390,7 @@ impl Connection {
                     if n == max_items {
                         break 'frames;
                     }
-                    items[n] = Item::Direct(piece);
+                    items[n] = Item::InPlace(piece);
                     n += 1;
                     run_open = false;
                 }
@@ -409,7 +409,7 @@ impl Connection {
                     from = to;
                     s
                 }
-                Item::Direct(piece) => IoSlice::new(piece),
+                Item::InPlace(piece) => IoSlice::new(piece),
             };
         }
         n
@@ -428,8 +428,8 @@ impl Connection {
                 self.head_written += n;
                 if let Outgoing::Run(r) = head {
                     let (f, b) = r.note_written(self.head_written);
-                    self.progress.frames += f;
-                    self.progress.bytes += b;
+                    self.completed.frames += f;
+                    self.completed.bytes += b;
                 }
                 return;
             }
@@ -437,8 +437,8 @@ impl Connection {
             self.head_written = 0;
             match self.queue.pop_front() {
                 Some(Outgoing::Frame { msg, .. }) => {
-                    self.progress.frames += 1;
-                    self.progress.bytes += encoded_len(&msg) as u64;
+                    self.completed.frames += 1;
+                    self.completed.bytes += encoded_len(&msg) as u64;
                     if msg.opcode().message_type() == MessageType::Bye {
                         self.bye_sent = true;
                     }
@@ -449,8 +449,8 @@ impl Connection {
                 }
                 Some(Outgoing::Run(mut r)) => {
                     let (f, b) = r.note_written(r.bytes.len());
-                    self.progress.frames += f;
-                    self.progress.bytes += b;
+                    self.completed.frames += f;
+                    self.completed.bytes += b;
                     self.spent.push(r.bytes);
                 }
                 None => {}
@@ -459,8 +459,8 @@ impl Connection {
     }
 
     /// Frames and bytes completely written since the last call.
-    pub fn take_progress(&mut self) -> Progress {
-        std::mem::take(&mut self.progress)
+    pub fn take_completed(&mut self) -> Completed {
+        std::mem::take(&mut self.completed)
     }
 
     /// Moves the buffers of written runs to `into` (for reuse).
@@ -981,7 +981,7 @@ mod tests {
                     wire.extend_from_slice(&s[..s.len().min(room)]);
                 }
                 c.advance(wire.len() - before, &mut sent);
-                let p = c.take_progress();
+                let p = c.take_completed();
                 frames += p.frames;
                 // Frames are counted as soon as they are complete, runs or not.
                 assert_eq!(c.queued() as u64, 6 - frames, "chunk {chunk}");
@@ -1022,21 +1022,21 @@ mod tests {
         let frame = total / 4;
         c.advance(frame as usize + 3, &mut sent);
         assert_eq!(
-            c.take_progress(),
-            Progress {
+            c.take_completed(),
+            Completed {
                 frames: 1,
                 bytes: frame
             }
         );
         c.advance((total - frame - 3) as usize, &mut sent);
         assert_eq!(
-            c.take_progress(),
-            Progress {
+            c.take_completed(),
+            Completed {
                 frames: 3,
                 bytes: 3 * frame
             }
         );
-        assert_eq!(c.take_progress(), Progress::default());
+        assert_eq!(c.take_completed(), Completed::default());
     }
 
     #[test]

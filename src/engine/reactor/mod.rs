@@ -67,7 +67,7 @@ pub(crate) struct Reactor {
     commands: Vec<Command>,
     read_buf: Box<[u8]>,
     touched: Vec<u16>,
-    to_flush: Vec<u16>,
+    to_write: Vec<u16>,
     marked: Vec<u16>,
     starved: Vec<u16>,
     /// Listeners backing off after accept failures, with the time they resume.
@@ -130,7 +130,7 @@ struct Io {
     connected: bool,
     write_blocked: bool,
     starving: bool,
-    queued_flush: bool,
+    scheduled: bool,
     /// The poller reported an error or hang-up.
     hangup: bool,
     /// Listed in `Reactor::partial`.
@@ -179,7 +179,7 @@ impl Reactor {
             commands: Vec::new(),
             read_buf: vec![0u8; READ_BUF_LEN].into_boxed_slice(),
             touched: Vec::new(),
-            to_flush: Vec::new(),
+            to_write: Vec::new(),
             marked: Vec::new(),
             starved: Vec::new(),
             paused: Vec::new(),
@@ -220,7 +220,7 @@ impl Reactor {
             }
             self.dispatch_commands();
             self.retry_starved();
-            self.flush_posted();
+            self.write_scheduled();
             self.delete_marked();
             self.reconcile();
             self.delete_marked();
@@ -270,7 +270,7 @@ impl Reactor {
         if self.writer.frames <= 1 {
             self.shared.direct_turn.store(true, Ordering::Release);
         }
-        self.outbox.flush();
+        self.outbox.deliver();
     }
 
     /// `None` (sleep until woken) when there is nothing to do; zero when more work waits.
@@ -382,7 +382,7 @@ impl Reactor {
                     msg,
                     written,
                 } => self.dispatch_post(group, msg, Some(written)),
-                Command::Flush { channel } => self.queue_flush(channel),
+                Command::Queued { channel } => self.schedule_write(channel),
                 Command::DestroyGroup { group, done } => {
                     self.destroy_group(group);
                     done.complete();
@@ -392,17 +392,17 @@ impl Reactor {
         self.commands = cmds;
     }
 
-    /// Queues a channel for `flush_posted`: posts were queued in its `Outbound`, or a
+    /// Queues a channel for `write_scheduled`: posts were queued in its `Outbound`, or a
     /// posting thread wrote directly while others queued. Posts to a listener come back.
-    fn queue_flush(&mut self, number: u16) {
+    fn schedule_write(&mut self, number: u16) {
         let Some(ch) = self.channels.get_mut(&number) else {
             return; // closed meanwhile: its queue was handed back at the close
         };
         match &mut ch.kind {
             Kind::Io(io) => {
-                if io.connected && !io.queued_flush && ch.closing.is_none() {
-                    io.queued_flush = true;
-                    self.to_flush.push(number);
+                if io.connected && !io.scheduled && ch.closing.is_none() {
+                    io.scheduled = true;
+                    self.to_write.push(number);
                 }
             }
             Kind::Listener(_) => {
@@ -476,11 +476,11 @@ impl Reactor {
                     return hand_back(&mut self.outbox, &group, msg, e.status());
                 }
                 if io.conn.bye_queued() {
-                    ch.send.close(); // no direct write once a bye-type frame is queued
+                    ch.send.keep_gate(); // no direct write once a bye-type frame is queued
                 }
-                if io.connected && !io.queued_flush && ch.closing.is_none() {
-                    io.queued_flush = true;
-                    self.to_flush.push(number);
+                if io.connected && !io.scheduled && ch.closing.is_none() {
+                    io.scheduled = true;
+                    self.to_write.push(number);
                 }
             }
         }
@@ -510,13 +510,13 @@ impl Reactor {
             connected,
             write_blocked: false,
             starving: false,
-            queued_flush: connected,
+            scheduled: connected,
             hangup: false,
             in_partial: false,
             socket_shared: false,
         };
         if connected {
-            self.to_flush.push(number);
+            self.to_write.push(number);
         }
         self.insert(number, group, Kind::Io(Box::new(io)));
     }
@@ -652,7 +652,7 @@ impl Reactor {
                 Ok(true) => {
                     io.connected = true;
                     tracing::debug!(channel = number, peer = %io.stream.peer_string(), "connected");
-                    flush(ch, &mut self.writer, self.shared.pool.buffers());
+                    write_channel(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 Ok(false) if !failed => {}
                 Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
@@ -664,7 +664,7 @@ impl Reactor {
             Kind::Io(io) if io.starving => {
                 // No read interest (no messages to read into); writes go on.
                 if t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.writer, self.shared.pool.buffers());
+                    write_channel(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 if ch.closing.is_none() && failed && ch.registered {
                     // The peer is gone, but data it sent may still wait in the socket: stop
@@ -685,7 +685,7 @@ impl Reactor {
                     return;
                 };
                 if ch.closing.is_none() && t.contains(Triggers::SEND) {
-                    flush(ch, &mut self.writer, self.shared.pool.buffers());
+                    write_channel(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
                     // Error or hang-up, yet no end of stream to read: the link is dead.
@@ -738,7 +738,7 @@ impl Reactor {
                 connected: true,
                 write_blocked: false,
                 starving: false,
-                queued_flush: false,
+                scheduled: false,
                 hangup: false,
                 in_partial: false,
                 socket_shared: false,
@@ -914,27 +914,27 @@ impl Reactor {
         }
     }
 
-    fn flush_posted(&mut self) {
-        let to_flush = std::mem::take(&mut self.to_flush);
-        for &number in &to_flush {
+    fn write_scheduled(&mut self) {
+        let to_write = std::mem::take(&mut self.to_write);
+        for &number in &to_write {
             let Some(ch) = self.channels.get_mut(&number) else {
                 continue;
             };
             if let Kind::Io(io) = &mut ch.kind {
-                io.queued_flush = false;
+                io.scheduled = false;
             }
             let blocked = matches!(&ch.kind, Kind::Io(io) if io.write_blocked);
             if ch.closing.is_none() && !blocked {
                 // A write-blocked channel waits for SEND readiness instead of a failing writev.
-                flush(ch, &mut self.writer, self.shared.pool.buffers());
+                write_channel(ch, &mut self.writer, self.shared.pool.buffers());
                 touch(&mut self.touched, ch);
                 if ch.closing.is_some() {
                     self.marked.push(number);
                 }
             }
         }
-        self.to_flush = to_flush;
-        self.to_flush.clear();
+        self.to_write = to_write;
+        self.to_write.clear();
         self.recycle_sent();
     }
 
@@ -969,7 +969,7 @@ impl Reactor {
             if ch.closing.is_some() {
                 continue;
             }
-            ch.open_gate();
+            ch.free_gate();
             let interest = ch.interest();
             let r = if ch.registered {
                 self.poller.reregister(ch.raw(), ch.token, interest)
@@ -1003,7 +1003,7 @@ impl Reactor {
     /// sends the final ChannelClosed Signal (when `report`), closes the socket (RST) and frees
     /// its number.
     fn finish(&mut self, mut ch: Box<Channel>, reason: Status, report: bool) {
-        ch.send.close();
+        ch.send.keep_gate();
         self.by_token.remove(&ch.token);
         if ch.registered {
             if let Err(e) = self.poller.deregister(ch.raw(), ch.token) {
@@ -1050,7 +1050,7 @@ impl Reactor {
 
     fn exit(&mut self) {
         // What is already produced goes out before the commands handed back below.
-        self.outbox.flush();
+        self.outbox.deliver();
         self.shared.close_commands();
         let numbers: Vec<u16> = self.channels.keys().copied().collect();
         for n in numbers {
@@ -1058,7 +1058,7 @@ impl Reactor {
                 self.finish(ch, Status::ShutdownStarted, true);
             }
         }
-        self.outbox.flush();
+        self.outbox.deliver();
         tracing::debug!("reactor stopped");
     }
 }
@@ -1067,7 +1067,7 @@ impl Channel {
     /// Lets posting threads write directly when the reactor has nothing to write here:
     /// connected, send queue empty, no bye-type frame queued or written, not closing, not
     /// waiting for writability, no hang-up seen.
-    fn open_gate(&mut self) {
+    fn free_gate(&mut self) {
         let Kind::Io(io) = &mut self.kind else { return };
         if !io.connected || io.write_blocked || io.hangup || self.closing.is_some() {
             return;
@@ -1079,7 +1079,7 @@ impl Channel {
             io.socket_shared = true;
             self.send.set_socket(Arc::clone(&io.stream));
         }
-        self.send.open();
+        self.send.free_gate();
     }
 }
 
@@ -1154,7 +1154,7 @@ impl Outbox {
     }
 
     /// Delivers every queue to its group.
-    fn flush(&mut self) {
+    fn deliver(&mut self) {
         for (group, mut q) in self.groups.drain(..) {
             group.deliver_all(&mut q);
             if self.spare.len() < 16 {
@@ -1182,9 +1182,9 @@ struct Writer {
 
 /// Writes as much of the channel's queue as the socket takes, one `writev` per batch. First
 /// takes what posting threads queued since (see `Outbound`).
-fn flush(ch: &mut Channel, w: &mut Writer, bufs: &crate::engine::pool::Buffers) {
-    if !ch.send.take_for_reactor() {
-        // A posting thread is writing (it asks for a flush when done) or handing a
+fn write_channel(ch: &mut Channel, w: &mut Writer, bufs: &crate::engine::pool::Buffers) {
+    if !ch.send.take_gate() {
+        // A posting thread is writing (it asks the reactor to write when done) or handing a
         // started frame over (its command follows).
         return;
     }
@@ -1205,11 +1205,11 @@ fn flush(ch: &mut Channel, w: &mut Writer, bufs: &crate::engine::pool::Buffers) 
         }
     }
     if io.conn.bye_queued() {
-        ch.send.close(); // no direct write once a bye-type frame is queued
+        ch.send.keep_gate(); // no direct write once a bye-type frame is queued
     }
     write_queue(ch, &mut w.stage, &mut w.sent);
     if let Kind::Io(io) = &mut ch.kind {
-        let done = io.conn.take_progress();
+        let done = io.conn.take_completed();
         if done.frames > 0 {
             ch.send.sub(done.frames, done.bytes);
             w.frames += done.frames;
