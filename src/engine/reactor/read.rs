@@ -1,0 +1,278 @@
+//! The read side: accepting connections, reading sockets into the channel's `Connection`
+//! (small whole frames handed to the application as bytes), pausing a channel the pool
+//! cannot serve and resuming it, and the frame timeout.
+
+use super::*;
+
+impl Reactor {
+    /// Closes channels whose peer started a frame and then sent nothing for the frame
+    /// timeout (a slowloris peer would otherwise hold the channel and its receive message
+    /// forever); the connection decides, the reactor only asks the ones that owe bytes.
+    pub(super) fn expire_partial(&mut self) {
+        if self.partial.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.partial.len() {
+            let number = self.partial[i];
+            let Some(ch) = self.channels.get_mut(&number) else {
+                self.partial.swap_remove(i);
+                continue;
+            };
+            let Kind::Io(io) = &mut ch.kind else {
+                self.partial.swap_remove(i);
+                continue;
+            };
+            if io.conn.poll_timeout().is_none() || ch.closing.is_some() {
+                io.in_partial = false;
+                self.partial.swap_remove(i);
+                continue;
+            }
+            if let Some(status) = io.conn.handle_timeout(now) {
+                tracing::debug!(channel = number, "incomplete frame timed out");
+                io.in_partial = false;
+                self.partial.swap_remove(i);
+                mark(&mut self.marked, ch, status);
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    pub(super) fn accept(&mut self, number: u16) {
+        for _ in 0..ACCEPTS_PER_EVENT {
+            let Some(ch) = self.channels.get(&number) else {
+                return;
+            };
+            let Kind::Listener(l) = &ch.kind else { return };
+            let stream = match l.listener.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    // Out of descriptors or memory: the pending connection stays pending and
+                    // level-triggered readiness would spin. Stop watching for a while.
+                    tracing::warn!(listener = number, error = %e, "accept failed; backing off");
+                    if let Some(ch) = self.channels.get_mut(&number) {
+                        if let Kind::Listener(l) = &mut ch.kind {
+                            l.paused = true;
+                        }
+                        touch(&mut self.touched, ch);
+                        self.paused.push((Instant::now() + ACCEPT_BACKOFF, number));
+                    }
+                    return;
+                }
+            };
+            let group = Arc::clone(&ch.group);
+            let Some(new) = self.shared.lock_table().allocate(group.id) else {
+                tracing::warn!(
+                    listener = number,
+                    "no free channel number; connection dropped"
+                );
+                continue;
+            };
+            tracing::debug!(listener = number, channel = new, peer = %stream.peer_string(), "accepted");
+            let io = Io {
+                stream: Arc::new(stream),
+                conn: Connection::new(0, self.frame_timeout),
+                connected: true,
+                write_blocked: false,
+                starving: false,
+                scheduled: false,
+                hangup: false,
+                in_partial: false,
+                socket_shared: false,
+            };
+            self.insert(new, group, Kind::Io(Box::new(io)));
+        }
+    }
+
+    /// Reads and decodes until the socket is drained, the per-event budget is spent, the
+    /// pool runs dry, or the channel must close.
+    pub(super) fn read(&mut self, number: u16) -> ReadEnd {
+        let Some(ch) = self.channels.get_mut(&number) else {
+            return ReadEnd::NotRead;
+        };
+        let Kind::Io(io) = &mut ch.kind else {
+            return ReadEnd::NotRead;
+        };
+        if io.starving || io.conn.bye_received() {
+            return ReadEnd::NotRead;
+        }
+        let pool = &self.shared.pool;
+        let deliveries = &mut self.deliveries;
+        let spare = &mut self.spare;
+        // Frames decoded and not yet counted as held (counted per batch by `hold_all`).
+        let pending = std::cell::Cell::new(0);
+        let mut supply = || take_spare(spare, pool, pending.get());
+        let mut outcome = None;
+        let mut end = ReadEnd::Budget;
+        for _ in 0..READS_PER_EVENT {
+            let n = match io.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    outcome = Some(Status::PeerDisconnected);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    end = ReadEnd::WouldBlock;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(channel = number, error = %e, "receive failed");
+                    outcome = Some(Status::RecvFailed);
+                    break;
+                }
+            };
+            let out = RefCell::new((&mut *deliveries, &mut self.outbox));
+            let group = &ch.group;
+            let allowed = || pool.max().saturating_sub(pool.held() + pending.get());
+            // Small frames received whole go to the application as chunks it decodes itself
+            // (see `Frames`), as many as it may still hold; after the messages before them.
+            let mut take = |bytes: &[u8], k: usize| {
+                let (d, o) = &mut *out.borrow_mut();
+                pool.hold_all(d);
+                pending.set(0);
+                o.extend(group, d);
+                let mut chunk = pool.buffers().get();
+                chunk.reserve(bytes.len());
+                chunk.extend_from_slice(bytes);
+                o.push_frames(group, Frames::new(pool, chunk, k, number));
+            };
+            let whole = Whole {
+                max_len: WHOLE_MAX,
+                allowed: &allowed,
+                take: &mut take,
+            };
+            let r = io.conn.handle_read(
+                &self.read_buf[..n],
+                self.now,
+                &mut supply,
+                &mut |mut m| {
+                    m.header.channel = number;
+                    pending.set(pending.get() + 1);
+                    out.borrow_mut().0.push(m);
+                },
+                Some(whole),
+            );
+            match r {
+                // A short read almost always means the socket is drained; level-triggered
+                // readiness (or a re-armed one-shot poll) reports any rest. After a hang-up,
+                // read on to the end of stream to learn how it ended.
+                Ok(RecvStop::Drained) if n < self.read_buf.len() && !io.hangup => {
+                    end = ReadEnd::WouldBlock;
+                    break;
+                }
+                Ok(RecvStop::Drained) => {}
+                Ok(RecvStop::Starved) => {
+                    // Read interest is dropped until messages come back (see reconcile).
+                    tracing::debug!(channel = number, "pool empty: reading paused");
+                    io.starving = true;
+                    self.starved.push(number);
+                    end = ReadEnd::Starved;
+                    break;
+                }
+                Ok(RecvStop::ByeResponse) => {
+                    tracing::debug!(channel = number, "ByeResponse received; closing");
+                    outcome = Some(Status::ChannelClosed);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(channel = number, error = %e, "peer sent an invalid frame");
+                    outcome = Some(e.status());
+                    break;
+                }
+            }
+        }
+        if !io.in_partial && io.conn.poll_timeout().is_some() {
+            io.in_partial = true;
+            self.partial.push(number);
+        }
+        pool.hold_all(&mut self.deliveries);
+        if end == ReadEnd::Starved {
+            // Not a received frame: not counted as held.
+            self.deliveries.push(pool_empty_signal(pool, number));
+        }
+        self.outbox.extend(&ch.group, &mut self.deliveries);
+        if let Some(status) = outcome {
+            mark(&mut self.marked, ch, status);
+            end = ReadEnd::Closed;
+        }
+        end
+    }
+
+    pub(super) fn retry_starved(&mut self) {
+        if self.starved.is_empty() || (self.spare.is_empty() && !self.shared.pool.can_receive()) {
+            return;
+        }
+        // In order, until one starves again: then there is nothing to read into for the
+        // rest either (they wait, and that one goes last, so each gets its turn). Trying
+        // them all would cost a pass over every starved channel per message given back.
+        let starved = std::mem::take(&mut self.starved);
+        let mut again = None;
+        for (i, &number) in starved.iter().enumerate() {
+            if again.is_some() {
+                break;
+            }
+            let Some(ch) = self.channels.get_mut(&number) else {
+                continue;
+            };
+            let Kind::Io(io) = &mut ch.kind else { continue };
+            let pool = &self.shared.pool;
+            let deliveries = &mut self.deliveries;
+            let spare = &mut self.spare;
+            let pending = std::cell::Cell::new(0);
+            let r = io.conn.resume(
+                &mut || take_spare(spare, pool, pending.get()),
+                &mut |mut m| {
+                    m.header.channel = number;
+                    pending.set(pending.get() + 1);
+                    deliveries.push(m);
+                },
+            );
+            let mut close = None;
+            match r {
+                Ok(RecvStop::Starved) => again = Some(i),
+                Ok(RecvStop::Drained) => {
+                    tracing::debug!(channel = number, "reading resumed");
+                    io.starving = false;
+                    touch(&mut self.touched, ch);
+                }
+                Ok(RecvStop::ByeResponse) => close = Some(Status::ChannelClosed),
+                Err(e) => close = Some(e.status()),
+            }
+            self.shared.pool.hold_all(&mut self.deliveries);
+            self.outbox.extend(&ch.group, &mut self.deliveries);
+            if let Some(s) = close {
+                mark(&mut self.marked, ch, s);
+            }
+        }
+        if let Some(i) = again {
+            self.starved.extend_from_slice(&starved[i + 1..]);
+            self.starved.push(starved[i]);
+        }
+    }
+}
+
+/// How a [`Reactor::read`] ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadEnd {
+    NotRead,
+    WouldBlock,
+    Budget,
+    Starved,
+    Closed,
+}
+
+/// A message to receive into: a spare one, else from the pool (see `Pool::for_receive`).
+pub(super) fn take_spare(
+    spare: &mut Vec<Message>,
+    pool: &crate::engine::pool::Pool,
+    pending: usize,
+) -> Option<Message> {
+    if spare.is_empty() && !pool.for_receive(REFILL_BATCH, spare, pending) {
+        return None;
+    }
+    spare.pop()
+}
