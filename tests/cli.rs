@@ -47,7 +47,7 @@ fn stderr(o: &Output) -> String {
 fn serve_and_ping_tcp_and_uds() {
     let tcp = tcp_loopback().to_string();
     let mut addrs = vec![tcp.clone()];
-    if cfg!(unix) {
+    if uds_available() {
         addrs.push(uds_temp().to_string());
     }
     let mut args: Vec<&str> = addrs.iter().map(String::as_str).collect();

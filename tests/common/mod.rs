@@ -82,14 +82,23 @@ pub fn uds_temp() -> Address {
     Address::uds(temp_uds_path().to_string_lossy().into_owned())
 }
 
-/// Both transports available on this platform. (UDS is left out on Windows: the Windows
-/// lane runs under Wine 8, which has no AF_UNIX.)
+/// Both transports where this system has them (UDS is left out under Wine 8, which has no
+/// AF_UNIX; real Windows has it).
 pub fn transports() -> Vec<Address> {
     let mut v = vec![tcp_loopback()];
-    if cfg!(unix) {
+    if uds_available() {
         v.push(uds_temp());
     }
     v
+}
+
+/// [`tofu::testing::uds_supported`], saying so on stderr when a UDS test is skipped.
+pub fn uds_available() -> bool {
+    let ok = tofu::testing::uds_supported();
+    if !ok {
+        eprintln!("skipped: no AF_UNIX on this system (Wine 8)");
+    }
+    ok
 }
 
 /// Posts a WelcomeRequest and waits for its successful WelcomeResponse; returns the listener.
