@@ -1,40 +1,33 @@
 //! Sockets for the reactor: listening sockets ([`Listener`]) and data sockets
 //! ([`Stream`]), TCP and Unix domain, all non-blocking and close-on-exec.
 //!
-//! Every platform `#[cfg]` of the engine's socket handling lives in this file;
-//! the rest of the engine sees only these types, [`RawSocket`] (to register
+//! The rest of the engine sees only these types, [`RawSocket`] (to register
 //! with the poller) and `(Status, io::Error)` pairs for failures (the
 //! [`Status`] for the user, the `io::Error` for logs).
 //!
-//! Unix domain sockets: on unix through std's `UnixListener`/`UnixStream`; on
-//! Windows (AF_UNIX exists since Windows 10 1803, filesystem paths only)
-//! through socket2. Where the system has no AF_UNIX (older Windows, Wine 8),
-//! creating the socket fails with `WSAEAFNOSUPPORT`, reported as
+//! Every socket, of either family on every platform, is a [`socket2::Socket`]
+//! next to a small kind: TCP, or Unix domain with what the family needs
+//! beyond the handle (a listener's socket file, an accepted stream's name
+//! for logs). So each method is written once; what differs between
+//! platforms is a function of the same name in `unix.rs` and `windows.rs`
+//! (module `platform`), and Unix domain path rules live in `uds.rs`.
+//!
+//! Unix domain sockets exist on Windows since Windows 10 1803, for
+//! filesystem paths only. Where the system has no AF_UNIX (older Windows,
+//! Wine 8), creating the socket fails with `WSAEAFNOSUPPORT`, reported as
 //! `InvalidAddress` ("AF_UNIX not supported on this system").
 //!
 //! Address resolution ([`Listener::bind`], [`Stream::connect`] with a DNS
 //! name) uses the system resolver and *blocks* until it answers.
 
 use std::io::{self, IoSlice, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-#[cfg(unix)]
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket};
+use socket2::{Domain, SockAddr, Socket};
 
 use crate::proto::address::Address;
 use crate::proto::status::Status;
-
-/// The OS handle of a socket, as registered with the poller.
-#[cfg(unix)]
-pub type RawSocket = std::os::fd::RawFd;
-
-/// The OS handle of a socket, as registered with the poller.
-#[cfg(windows)]
-pub type RawSocket = std::os::windows::io::RawSocket;
 
 /// The `listen(2)` backlog of every [`Listener`] (the kernel caps it at
 /// `net.core.somaxconn`).
@@ -55,6 +48,16 @@ pub type NetError = (Status, io::Error);
 /// so callers never see it.
 pub fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Runs `op` again for as long as it fails with `EINTR`.
+fn retry_interrupted<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }
 
 /// Makes an [`io::ErrorKind::InvalidInput`] error for validation failures.
@@ -103,6 +106,15 @@ fn resolve_tcp(host: &str, port: u16, listener: bool) -> Result<SocketAddr, NetE
         .ok_or_else(|| invalid_address(format!("TCP host {host:?} resolves to no address")))
 }
 
+/// Formats a TCP address (`getsockname`/`getpeername`) for logs.
+fn tcp_addr_string(addr: io::Result<SockAddr>) -> String {
+    match addr.map(|a| a.as_socket()) {
+        Ok(Some(a)) => a.to_string(),
+        Ok(None) => "<unknown: not an IP address>".to_string(),
+        Err(e) => format!("<unknown: {e}>"),
+    }
+}
+
 /// Status for a failed `bind(2)`: an address that is not local is an invalid
 /// address, anything else a listen failure.
 fn bind_failure(e: io::Error) -> NetError {
@@ -115,12 +127,11 @@ fn bind_failure(e: io::Error) -> NetError {
 
 mod uds;
 pub(crate) use uds::temp_uds_path;
-#[cfg(unix)]
-use uds::uds_addr_string;
 pub use uds::UDS_PATH_MAX;
-use uds::{file_id, remove_stale_socket, unlink_if_ours, FileId, UdsTarget};
+use uds::{remove_stale_socket, SocketFile, UdsTarget};
 
-// Platform details: socket creation, accept, send flags, connect errors.
+// Platform details: socket creation, accept, options, error codes, handles,
+// Unix domain socket names.
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -130,39 +141,19 @@ mod windows;
 #[cfg(windows)]
 use windows as platform;
 
-/// A client socket could not be created: out of descriptors or buffers is a failed connect
-/// (the address is fine; retry later), anything else means the address cannot be used.
-fn socket_creation_failed(e: io::Error) -> NetError {
-    if out_of_resources(&e) {
-        (Status::ConnectFailed, e)
-    } else {
-        (Status::InvalidAddress, e)
-    }
-}
+pub use platform::RawSocket;
+use platform::UdsPeer;
 
-/// EMFILE, ENFILE, ENOBUFS, ENOMEM (WSAEMFILE, WSAENOBUFS on Windows).
-fn out_of_resources(e: &io::Error) -> bool {
-    #[cfg(unix)]
-    let codes = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
-    // WSAEMFILE (10024) and WSAENOBUFS (10055).
-    #[cfg(windows)]
-    let codes = [10024, 10055];
-    e.raw_os_error().is_some_and(|c| codes.contains(&c))
-}
-
-/// Creates the stream socket of a Unix domain socket; on a system without
-/// AF_UNIX that is an `InvalidAddress` failure, anything else `other`.
-fn uds_socket(other: Status) -> Result<Socket, NetError> {
-    platform::stream_socket(Domain::UNIX, None).map_err(|e| {
-        #[cfg(windows)]
-        if platform::family_unsupported(&e) {
-            return (
-                Status::InvalidAddress,
-                io::Error::new(
-                    e.kind(),
-                    format!("AF_UNIX not supported on this system: {e}"),
-                ),
-            );
+/// Creates a non-blocking, close-on-exec stream socket for `domain` (TCP for
+/// the IP families). Fails with `InvalidAddress` for a Unix domain socket on
+/// a system without AF_UNIX, else with `other`.
+fn stream_socket(domain: Domain, other: Status) -> Result<Socket, NetError> {
+    let uds = domain == Domain::UNIX;
+    let protocol = (!uds).then_some(socket2::Protocol::TCP);
+    platform::stream_socket(domain, protocol).map_err(|e| {
+        if uds && platform::family_unsupported(&e) {
+            let msg = format!("AF_UNIX not supported on this system: {e}");
+            return (Status::InvalidAddress, io::Error::new(e.kind(), msg));
         }
         (other, e)
     })
@@ -174,26 +165,21 @@ fn uds_socket(other: Status) -> Result<Socket, NetError> {
 /// removes that path, unless it has been replaced by another socket since
 /// (as a second listener on the same path does).
 #[derive(Debug)]
-pub enum Listener {
-    /// A TCP listener.
-    Tcp(TcpListener),
-    /// A Unix domain socket listener.
-    Uds {
-        /// The listening socket.
-        #[cfg(unix)]
-        listener: UnixListener,
-        /// The listening socket.
-        #[cfg(windows)]
-        listener: Socket,
-        /// The filesystem path to remove on drop; `None` for an abstract
-        /// name.
-        path: Option<PathBuf>,
-        /// The identity of the socket file right after binding (unix:
-        /// device and inode; Windows: creation time), so that drop removes
-        /// only our own file; `None` if it could not be read (then drop
-        /// removes the path unconditionally).
-        file_id: Option<FileId>,
-    },
+pub struct Listener {
+    // Dropped before `socket`: an open socket keeps its file's inode, so the
+    // file-id check (device and inode on unix) cannot take another socket
+    // file that got our inode number for ours.
+    kind: ListenerKind,
+    socket: Socket,
+}
+
+/// The family of a [`Listener`], with what it needs beyond the socket.
+#[derive(Debug)]
+enum ListenerKind {
+    Tcp,
+    /// A Unix domain socket, with the socket file that dropping the listener
+    /// removes (`None` for an abstract name).
+    Uds(Option<SocketFile>),
 }
 
 impl Listener {
@@ -236,23 +222,16 @@ impl Listener {
     /// [`Listener::bind`] for TCP.
     fn bind_tcp(host: &str, port: u16) -> Result<Listener, NetError> {
         let addr = resolve_tcp(host, port, true)?;
-        let socket = platform::stream_socket(Domain::for_address(addr), Some(Protocol::TCP))
-            .map_err(|e| (Status::ListenFailed, e))?;
-        socket
-            .set_reuse_address(true)
-            .map_err(|e| (Status::SetsockoptFailed, e))?;
-        #[cfg(all(
-            unix,
-            not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
-        ))]
-        socket
-            .set_reuse_port(true)
-            .map_err(|e| (Status::SetsockoptFailed, e))?;
+        let socket = stream_socket(Domain::for_address(addr), Status::ListenFailed)?;
+        platform::set_reuse(&socket).map_err(|e| (Status::SetsockoptFailed, e))?;
         socket.bind(&addr.into()).map_err(bind_failure)?;
         socket
             .listen(LISTEN_BACKLOG)
             .map_err(|e| (Status::ListenFailed, e))?;
-        Ok(Listener::Tcp(socket.into()))
+        Ok(Listener {
+            socket,
+            kind: ListenerKind::Tcp,
+        })
     }
 
     /// [`Listener::bind`] for Unix domain sockets.
@@ -263,31 +242,21 @@ impl Listener {
             UdsTarget::parse(path)?
         };
         let sock_addr = target.sock_addr()?;
-        let fs_path = match target {
-            UdsTarget::Path(p) => Some(p),
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            UdsTarget::Abstract(_) => None,
-        };
+        let fs_path = target.into_path();
         if let Some(p) = &fs_path {
             remove_stale_socket(p);
         }
-        let socket = uds_socket(Status::ListenFailed)?;
+        let socket = stream_socket(Domain::UNIX, Status::ListenFailed)?;
         socket.bind(&sock_addr).map_err(bind_failure)?;
-        // From here on the socket file exists and is ours.
-        let id = fs_path.as_deref().and_then(file_id);
-        if let Err(e) = socket.listen(LISTEN_BACKLOG) {
-            if let Some(p) = &fs_path {
-                unlink_if_ours(p, id);
-            }
-            return Err((Status::ListenFailed, e));
-        }
-        Ok(Listener::Uds {
-            #[cfg(unix)]
-            listener: socket.into(),
-            #[cfg(windows)]
-            listener: socket,
-            path: fs_path,
-            file_id: id,
+        // From here on the socket file exists and is ours: dropping `file`
+        // (on a failed listen, too) removes it.
+        let file = fs_path.map(SocketFile::bound);
+        socket
+            .listen(LISTEN_BACKLOG)
+            .map_err(|e| (Status::ListenFailed, e))?;
+        Ok(Listener {
+            socket,
+            kind: ListenerKind::Uds(file),
         })
     }
 
@@ -304,88 +273,35 @@ impl Listener {
     /// setting an option on the accepted socket (which is then closed). The
     /// listener stays usable either way.
     pub fn accept(&self) -> io::Result<Option<Stream>> {
-        loop {
-            let accepted = match self {
-                Listener::Tcp(l) => platform::accept(SockRef::from(l)),
-                Listener::Uds { listener, .. } => platform::accept(SockRef::from(listener)),
-            };
-            let socket = match accepted {
-                Ok(socket) => socket,
+        let socket = loop {
+            match platform::accept(&self.socket) {
+                Ok(socket) => break socket,
                 Err(e) if is_would_block(&e) => return Ok(None),
                 Err(e) if platform::accept_should_retry(&e) => continue,
                 Err(e) => return Err(e),
-            };
-            socket.set_linger(Some(Duration::ZERO))?;
-            return Ok(Some(match self {
-                Listener::Tcp(_) => {
-                    socket.set_tcp_nodelay(true)?;
-                    Stream::Tcp(socket.into())
-                }
-                #[cfg(unix)]
-                Listener::Uds { .. } => Stream::Uds(socket.into()),
-                #[cfg(windows)]
-                Listener::Uds { .. } => Stream::Uds {
-                    socket,
-                    peer: format!("<unnamed> via {}", self.local_addr_string()),
-                },
-            }));
-        }
+            }
+        };
+        let kind = match self.kind {
+            ListenerKind::Tcp => StreamKind::Tcp,
+            ListenerKind::Uds(_) => StreamKind::Uds(UdsPeer::accepted(|| self.local_addr_string())),
+        };
+        Stream::new(socket, kind).map(Some)
     }
 
     /// The OS handle, to register with the poller.
     pub fn raw(&self) -> RawSocket {
-        #[cfg(unix)]
-        use std::os::fd::AsRawFd;
-        #[cfg(windows)]
-        use std::os::windows::io::AsRawSocket;
-        match self {
-            #[cfg(unix)]
-            Listener::Tcp(l) => l.as_raw_fd(),
-            #[cfg(windows)]
-            Listener::Tcp(l) => l.as_raw_socket(),
-            #[cfg(unix)]
-            Listener::Uds { listener, .. } => listener.as_raw_fd(),
-            #[cfg(windows)]
-            Listener::Uds { listener, .. } => listener.as_raw_socket(),
-        }
+        platform::raw(&self.socket)
     }
 
     /// The bound address for logs: `"127.0.0.1:7099"`, a socket path, or
     /// `"@name"` for an abstract name. For TCP port 0 and for an empty UDS
     /// path this shows what the kernel or [`Listener::bind`] chose.
     pub fn local_addr_string(&self) -> String {
-        match self {
-            Listener::Tcp(l) => match l.local_addr() {
-                Ok(a) => a.to_string(),
-                Err(e) => format!("<unknown: {e}>"),
-            },
-            #[cfg(unix)]
-            Listener::Uds { listener, path, .. } => match listener.local_addr() {
-                Ok(a) => uds_addr_string(&a),
-                Err(e) => match path {
-                    Some(p) => p.display().to_string(),
-                    None => format!("<unknown: {e}>"),
-                },
-            },
-            // Windows has filesystem paths only, and socket2 cannot show them.
-            #[cfg(windows)]
-            Listener::Uds { path, .. } => match path {
-                Some(p) => p.display().to_string(),
-                None => "<unnamed>".to_string(),
-            },
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Uds {
-            path: Some(path),
-            file_id,
-            ..
-        } = self
-        {
-            unlink_if_ours(path, *file_id);
+        match &self.kind {
+            ListenerKind::Tcp => tcp_addr_string(self.socket.local_addr()),
+            ListenerKind::Uds(file) => {
+                platform::uds_local_string(&self.socket, file.as_ref().map(SocketFile::path))
+            }
         }
     }
 }
@@ -394,21 +310,18 @@ impl Drop for Listener {
 /// with `SO_LINGER {on, 0}`: dropping it resets the connection and discards
 /// unsent data, so flush before dropping when the data matters.
 #[derive(Debug)]
-pub enum Stream {
-    /// A TCP stream (with `TCP_NODELAY`).
-    Tcp(TcpStream),
-    /// A Unix domain socket stream.
-    #[cfg(unix)]
-    Uds(UnixStream),
-    /// A Unix domain socket stream.
-    #[cfg(windows)]
-    Uds {
-        /// The connected socket.
-        socket: Socket,
-        /// The peer for logs (socket2 cannot show AF_UNIX addresses on
-        /// Windows): the path connected to, or `<unnamed> via <path>`.
-        peer: String,
-    },
+pub struct Stream {
+    socket: Socket,
+    kind: StreamKind,
+}
+
+/// The family of a [`Stream`], with what it needs beyond the socket.
+#[derive(Debug)]
+enum StreamKind {
+    /// TCP, with `TCP_NODELAY`.
+    Tcp,
+    /// A Unix domain socket, with what names its peer in logs.
+    Uds(UdsPeer),
 }
 
 impl Stream {
@@ -435,42 +348,49 @@ impl Stream {
     ///   the error's kind is [`io::ErrorKind::WouldBlock`], so a caller may
     ///   retry later) and for TCP that no local port is free.
     pub fn connect(addr: &Address) -> Result<(Stream, bool), NetError> {
-        match addr {
+        let (target, kind) = match addr {
             Address::Tcp { host, port } => {
-                let target = resolve_tcp(host, *port, false)?;
-                let socket =
-                    platform::stream_socket(Domain::for_address(target), Some(Protocol::TCP))
-                        .map_err(socket_creation_failed)?;
-                socket
-                    .set_linger(Some(Duration::ZERO))
-                    .and_then(|()| socket.set_tcp_nodelay(true))
-                    .map_err(|e| (Status::SetsockoptFailed, e))?;
-                let connected = start_connect(&socket, &target.into(), false)?;
-                Ok((Stream::Tcp(socket.into()), connected))
+                (resolve_tcp(host, *port, false)?.into(), StreamKind::Tcp)
             }
-            Address::Uds { path } => {
-                let sock_addr = UdsTarget::parse(path)?.sock_addr()?;
-                let socket = uds_socket(Status::InvalidAddress).map_err(|(status, e)| {
-                    if out_of_resources(&e) {
-                        (Status::ConnectFailed, e)
-                    } else {
-                        (status, e)
-                    }
-                })?;
-                socket
-                    .set_linger(Some(Duration::ZERO))
-                    .map_err(|e| (Status::SetsockoptFailed, e))?;
-                let connected = start_connect(&socket, &sock_addr, true)?;
-                #[cfg(unix)]
-                let stream = Stream::Uds(socket.into());
-                #[cfg(windows)]
-                let stream = Stream::Uds {
-                    socket,
-                    peer: path.clone(),
-                };
-                Ok((stream, connected))
+            Address::Uds { path } => (
+                UdsTarget::parse(path)?.sock_addr()?,
+                StreamKind::Uds(UdsPeer::connected(path)),
+            ),
+        };
+        // Out of descriptors or buffers is a failed connect (the address is
+        // fine; retry later); anything else means the address cannot be used.
+        let socket =
+            stream_socket(target.domain(), Status::InvalidAddress).map_err(|(status, e)| {
+                if platform::out_of_resources(&e) {
+                    (Status::ConnectFailed, e)
+                } else {
+                    (status, e)
+                }
+            })?;
+        let stream = Stream::new(socket, kind).map_err(|e| (Status::SetsockoptFailed, e))?;
+        let connected = match stream.socket.connect(&target) {
+            Ok(()) => true,
+            Err(e) if platform::connect_in_progress(&e) => false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && stream.is_uds() => {
+                return Err((Status::UdsPathNotFound, e));
             }
+            Err(e) => return Err((Status::ConnectFailed, e)),
+        };
+        Ok((stream, connected))
+    }
+
+    /// Wraps a new socket, setting what every stream has: `SO_LINGER {on,
+    /// 0}` and, for TCP, `TCP_NODELAY`.
+    fn new(socket: Socket, kind: StreamKind) -> io::Result<Stream> {
+        socket.set_linger(Some(Duration::ZERO))?;
+        if let StreamKind::Tcp = kind {
+            socket.set_tcp_nodelay(true)?;
         }
+        Ok(Stream { socket, kind })
+    }
+
+    fn is_uds(&self) -> bool {
+        matches!(self.kind, StreamKind::Uds(_))
     }
 
     /// Completes a connect that [`Stream::connect`] left in progress, once
@@ -482,15 +402,11 @@ impl Stream {
     /// stream. The error is consumed by the first call that returns it.
     /// Calling this on a connected stream returns `Ok(true)`.
     pub fn finish_connect(&self) -> io::Result<bool> {
-        let socket = self.sock_ref();
-        if let Some(e) = socket.take_error()? {
+        if let Some(e) = self.socket.take_error()? {
             return Err(e);
         }
-        match socket.peer_addr() {
+        match self.socket.peer_addr() {
             Ok(_) => Ok(true),
-            #[cfg(unix)]
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-            #[cfg(windows)]
             Err(e) if platform::not_yet_connected(&e) => Ok(false),
             Err(e) => Err(e),
         }
@@ -499,28 +415,7 @@ impl Stream {
     /// Reads into `buf`; `Ok(0)` is end of stream. `EINTR` is retried;
     /// `WouldBlock` (see [`is_would_block`]) means no data yet.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let result = match self {
-                Stream::Tcp(s) => {
-                    let mut s: &TcpStream = s;
-                    s.read(buf)
-                }
-                #[cfg(unix)]
-                Stream::Uds(s) => {
-                    let mut s: &UnixStream = s;
-                    s.read(buf)
-                }
-                #[cfg(windows)]
-                Stream::Uds { socket, .. } => {
-                    let mut s: &Socket = socket;
-                    s.read(buf)
-                }
-            };
-            match result {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
+        retry_interrupted(|| (&self.socket).read(buf))
     }
 
     /// Writes from `buf`, returning how much was written (possibly less than
@@ -529,89 +424,36 @@ impl Stream {
     /// ([`io::ErrorKind::BrokenPipe`]) or `ECONNRESET`.
     #[cfg(test)]
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let socket = self.sock_ref();
-        loop {
-            match socket.send_with_flags(buf, platform::SEND_FLAGS) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
+        retry_interrupted(|| self.socket.send_with_flags(buf, platform::SEND_FLAGS))
     }
 
     /// Like [`Stream::write`], gathering from several buffers (`sendmsg(2)`).
     pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let socket = self.sock_ref();
-        loop {
-            match socket.send_vectored_with_flags(bufs, platform::SEND_FLAGS) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
+        retry_interrupted(|| {
+            self.socket
+                .send_vectored_with_flags(bufs, platform::SEND_FLAGS)
+        })
     }
 
     /// The OS handle, to register with the poller.
     pub fn raw(&self) -> RawSocket {
-        #[cfg(unix)]
-        use std::os::fd::AsRawFd;
-        #[cfg(windows)]
-        use std::os::windows::io::AsRawSocket;
-        match self {
-            #[cfg(unix)]
-            Stream::Tcp(s) => s.as_raw_fd(),
-            #[cfg(windows)]
-            Stream::Tcp(s) => s.as_raw_socket(),
-            #[cfg(unix)]
-            Stream::Uds(s) => s.as_raw_fd(),
-            #[cfg(windows)]
-            Stream::Uds { socket, .. } => socket.as_raw_socket(),
-        }
+        platform::raw(&self.socket)
     }
 
     /// The peer for logs: `"127.0.0.1:7099"`, a socket path, `"@name"`, or
     /// for an accepted Unix domain socket (whose peer is unnamed)
     /// `"<unnamed> via <listener path>"`.
     pub fn peer_string(&self) -> String {
-        match self {
-            Stream::Tcp(s) => match s.peer_addr() {
-                Ok(a) => a.to_string(),
-                Err(e) => format!("<unknown: {e}>"),
-            },
-            #[cfg(unix)]
-            Stream::Uds(s) => match s.peer_addr() {
-                Ok(a) if a.is_unnamed() => match s.local_addr() {
-                    Ok(local) if !local.is_unnamed() => {
-                        format!("<unnamed> via {}", uds_addr_string(&local))
-                    }
-                    _ => "<unnamed>".to_string(),
-                },
-                Ok(a) => uds_addr_string(&a),
-                Err(e) => format!("<unknown: {e}>"),
-            },
-            #[cfg(windows)]
-            Stream::Uds { peer, .. } => peer.clone(),
+        match &self.kind {
+            StreamKind::Tcp => tcp_addr_string(self.socket.peer_addr()),
+            StreamKind::Uds(peer) => peer.describe(&self.socket),
         }
     }
 
-    /// A borrowed socket2 view, for socket options and `send` flags.
-    fn sock_ref(&self) -> SockRef<'_> {
-        match self {
-            Stream::Tcp(s) => SockRef::from(s),
-            #[cfg(unix)]
-            Stream::Uds(s) => SockRef::from(s),
-            #[cfg(windows)]
-            Stream::Uds { socket, .. } => SockRef::from(socket),
-        }
-    }
-}
-
-/// Issues the non-blocking `connect(2)`; `Ok(true)` if connected at once,
-/// `Ok(false)` if in progress.
-fn start_connect(socket: &Socket, addr: &SockAddr, uds: bool) -> Result<bool, NetError> {
-    match socket.connect(addr) {
-        Ok(()) => Ok(true),
-        Err(e) if platform::connect_in_progress(&e) => Ok(false),
-        Err(e) if uds && e.kind() == io::ErrorKind::NotFound => Err((Status::UdsPathNotFound, e)),
-        Err(e) => Err((Status::ConnectFailed, e)),
+    /// The socket, for tests to read its options.
+    #[cfg(test)]
+    fn sock_ref(&self) -> &Socket {
+        &self.socket
     }
 }
 

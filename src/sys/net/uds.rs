@@ -105,40 +105,29 @@ impl UdsTarget {
         };
         addr.map_err(|e| (Status::InvalidAddress, e))
     }
-}
 
-/// Formats a Unix domain socket address for logs: the path, `@name` for an
-/// abstract name, or `<unnamed>`.
-#[cfg(unix)]
-pub(super) fn uds_addr_string(addr: &std::os::unix::net::SocketAddr) -> String {
-    if let Some(p) = addr.as_pathname() {
-        return p.display().to_string();
-    }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        #[cfg(target_os = "android")]
-        use std::os::android::net::SocketAddrExt;
-        #[cfg(target_os = "linux")]
-        use std::os::linux::net::SocketAddrExt;
-        if let Some(name) = addr.as_abstract_name() {
-            return format!("@{}", String::from_utf8_lossy(name));
+    /// The filesystem path; `None` for an abstract name.
+    pub(super) fn into_path(self) -> Option<PathBuf> {
+        match self {
+            UdsTarget::Path(p) => Some(p),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            UdsTarget::Abstract(_) => None,
         }
     }
-    "<unnamed>".to_string()
 }
 
 /// What identifies one socket file: (device, inode) on unix.
 #[cfg(unix)]
-pub(super) type FileId = (u64, u64);
+type FileId = (u64, u64);
 
 /// What identifies one socket file: its creation time on Windows (std has no
 /// stable file index there).
 #[cfg(windows)]
-pub(super) type FileId = std::time::SystemTime;
+type FileId = std::time::SystemTime;
 
 /// Returns the identity of the file at `path`, if any.
 #[cfg(unix)]
-pub(super) fn file_id(path: &Path) -> Option<FileId> {
+fn file_id(path: &Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path)
         .ok()
@@ -147,18 +136,43 @@ pub(super) fn file_id(path: &Path) -> Option<FileId> {
 
 /// Returns the identity of the file at `path`, if any.
 #[cfg(windows)]
-pub(super) fn file_id(path: &Path) -> Option<FileId> {
+fn file_id(path: &Path) -> Option<FileId> {
     std::fs::symlink_metadata(path)
         .and_then(|m| m.created())
         .ok()
 }
 
-/// Removes the socket file at `path` if it is still the one identified by
-/// `id` (when `id` is unknown, removes it unconditionally). Errors are
-/// ignored: this is cleanup.
-pub(super) fn unlink_if_ours(path: &Path, id: Option<FileId>) {
-    if id.is_none() || file_id(path) == id {
-        let _ = std::fs::remove_file(path);
+/// The socket file a listener bound: dropping it removes the file, unless it
+/// has been replaced by another socket file since (as a second listener on
+/// the same path does).
+#[derive(Debug)]
+pub(super) struct SocketFile {
+    path: PathBuf,
+    /// The identity of the file right after binding (unix: device and inode;
+    /// Windows: creation time); `None` if it could not be read, and then drop
+    /// removes the path unconditionally.
+    id: Option<FileId>,
+}
+
+impl SocketFile {
+    /// Takes charge of the socket file that binding has just created at
+    /// `path`.
+    pub(super) fn bound(path: PathBuf) -> SocketFile {
+        let id = file_id(&path);
+        SocketFile { path, id }
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        // Errors are ignored: this is cleanup.
+        if self.id.is_none() || file_id(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -259,6 +273,22 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(p, uds_candidate(&dir, 2));
         assert_eq!(counter.load(Ordering::Relaxed), 3);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn socket_file_removes_only_its_own_file() {
+        let path = temp_uds_path();
+        // Held open so that the replacement cannot get the same inode.
+        let first = std::fs::File::create(&path).unwrap();
+        let file = SocketFile::bound(path.clone());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"second").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        drop(first);
+        drop(SocketFile::bound(path.clone()));
+        assert!(std::fs::symlink_metadata(&path).is_err());
     }
 
     #[test]
