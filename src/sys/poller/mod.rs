@@ -45,7 +45,7 @@
 //!   (reads to `EAGAIN`, changes the interest, or deregisters). This includes
 //!   `ERR`/`HUP`: a dead socket must be deregistered or it is reported forever.
 //! * `Backend::Poll` (any unix): level-triggered as well; rebuilds its
-//!   `pollfd` array on every `wait` from its registration map, so
+//!   `pollfd` array on every `wait` from the registration map, so
 //!   `register`/`reregister`/`deregister` never make a syscall.
 //! * `Backend::Iocp` (Windows): an I/O completion port fed by **one-shot**
 //!   `IOCTL_AFD_POLL` requests (the mechanism under `WSAPoll`). A completion
@@ -58,7 +58,8 @@
 //!
 //! The reactor calls `reregister` once per loop iteration for each channel it
 //! touched, and every backend makes an unchanged `reregister` cost no syscall
-//! (a map lookup).
+//! (a map lookup): the registration map and its rules are kept once, in
+//! `registry.rs`, which calls a backend only for a real change.
 //!
 //! # Interrupted waits
 //!
@@ -67,7 +68,6 @@
 //! with `events` empty (no `TIMEOUT`) if the OS reported only readiness that
 //! mapped to nothing (e.g. a stale event); treat that as "nothing to do".
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
@@ -92,6 +92,10 @@ mod waker;
 #[cfg(windows)]
 #[allow(unsafe_code)]
 mod windows;
+
+mod registry;
+
+use registry::{Registrar, Registry};
 
 #[cfg(unix)]
 pub use waker::Waker;
@@ -369,9 +373,26 @@ enum Flavor {
     Iocp(windows::Iocp),
 }
 
+#[cfg(any(unix, windows))]
+impl Flavor {
+    /// The backend's OS side of registering, for the [`Registry`] to call.
+    fn registrar(&mut self) -> &mut dyn Registrar {
+        match self {
+            #[cfg(target_os = "linux")]
+            Flavor::Epoll(b) => b,
+            #[cfg(unix)]
+            Flavor::Poll(b) => b,
+            #[cfg(windows)]
+            Flavor::Iocp(b) => b,
+        }
+    }
+}
+
 /// Waits for readiness of registered sockets; see the [module docs](self).
 pub struct Poller {
     flavor: Flavor,
+    /// Every registration, with the rules of the contract; `flavor` only makes the syscalls.
+    registry: Registry,
     waker: Arc<Waker>,
 }
 
@@ -384,22 +405,27 @@ impl Poller {
             Backend::Epoll => {
                 let waker = Arc::new(Waker::new()?);
                 let flavor = Flavor::Epoll(epoll::Epoll::new(&waker)?);
-                Ok(Poller { flavor, waker })
+                Ok(Poller::from_parts(flavor, waker))
             }
             #[cfg(unix)]
             Backend::Poll => {
                 let waker = Arc::new(Waker::new()?);
                 let flavor = Flavor::Poll(poll::Poll::new());
-                Ok(Poller { flavor, waker })
+                Ok(Poller::from_parts(flavor, waker))
             }
             #[cfg(windows)]
             Backend::Iocp => {
                 let (iocp, waker) = windows::Iocp::new()?;
-                Ok(Poller {
-                    flavor: Flavor::Iocp(iocp),
-                    waker: Arc::new(waker),
-                })
+                Ok(Poller::from_parts(Flavor::Iocp(iocp), Arc::new(waker)))
             }
+        }
+    }
+
+    fn from_parts(flavor: Flavor, waker: Arc<Waker>) -> Poller {
+        Poller {
+            flavor,
+            registry: Registry::default(),
+            waker,
         }
     }
 
@@ -429,18 +455,8 @@ impl Poller {
         token: Token,
         interest: Triggers,
     ) -> io::Result<()> {
-        if token == Token::WAKER || token == Token::RESERVED {
-            return Err(invalid_input("poller: reserved token"));
-        }
-        check_interest(interest)?;
-        match &mut self.flavor {
-            #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.register(socket, token, interest),
-            #[cfg(unix)]
-            Flavor::Poll(b) => b.register(socket, token, interest),
-            #[cfg(windows)]
-            Flavor::Iocp(b) => b.register(socket, token, interest),
-        }
+        let os = self.flavor.registrar();
+        self.registry.register(os, socket, token, interest)
     }
 
     /// Sets a new interest. Must not make a syscall when the interest is unchanged.
@@ -453,15 +469,8 @@ impl Poller {
         token: Token,
         interest: Triggers,
     ) -> io::Result<()> {
-        check_interest(interest)?;
-        match &mut self.flavor {
-            #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.reregister(socket, token, interest),
-            #[cfg(unix)]
-            Flavor::Poll(b) => b.reregister(socket, token, interest),
-            #[cfg(windows)]
-            Flavor::Iocp(b) => b.reregister(socket, token, interest),
-        }
+        let os = self.flavor.registrar();
+        self.registry.reregister(os, socket, token, interest)
     }
 
     /// Idempotent: deregistering an unknown socket/token returns Ok.
@@ -469,14 +478,8 @@ impl Poller {
     /// Errors: `InvalidInput` if `token` is registered with another socket.
     /// A socket that was closed while registered is still removed without error.
     pub fn deregister(&mut self, socket: RawSocket, token: Token) -> io::Result<()> {
-        match &mut self.flavor {
-            #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.deregister(socket, token),
-            #[cfg(unix)]
-            Flavor::Poll(b) => b.deregister(socket, token),
-            #[cfg(windows)]
-            Flavor::Iocp(b) => b.deregister(socket, token),
-        }
+        let os = self.flavor.registrar();
+        self.registry.deregister(os, socket, token)
     }
 
     /// Clears `events`, blocks until readiness, a wake-up or the timeout (None = forever), fills `events`.
@@ -491,9 +494,9 @@ impl Poller {
         events.clear();
         let ready = match &mut self.flavor {
             #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.wait(events, timeout)?,
+            Flavor::Epoll(b) => b.wait(&self.registry, events, timeout)?,
             #[cfg(unix)]
-            Flavor::Poll(b) => b.wait(&self.waker, events, timeout)?,
+            Flavor::Poll(b) => b.wait(&self.registry, &self.waker, events, timeout)?,
             #[cfg(windows)]
             Flavor::Iocp(b) => b.wait(&self.waker, events, timeout)?,
         };
@@ -518,94 +521,6 @@ impl fmt::Debug for Poller {
         #[cfg(any(unix, windows))]
         d.field("backend", &self.backend());
         d.finish_non_exhaustive()
-    }
-}
-
-fn invalid_input(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
-fn check_interest(interest: Triggers) -> io::Result<()> {
-    if Triggers::INTEREST.contains(interest) {
-        Ok(())
-    } else {
-        Err(invalid_input(
-            "poller: interest may only contain ACCEPT, CONNECT, SEND, RECV",
-        ))
-    }
-}
-
-/// What a backend remembers about one registration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Registration {
-    socket: RawSocket,
-    interest: Triggers,
-}
-
-/// The token-keyed registration map every backend keeps, with the shared
-/// validation rules.
-#[derive(Debug, Default)]
-struct Registry {
-    map: HashMap<Token, Registration>,
-}
-
-impl Registry {
-    /// Fails with `AlreadyExists` if `token` is registered.
-    fn check_vacant(&self, token: Token) -> io::Result<()> {
-        if self.map.contains_key(&token) {
-            Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "poller: token already registered",
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The registration a `reregister` applies to: `NotFound` if unknown,
-    /// `InvalidInput` if registered with another socket.
-    fn existing(&self, socket: RawSocket, token: Token) -> io::Result<Registration> {
-        match self.removable(socket, token)? {
-            Some(reg) => Ok(reg),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "poller: token not registered",
-            )),
-        }
-    }
-
-    /// The registration a `deregister` removes: `None` if unknown,
-    /// `InvalidInput` if registered with another socket.
-    fn removable(&self, socket: RawSocket, token: Token) -> io::Result<Option<Registration>> {
-        match self.map.get(&token) {
-            Some(reg) if reg.socket != socket => Err(invalid_input(
-                "poller: token registered with another socket",
-            )),
-            found => Ok(found.copied()),
-        }
-    }
-
-    #[cfg(unix)]
-    fn get(&self, token: Token) -> Option<Registration> {
-        self.map.get(&token).copied()
-    }
-
-    fn insert(&mut self, token: Token, reg: Registration) {
-        self.map.insert(token, reg);
-    }
-
-    fn remove(&mut self, token: Token) {
-        self.map.remove(&token);
-    }
-
-    #[cfg(unix)]
-    fn iter(&self) -> impl Iterator<Item = (Token, Registration)> + '_ {
-        self.map.iter().map(|(t, r)| (*t, *r))
-    }
-
-    #[cfg(unix)]
-    fn len(&self) -> usize {
-        self.map.len()
     }
 }
 
@@ -1388,7 +1303,7 @@ mod tests {
                 Backend::Epoll => Flavor::Epoll(epoll::Epoll::new(&waker).unwrap()),
                 Backend::Poll => Flavor::Poll(poll::Poll::new()),
             };
-            let mut p = Poller { flavor, waker };
+            let mut p = Poller::from_parts(flavor, waker);
             assert_times_out(&mut p, 10);
             // More than a default 64 KiB pipe holds: EAGAIN must count as success.
             for _ in 0..20_000 {
