@@ -94,6 +94,8 @@ mod waker;
 mod windows;
 
 mod registry;
+#[cfg(test)]
+mod test_support;
 
 use registry::{Registrar, Registry};
 
@@ -638,9 +640,12 @@ fn wait_retrying(
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{
+        connect_nonblocking, tcp_pair, triggers_of, wake_from_threads, LONG,
+    };
     use super::*;
     use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
     #[cfg(unix)]
     use std::os::fd::{AsRawFd, RawFd};
     #[cfg(unix)]
@@ -685,8 +690,6 @@ mod tests {
         }
     }
 
-    /// Upper bound for things that should happen promptly.
-    const LONG: Duration = Duration::from_secs(3);
     const TIMEOUT_EVENT: Event = Event {
         token: Token::WAKER,
         triggers: Triggers::TIMEOUT,
@@ -717,17 +720,6 @@ mod tests {
         events
     }
 
-    /// The triggers reported for `token` (NONE if absent); a token may appear only once.
-    fn triggers_of(events: &[Event], token: Token) -> Triggers {
-        let mut hits = events.iter().filter(|e| e.token == token);
-        let triggers = hits.next().map_or(Triggers::NONE, |e| e.triggers);
-        assert!(
-            hits.next().is_none(),
-            "{token:?} reported twice: {events:?}"
-        );
-        triggers
-    }
-
     /// Waits (up to LONG) until `token` is reported with all of `want`.
     fn wait_until(p: &mut Poller, token: Token, want: Triggers) -> Triggers {
         let deadline = Instant::now() + LONG;
@@ -754,15 +746,6 @@ mod tests {
         );
     }
 
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        client.set_nonblocking(true).unwrap();
-        server.set_nonblocking(true).unwrap();
-        (client, server)
-    }
-
     /// A connected, non-blocking pair of local stream sockets.
     #[cfg(unix)]
     fn local_pair() -> (LocalStream, LocalStream) {
@@ -776,45 +759,6 @@ mod tests {
     #[cfg(windows)]
     fn local_pair() -> (LocalStream, LocalStream) {
         tcp_pair()
-    }
-
-    fn v4(addr: SocketAddr) -> SocketAddrV4 {
-        match addr {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => panic!("expected an IPv4 address"),
-        }
-    }
-
-    /// Test-only socket helpers (std has no non-blocking connect).
-    mod sys {
-        use std::io;
-        use std::net::{SocketAddr, SocketAddrV4};
-
-        use socket2::{Domain, Socket, Type};
-
-        /// Starts a non-blocking TCP connect. An immediate refusal still returns
-        /// the (now closed-state) socket, which the poller reports as HUP.
-        pub(super) fn connect_nonblocking(addr: SocketAddrV4) -> io::Result<Socket> {
-            let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-            sock.set_nonblocking(true)?;
-            match sock.connect(&SocketAddr::V4(addr).into()) {
-                Ok(()) => Ok(sock),
-                Err(e) if in_progress(&e) => Ok(sock),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(sock),
-                Err(e) => Err(e),
-            }
-        }
-
-        #[cfg(unix)]
-        fn in_progress(e: &io::Error) -> bool {
-            e.raw_os_error() == Some(libc::EINPROGRESS)
-        }
-
-        /// Windows reports a connect in progress as WSAEWOULDBLOCK.
-        #[cfg(windows)]
-        fn in_progress(e: &io::Error) -> bool {
-            e.kind() == io::ErrorKind::WouldBlock
-        }
     }
 
     // ---- plain unit tests -------------------------------------------------
@@ -1167,7 +1111,7 @@ mod tests {
         for_each_backend(|b| {
             let mut p = poller(b);
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-            let sock = sys::connect_nonblocking(v4(listener.local_addr().unwrap())).unwrap();
+            let sock = connect_nonblocking(listener.local_addr().unwrap()).unwrap();
             let t = Token(9);
             p.register(sock.as_raw_fd(), t, Triggers::CONNECT).unwrap();
             assert_eq!(wait_until(&mut p, t, Triggers::CONNECT), Triggers::CONNECT);
@@ -1184,9 +1128,9 @@ mod tests {
             let mut p = poller(b);
             let addr = {
                 let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-                v4(listener.local_addr().unwrap())
+                listener.local_addr().unwrap()
             };
-            let sock = sys::connect_nonblocking(addr).unwrap();
+            let sock = connect_nonblocking(addr).unwrap();
             let t = Token(10);
             p.register(sock.as_raw_fd(), t, Triggers::CONNECT).unwrap();
             let deadline = Instant::now() + LONG;
@@ -1268,19 +1212,7 @@ mod tests {
             for _ in 0..100 {
                 waker.wake().unwrap();
             }
-            let threads: Vec<_> = (0..4)
-                .map(|_| {
-                    let w = p.waker();
-                    thread::spawn(move || {
-                        for _ in 0..100 {
-                            w.wake().unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().unwrap();
-            }
+            wake_from_threads(&waker, 4, 100);
             assert_eq!(wait(&mut p, Some(LONG)), [NOTIFY_EVENT], "{b}");
             assert_times_out(&mut p, 10);
             // A wake after the drain is seen by the next wait.

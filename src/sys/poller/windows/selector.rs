@@ -656,16 +656,17 @@ mod tests {
 
     use super::*;
     use crate::sys::poller::registry::Registry;
+    use crate::sys::poller::test_support::{
+        connect_nonblocking, tcp_pair, triggers_of, wake_from_threads, LONG,
+    };
     use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
     use std::ops::{Deref, DerefMut};
     use std::os::windows::io::AsRawSocket;
     use std::sync::mpsc;
     use std::thread;
 
-    use socket2::{Domain, SockRef, Socket, Type};
-
-    const LONG: Duration = Duration::from_secs(3);
+    use socket2::SockRef;
 
     /// The backend behind the registry a `Poller` puts in front of it, so that registration
     /// changes take the poller's path; everything else is the `Iocp`'s (through `Deref`).
@@ -726,13 +727,6 @@ mod tests {
         events
     }
 
-    fn triggers_of(events: &[Event], token: Token) -> Triggers {
-        let mut hits = events.iter().filter(|e| e.token == token);
-        let t = hits.next().map_or(Triggers::NONE, |e| e.triggers);
-        assert!(hits.next().is_none(), "{token:?} twice: {events:?}");
-        t
-    }
-
     /// Waits (up to LONG) until `token` is reported; returns its triggers.
     fn next_for(p: &mut Iocp, waker: &Waker, token: Token) -> Triggers {
         let deadline = Instant::now() + LONG;
@@ -747,24 +741,6 @@ mod tests {
 
     fn quiet(p: &mut Iocp, waker: &Waker) {
         assert_eq!(wait(p, waker, Duration::from_millis(30)), []);
-    }
-
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        client.set_nonblocking(true).unwrap();
-        server.set_nonblocking(true).unwrap();
-        (client, server)
-    }
-
-    fn nonblocking_connect(addr: SocketAddr) -> Socket {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        if let Err(e) = s.connect(&addr.into()) {
-            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
-        }
-        s
     }
 
     fn raw(s: &impl AsRawSocket) -> RawSocket {
@@ -856,7 +832,7 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert_eq!(next_for(&mut p, &w, Token(4)), Triggers::ACCEPT);
         // connect (success)
-        let s = nonblocking_connect(listener.local_addr().unwrap());
+        let s = connect_nonblocking(listener.local_addr().unwrap()).unwrap();
         p.register(raw(&s), Token(5), Triggers::CONNECT).unwrap();
         assert_eq!(next_for(&mut p, &w, Token(5)), Triggers::CONNECT);
         p.deregister(raw(&s), Token(5)).unwrap();
@@ -866,7 +842,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let s = nonblocking_connect(closed);
+        let s = connect_nonblocking(closed).unwrap();
         p.register(raw(&s), Token(6), Triggers::CONNECT).unwrap();
         let t = next_for(&mut p, &w, Token(6));
         assert!(t.contains(Triggers::ERR), "{t:?}");
@@ -1046,19 +1022,7 @@ mod tests {
     #[test]
     fn wakes_before_a_wait_post_one_packet() {
         let (mut p, w) = new();
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let w = Arc::clone(&w);
-                thread::spawn(move || {
-                    for _ in 0..50 {
-                        w.wake().unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        wake_from_threads(&w, 4, 50);
         assert!(w.is_posted());
         assert_eq!(wait(&mut p, &w, LONG).len(), 1);
         assert!(!w.is_posted());
