@@ -6,6 +6,8 @@
 //!
 //! Addresses use tofu's syntax: `tcp|host|port`, `uds|path`, `uds|@name` (Linux abstract).
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 /// Counts live heap bytes and allocations, so `tofu bench` can report engine memory per idle

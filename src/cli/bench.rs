@@ -21,7 +21,7 @@ use tofu::wire::{FrameHeader, HEADER_LEN};
 use tofu::Backend;
 use tofu::{Address, ChannelGroup, Engine, EngineOptions, Message, OpCode, PoolOptions, Status};
 
-use super::json_str;
+use super::{json_str, os};
 
 /// Which stream transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,9 +163,9 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let mut allocs_per_msg = 0.0;
             let mut cpu = Vec::new();
             for _ in 0..s.runs {
-                let before = sys::process_cpu();
+                let before = os::cpu_time();
                 let (rate, allocs) = tofu_stream(s.backend, t, p, n, s.window_bytes)?;
-                if let (Some(b), Some(a)) = (before, sys::process_cpu()) {
+                if let (Some(b), Some(a)) = (before, os::cpu_time()) {
                     cpu.push((a - b).as_nanos() as f64 / n as f64);
                 }
                 rates.push(rate);
@@ -239,7 +239,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
         None
     };
     Ok(Report {
-        machine: machine(),
+        machine: os::machine(),
         settings: s,
         streams,
         rtts,
@@ -253,15 +253,13 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
 
 enum RawStream {
     Tcp(TcpStream),
-    #[cfg(unix)]
-    Uds(std::os::unix::net::UnixStream),
+    Uds(os::UdsStream),
 }
 
 impl RawStream {
     fn try_clone(&self) -> std::io::Result<RawStream> {
         Ok(match self {
             RawStream::Tcp(s) => RawStream::Tcp(s.try_clone()?),
-            #[cfg(unix)]
             RawStream::Uds(s) => RawStream::Uds(s.try_clone()?),
         })
     }
@@ -271,7 +269,6 @@ impl Read for RawStream {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         match self {
             RawStream::Tcp(s) => s.read(b),
-            #[cfg(unix)]
             RawStream::Uds(s) => s.read(b),
         }
     }
@@ -281,7 +278,6 @@ impl Write for RawStream {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         match self {
             RawStream::Tcp(s) => s.write(b),
-            #[cfg(unix)]
             RawStream::Uds(s) => s.write(b),
         }
     }
@@ -302,13 +298,10 @@ fn raw_pair(t: Transport) -> Result<(RawStream, RawStream), String> {
             b.set_nodelay(true).map_err(e)?;
             Ok((RawStream::Tcp(a), RawStream::Tcp(b)))
         }
-        #[cfg(unix)]
         Transport::Uds => {
-            let (a, b) = std::os::unix::net::UnixStream::pair().map_err(e)?;
+            let (a, b) = os::uds_pair().map_err(e)?;
             Ok((RawStream::Uds(a), RawStream::Uds(b)))
         }
-        #[cfg(not(unix))]
-        Transport::Uds => Err("UDS is not available here".into()),
     }
 }
 
@@ -784,7 +777,7 @@ fn with_affinity<T: Send>(pinned: bool, f: impl FnOnce() -> T + Send) -> Result<
     // fresh thread pinned to CPU 0, so its engines' reactor threads are pinned too.
     std::thread::scope(|s| {
         s.spawn(|| {
-            sys::pin_to_cpu0()?;
+            os::pin_to_cpu0()?;
             Ok(f())
         })
         .join()
@@ -793,113 +786,9 @@ fn with_affinity<T: Send>(pinned: bool, f: impl FnOnce() -> T + Send) -> Result<
 }
 
 fn raise_fd_limit(want: usize) -> Result<(), String> {
-    sys::raise_fd_limit(want as u64).map_err(|e| {
+    os::raise_fd_limit(want as u64).map_err(|e| {
         format!("{want} file descriptors are needed and the limit cannot be raised: {e}")
     })
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    format!("{cpu}, {cores} CPUs, Linux {kernel}")
-}
-
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-mod sys {
-    /// CPU time (user + system) the whole process has used so far.
-    pub fn process_cpu() -> Option<std::time::Duration> {
-        // SAFETY: rusage is plain data; getrusage fills the struct we own.
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: RUSAGE_SELF and a valid pointer to `u`.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-            return None;
-        }
-        let t = |tv: libc::timeval| {
-            std::time::Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000)
-        };
-        Some(t(u.ru_utime) + t(u.ru_stime))
-    }
-
-    /// Pins the calling thread to CPU 0.
-    pub fn pin_to_cpu0() -> Result<(), String> {
-        // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET writes within it.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: CPU 0 is within the set's bounds.
-        unsafe { libc::CPU_SET(0, &mut set) };
-        // SAFETY: pid 0 is the calling thread; the pointer and size describe `set`.
-        let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "sched_setaffinity: {}",
-                std::io::Error::last_os_error()
-            ))
-        }
-    }
-
-    /// Raises RLIMIT_NOFILE's soft limit to at least `want` (up to the hard limit).
-    pub fn raise_fd_limit(want: u64) -> std::io::Result<()> {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur >= want {
-            return Ok(());
-        }
-        if lim.rlim_max < want {
-            // Raising the hard limit needs privileges; try, and fall back to what we have.
-            let raised = libc::rlimit {
-                rlim_cur: want,
-                rlim_max: want,
-            };
-            // SAFETY: setrlimit reads the struct we own.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                return Ok(());
-            }
-        }
-        lim.rlim_cur = want.min(lim.rlim_max);
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < want {
-            return Err(std::io::Error::other(format!(
-                "the hard limit is {}",
-                lim.rlim_max
-            )));
-        }
-        Ok(())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod sys {
-    pub fn process_cpu() -> Option<std::time::Duration> {
-        None
-    }
-    pub fn pin_to_cpu0() -> Result<(), String> {
-        Err("pinning is implemented on Linux only".into())
-    }
-    pub fn raise_fd_limit(_want: u64) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod bench;
 pub mod client;
+pub mod os;
 pub mod service;
 pub mod soak;
 

@@ -12,7 +12,7 @@ use tofu::Backend;
 use tofu::{Address, Engine, EngineOptions, OpCode, Origin, PoolOptions, Status};
 
 use super::client::fill_body;
-use super::service;
+use super::{os, service};
 
 /// Soak settings.
 pub struct Settings {
@@ -78,7 +78,7 @@ pub fn run(s: Settings) -> Result<(), String> {
         std::thread::spawn(move || service::serve(&server, &listeners, true, None, &stop, false))
     };
 
-    let fds_start = open_fds();
+    let fds_start = os::open_fds();
     let counters = Counters::default();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
@@ -127,7 +127,7 @@ pub fn run(s: Settings) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(300));
     let heap_end = super::alloc::live_bytes();
     report(&counters, started, heap_end);
-    let fds_end = open_fds();
+    let fds_end = os::open_fds();
     stop_service.store(true, Ordering::SeqCst);
     let _ = server.update_receiver(None);
     let _ = service_thread.join();
@@ -178,8 +178,8 @@ fn report(c: &Counters, started: Instant, heap: usize) {
         c.graceful.load(Ordering::Relaxed),
         c.errors.load(Ordering::Relaxed),
         heap / 1024,
-        rss_kib().map_or_else(|| "?".into(), |v| v.to_string()),
-        open_fds().map_or_else(|| "?".into(), |v| v.to_string()),
+        os::rss_kib().map_or_else(|| "?".into(), |v| v.to_string()),
+        os::open_fds().map_or_else(|| "?".into(), |v| v.to_string()),
     );
 }
 
@@ -314,21 +314,4 @@ fn session(engine: &Engine, addr: &Address, rng: &mut Rng, c: &Counters) -> Resu
     }
     c.graceful.fetch_add(1, Ordering::Relaxed);
     Ok(())
-}
-
-/// Open descriptors, where the OS tells (Linux). Under Wine `/proc/self/fd` is the Wine
-/// process's, whose count moves on its own, so it is not used on Windows.
-fn open_fds() -> Option<usize> {
-    if cfg!(target_os = "linux") {
-        std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
-    } else {
-        None
-    }
-}
-
-fn rss_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4)
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use libc::c_int;
 
+use super::registry::{Registrar, Registry};
 use super::{
-    cvt, triggers_for, wait_retrying, wants_readable, wants_writable, Event, Readiness,
-    Registration, Registry, Token, Triggers, Waker,
+    cvt, triggers_for, wait_retrying, wants_readable, wants_writable, Event, Readiness, Token,
+    Triggers, Waker,
 };
 
 /// `data.u64` of the waker's eventfd; never a registered token (rejected by `Poller::register`).
@@ -27,7 +28,6 @@ pub(super) struct Epoll {
     epfd: OwnedFd,
     /// Always `EVENT_CAPACITY` initialized entries, overwritten by the kernel.
     buffer: Vec<libc::epoll_event>,
-    registry: Registry,
 }
 
 /// epoll event mask for an interest. `EPOLLERR`/`EPOLLHUP` are always reported.
@@ -59,7 +59,6 @@ impl Epoll {
         let epoll = Epoll {
             epfd,
             buffer: vec![libc::epoll_event { events: 0, u64: 0 }; EVENT_CAPACITY],
-            registry: Registry::default(),
         };
         // Edge-triggered: every write to the eventfd queues one event (several writes
         // before a wait still give one), so `wait` never has to read it back: one syscall
@@ -82,56 +81,10 @@ impl Epoll {
         Ok(())
     }
 
-    pub(super) fn register(
-        &mut self,
-        socket: RawFd,
-        token: Token,
-        interest: Triggers,
-    ) -> io::Result<()> {
-        self.registry.check_vacant(token)?;
-        self.ctl(libc::EPOLL_CTL_ADD, socket, os_interest(interest), token.0)?;
-        self.registry
-            .insert(token, Registration { socket, interest });
-        Ok(())
-    }
-
-    pub(super) fn reregister(
-        &mut self,
-        socket: RawFd,
-        token: Token,
-        interest: Triggers,
-    ) -> io::Result<()> {
-        let reg = self.registry.existing(socket, token)?;
-        if reg.interest == interest {
-            return Ok(());
-        }
-        if os_interest(reg.interest) != os_interest(interest) {
-            self.ctl(libc::EPOLL_CTL_MOD, socket, os_interest(interest), token.0)?;
-        }
-        self.registry
-            .insert(token, Registration { socket, interest });
-        Ok(())
-    }
-
-    pub(super) fn deregister(&mut self, socket: RawFd, token: Token) -> io::Result<()> {
-        if self.registry.removable(socket, token)?.is_none() {
-            return Ok(());
-        }
-        match self.ctl(libc::EPOLL_CTL_DEL, socket, 0, 0) {
-            // EBADF/ENOENT: the socket was closed (which removed it from the
-            // epoll set) before being deregistered; the goal is reached anyway.
-            Err(e) if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
-                return Err(e);
-            }
-            _ => {}
-        }
-        self.registry.remove(token);
-        Ok(())
-    }
-
     /// Fills `events`; returns the number of OS events (0 = timed out).
     pub(super) fn wait(
         &mut self,
+        registry: &Registry,
         events: &mut Vec<Event>,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
@@ -158,7 +111,7 @@ impl Epoll {
                 continue;
             }
             let token = Token(data);
-            let Some(reg) = self.registry.get(token) else {
+            let Some(reg) = registry.get(token) else {
                 continue; // stale: deregistered
             };
             let readiness = Readiness {
@@ -173,5 +126,33 @@ impl Epoll {
             }
         }
         Ok(ready)
+    }
+}
+
+impl Registrar for Epoll {
+    fn add(&mut self, socket: RawFd, token: Token, interest: Triggers) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, socket, os_interest(interest), token.0)
+    }
+
+    fn modify(
+        &mut self,
+        socket: RawFd,
+        token: Token,
+        old: Triggers,
+        new: Triggers,
+    ) -> io::Result<()> {
+        if os_interest(old) == os_interest(new) {
+            return Ok(());
+        }
+        self.ctl(libc::EPOLL_CTL_MOD, socket, os_interest(new), token.0)
+    }
+
+    fn remove(&mut self, socket: RawFd, _token: Token) -> io::Result<()> {
+        match self.ctl(libc::EPOLL_CTL_DEL, socket, 0, 0) {
+            // EBADF/ENOENT: the socket was closed (which removed it from the
+            // epoll set) before being deregistered; the goal is reached anyway.
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => Err(e),
+            _ => Ok(()),
+        }
     }
 }

@@ -45,7 +45,7 @@
 //!   (reads to `EAGAIN`, changes the interest, or deregisters). This includes
 //!   `ERR`/`HUP`: a dead socket must be deregistered or it is reported forever.
 //! * `Backend::Poll` (any unix): level-triggered as well; rebuilds its
-//!   `pollfd` array on every `wait` from its registration map, so
+//!   `pollfd` array on every `wait` from the registration map, so
 //!   `register`/`reregister`/`deregister` never make a syscall.
 //! * `Backend::Iocp` (Windows): an I/O completion port fed by **one-shot**
 //!   `IOCTL_AFD_POLL` requests (the mechanism under `WSAPoll`). A completion
@@ -58,7 +58,8 @@
 //!
 //! The reactor calls `reregister` once per loop iteration for each channel it
 //! touched, and every backend makes an unchanged `reregister` cost no syscall
-//! (a map lookup).
+//! (a map lookup): the registration map and its rules are kept once, in
+//! `registry.rs`, which calls a backend only for a real change.
 //!
 //! # Interrupted waits
 //!
@@ -67,7 +68,6 @@
 //! with `events` empty (no `TIMEOUT`) if the OS reported only readiness that
 //! mapped to nothing (e.g. a stale event); treat that as "nothing to do".
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
@@ -92,6 +92,12 @@ mod waker;
 #[cfg(windows)]
 #[allow(unsafe_code)]
 mod windows;
+
+mod registry;
+#[cfg(test)]
+mod test_support;
+
+use registry::{Registrar, Registry};
 
 #[cfg(unix)]
 pub use waker::Waker;
@@ -369,9 +375,26 @@ enum Flavor {
     Iocp(windows::Iocp),
 }
 
+#[cfg(any(unix, windows))]
+impl Flavor {
+    /// The backend's OS side of registering, for the [`Registry`] to call.
+    fn registrar(&mut self) -> &mut dyn Registrar {
+        match self {
+            #[cfg(target_os = "linux")]
+            Flavor::Epoll(b) => b,
+            #[cfg(unix)]
+            Flavor::Poll(b) => b,
+            #[cfg(windows)]
+            Flavor::Iocp(b) => b,
+        }
+    }
+}
+
 /// Waits for readiness of registered sockets; see the [module docs](self).
 pub struct Poller {
     flavor: Flavor,
+    /// Every registration, with the rules of the contract; `flavor` only makes the syscalls.
+    registry: Registry,
     waker: Arc<Waker>,
 }
 
@@ -384,22 +407,27 @@ impl Poller {
             Backend::Epoll => {
                 let waker = Arc::new(Waker::new()?);
                 let flavor = Flavor::Epoll(epoll::Epoll::new(&waker)?);
-                Ok(Poller { flavor, waker })
+                Ok(Poller::from_parts(flavor, waker))
             }
             #[cfg(unix)]
             Backend::Poll => {
                 let waker = Arc::new(Waker::new()?);
                 let flavor = Flavor::Poll(poll::Poll::new());
-                Ok(Poller { flavor, waker })
+                Ok(Poller::from_parts(flavor, waker))
             }
             #[cfg(windows)]
             Backend::Iocp => {
                 let (iocp, waker) = windows::Iocp::new()?;
-                Ok(Poller {
-                    flavor: Flavor::Iocp(iocp),
-                    waker: Arc::new(waker),
-                })
+                Ok(Poller::from_parts(Flavor::Iocp(iocp), Arc::new(waker)))
             }
+        }
+    }
+
+    fn from_parts(flavor: Flavor, waker: Arc<Waker>) -> Poller {
+        Poller {
+            flavor,
+            registry: Registry::default(),
+            waker,
         }
     }
 
@@ -429,18 +457,8 @@ impl Poller {
         token: Token,
         interest: Triggers,
     ) -> io::Result<()> {
-        if token == Token::WAKER || token == Token::RESERVED {
-            return Err(invalid_input("poller: reserved token"));
-        }
-        check_interest(interest)?;
-        match &mut self.flavor {
-            #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.register(socket, token, interest),
-            #[cfg(unix)]
-            Flavor::Poll(b) => b.register(socket, token, interest),
-            #[cfg(windows)]
-            Flavor::Iocp(b) => b.register(socket, token, interest),
-        }
+        let os = self.flavor.registrar();
+        self.registry.register(os, socket, token, interest)
     }
 
     /// Sets a new interest. Must not make a syscall when the interest is unchanged.
@@ -453,15 +471,8 @@ impl Poller {
         token: Token,
         interest: Triggers,
     ) -> io::Result<()> {
-        check_interest(interest)?;
-        match &mut self.flavor {
-            #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.reregister(socket, token, interest),
-            #[cfg(unix)]
-            Flavor::Poll(b) => b.reregister(socket, token, interest),
-            #[cfg(windows)]
-            Flavor::Iocp(b) => b.reregister(socket, token, interest),
-        }
+        let os = self.flavor.registrar();
+        self.registry.reregister(os, socket, token, interest)
     }
 
     /// Idempotent: deregistering an unknown socket/token returns Ok.
@@ -469,14 +480,8 @@ impl Poller {
     /// Errors: `InvalidInput` if `token` is registered with another socket.
     /// A socket that was closed while registered is still removed without error.
     pub fn deregister(&mut self, socket: RawSocket, token: Token) -> io::Result<()> {
-        match &mut self.flavor {
-            #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.deregister(socket, token),
-            #[cfg(unix)]
-            Flavor::Poll(b) => b.deregister(socket, token),
-            #[cfg(windows)]
-            Flavor::Iocp(b) => b.deregister(socket, token),
-        }
+        let os = self.flavor.registrar();
+        self.registry.deregister(os, socket, token)
     }
 
     /// Clears `events`, blocks until readiness, a wake-up or the timeout (None = forever), fills `events`.
@@ -491,9 +496,9 @@ impl Poller {
         events.clear();
         let ready = match &mut self.flavor {
             #[cfg(target_os = "linux")]
-            Flavor::Epoll(b) => b.wait(events, timeout)?,
+            Flavor::Epoll(b) => b.wait(&self.registry, events, timeout)?,
             #[cfg(unix)]
-            Flavor::Poll(b) => b.wait(&self.waker, events, timeout)?,
+            Flavor::Poll(b) => b.wait(&self.registry, &self.waker, events, timeout)?,
             #[cfg(windows)]
             Flavor::Iocp(b) => b.wait(&self.waker, events, timeout)?,
         };
@@ -518,94 +523,6 @@ impl fmt::Debug for Poller {
         #[cfg(any(unix, windows))]
         d.field("backend", &self.backend());
         d.finish_non_exhaustive()
-    }
-}
-
-fn invalid_input(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
-fn check_interest(interest: Triggers) -> io::Result<()> {
-    if Triggers::INTEREST.contains(interest) {
-        Ok(())
-    } else {
-        Err(invalid_input(
-            "poller: interest may only contain ACCEPT, CONNECT, SEND, RECV",
-        ))
-    }
-}
-
-/// What a backend remembers about one registration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Registration {
-    socket: RawSocket,
-    interest: Triggers,
-}
-
-/// The token-keyed registration map every backend keeps, with the shared
-/// validation rules.
-#[derive(Debug, Default)]
-struct Registry {
-    map: HashMap<Token, Registration>,
-}
-
-impl Registry {
-    /// Fails with `AlreadyExists` if `token` is registered.
-    fn check_vacant(&self, token: Token) -> io::Result<()> {
-        if self.map.contains_key(&token) {
-            Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "poller: token already registered",
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The registration a `reregister` applies to: `NotFound` if unknown,
-    /// `InvalidInput` if registered with another socket.
-    fn existing(&self, socket: RawSocket, token: Token) -> io::Result<Registration> {
-        match self.removable(socket, token)? {
-            Some(reg) => Ok(reg),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "poller: token not registered",
-            )),
-        }
-    }
-
-    /// The registration a `deregister` removes: `None` if unknown,
-    /// `InvalidInput` if registered with another socket.
-    fn removable(&self, socket: RawSocket, token: Token) -> io::Result<Option<Registration>> {
-        match self.map.get(&token) {
-            Some(reg) if reg.socket != socket => Err(invalid_input(
-                "poller: token registered with another socket",
-            )),
-            found => Ok(found.copied()),
-        }
-    }
-
-    #[cfg(unix)]
-    fn get(&self, token: Token) -> Option<Registration> {
-        self.map.get(&token).copied()
-    }
-
-    fn insert(&mut self, token: Token, reg: Registration) {
-        self.map.insert(token, reg);
-    }
-
-    fn remove(&mut self, token: Token) {
-        self.map.remove(&token);
-    }
-
-    #[cfg(unix)]
-    fn iter(&self) -> impl Iterator<Item = (Token, Registration)> + '_ {
-        self.map.iter().map(|(t, r)| (*t, *r))
-    }
-
-    #[cfg(unix)]
-    fn len(&self) -> usize {
-        self.map.len()
     }
 }
 
@@ -723,9 +640,12 @@ fn wait_retrying(
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{
+        connect_nonblocking, tcp_pair, triggers_of, wake_from_threads, LONG,
+    };
     use super::*;
     use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
     #[cfg(unix)]
     use std::os::fd::{AsRawFd, RawFd};
     #[cfg(unix)]
@@ -770,8 +690,6 @@ mod tests {
         }
     }
 
-    /// Upper bound for things that should happen promptly.
-    const LONG: Duration = Duration::from_secs(3);
     const TIMEOUT_EVENT: Event = Event {
         token: Token::WAKER,
         triggers: Triggers::TIMEOUT,
@@ -802,17 +720,6 @@ mod tests {
         events
     }
 
-    /// The triggers reported for `token` (NONE if absent); a token may appear only once.
-    fn triggers_of(events: &[Event], token: Token) -> Triggers {
-        let mut hits = events.iter().filter(|e| e.token == token);
-        let triggers = hits.next().map_or(Triggers::NONE, |e| e.triggers);
-        assert!(
-            hits.next().is_none(),
-            "{token:?} reported twice: {events:?}"
-        );
-        triggers
-    }
-
     /// Waits (up to LONG) until `token` is reported with all of `want`.
     fn wait_until(p: &mut Poller, token: Token, want: Triggers) -> Triggers {
         let deadline = Instant::now() + LONG;
@@ -839,15 +746,6 @@ mod tests {
         );
     }
 
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        client.set_nonblocking(true).unwrap();
-        server.set_nonblocking(true).unwrap();
-        (client, server)
-    }
-
     /// A connected, non-blocking pair of local stream sockets.
     #[cfg(unix)]
     fn local_pair() -> (LocalStream, LocalStream) {
@@ -861,45 +759,6 @@ mod tests {
     #[cfg(windows)]
     fn local_pair() -> (LocalStream, LocalStream) {
         tcp_pair()
-    }
-
-    fn v4(addr: SocketAddr) -> SocketAddrV4 {
-        match addr {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => panic!("expected an IPv4 address"),
-        }
-    }
-
-    /// Test-only socket helpers (std has no non-blocking connect).
-    mod sys {
-        use std::io;
-        use std::net::{SocketAddr, SocketAddrV4};
-
-        use socket2::{Domain, Socket, Type};
-
-        /// Starts a non-blocking TCP connect. An immediate refusal still returns
-        /// the (now closed-state) socket, which the poller reports as HUP.
-        pub(super) fn connect_nonblocking(addr: SocketAddrV4) -> io::Result<Socket> {
-            let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-            sock.set_nonblocking(true)?;
-            match sock.connect(&SocketAddr::V4(addr).into()) {
-                Ok(()) => Ok(sock),
-                Err(e) if in_progress(&e) => Ok(sock),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(sock),
-                Err(e) => Err(e),
-            }
-        }
-
-        #[cfg(unix)]
-        fn in_progress(e: &io::Error) -> bool {
-            e.raw_os_error() == Some(libc::EINPROGRESS)
-        }
-
-        /// Windows reports a connect in progress as WSAEWOULDBLOCK.
-        #[cfg(windows)]
-        fn in_progress(e: &io::Error) -> bool {
-            e.kind() == io::ErrorKind::WouldBlock
-        }
     }
 
     // ---- plain unit tests -------------------------------------------------
@@ -1252,7 +1111,7 @@ mod tests {
         for_each_backend(|b| {
             let mut p = poller(b);
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-            let sock = sys::connect_nonblocking(v4(listener.local_addr().unwrap())).unwrap();
+            let sock = connect_nonblocking(listener.local_addr().unwrap()).unwrap();
             let t = Token(9);
             p.register(sock.as_raw_fd(), t, Triggers::CONNECT).unwrap();
             assert_eq!(wait_until(&mut p, t, Triggers::CONNECT), Triggers::CONNECT);
@@ -1269,9 +1128,9 @@ mod tests {
             let mut p = poller(b);
             let addr = {
                 let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-                v4(listener.local_addr().unwrap())
+                listener.local_addr().unwrap()
             };
-            let sock = sys::connect_nonblocking(addr).unwrap();
+            let sock = connect_nonblocking(addr).unwrap();
             let t = Token(10);
             p.register(sock.as_raw_fd(), t, Triggers::CONNECT).unwrap();
             let deadline = Instant::now() + LONG;
@@ -1353,19 +1212,7 @@ mod tests {
             for _ in 0..100 {
                 waker.wake().unwrap();
             }
-            let threads: Vec<_> = (0..4)
-                .map(|_| {
-                    let w = p.waker();
-                    thread::spawn(move || {
-                        for _ in 0..100 {
-                            w.wake().unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().unwrap();
-            }
+            wake_from_threads(&waker, 4, 100);
             assert_eq!(wait(&mut p, Some(LONG)), [NOTIFY_EVENT], "{b}");
             assert_times_out(&mut p, 10);
             // A wake after the drain is seen by the next wait.
@@ -1388,7 +1235,7 @@ mod tests {
                 Backend::Epoll => Flavor::Epoll(epoll::Epoll::new(&waker).unwrap()),
                 Backend::Poll => Flavor::Poll(poll::Poll::new()),
             };
-            let mut p = Poller { flavor, waker };
+            let mut p = Poller::from_parts(flavor, waker);
             assert_times_out(&mut p, 10);
             // More than a default 64 KiB pipe holds: EAGAIN must count as success.
             for _ in 0..20_000 {

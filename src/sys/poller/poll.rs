@@ -1,16 +1,17 @@
 //! POSIX `poll(2)` backend (level-triggered).
 //!
-//! Registration changes only touch the token-keyed map (no syscalls). Every
-//! `wait` rebuilds the `pollfd` array (reusing its capacity): the waker's fd
-//! first, then every registration; `revents` are mapped back by position.
+//! Registration changes only touch the poller's token-keyed map (no syscalls).
+//! Every `wait` rebuilds the `pollfd` array from it (reusing its capacity): the
+//! waker's fd first, then every registration; `revents` are mapped back by position.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use super::registry::{Registrar, Registry};
 use super::{
-    cvt, triggers_for, wait_retrying, wants_readable, wants_writable, Event, Readiness,
-    Registration, Registry, Token, Triggers, Waker,
+    cvt, triggers_for, wait_retrying, wants_readable, wants_writable, Event, Readiness, Token,
+    Triggers, Waker,
 };
 
 /// Peer half-close, where the OS has it.
@@ -21,7 +22,6 @@ const RDHUP: libc::c_short = 0;
 
 #[derive(Default)]
 pub(super) struct Poll {
-    registry: Registry,
     /// Rebuilt by each wait; index 0 is the waker, index i + 1 is `tokens[i]`.
     fds: Vec<libc::pollfd>,
     tokens: Vec<Token>,
@@ -46,56 +46,24 @@ impl Poll {
         Poll::default()
     }
 
-    pub(super) fn register(
-        &mut self,
-        socket: RawFd,
-        token: Token,
-        interest: Triggers,
-    ) -> io::Result<()> {
-        self.registry.check_vacant(token)?;
-        self.registry
-            .insert(token, Registration { socket, interest });
-        Ok(())
-    }
-
-    pub(super) fn reregister(
-        &mut self,
-        socket: RawFd,
-        token: Token,
-        interest: Triggers,
-    ) -> io::Result<()> {
-        let reg = self.registry.existing(socket, token)?;
-        if reg.interest != interest {
-            self.registry
-                .insert(token, Registration { socket, interest });
-        }
-        Ok(())
-    }
-
-    pub(super) fn deregister(&mut self, socket: RawFd, token: Token) -> io::Result<()> {
-        if self.registry.removable(socket, token)?.is_some() {
-            self.registry.remove(token);
-        }
-        Ok(())
-    }
-
     /// Fills `events`; returns the number of fds with non-zero `revents` (0 = timed out).
     pub(super) fn wait(
         &mut self,
+        registry: &Registry,
         waker: &Waker,
         events: &mut Vec<Event>,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         self.fds.clear();
         self.tokens.clear();
-        self.fds.reserve(self.registry.len() + 1);
-        self.tokens.reserve(self.registry.len());
+        self.fds.reserve(registry.len() + 1);
+        self.tokens.reserve(registry.len());
         self.fds.push(libc::pollfd {
             fd: waker.fd(),
             events: libc::POLLIN,
             revents: 0,
         });
-        for (token, reg) in self.registry.iter() {
+        for (token, reg) in registry.iter() {
             self.fds.push(libc::pollfd {
                 fd: reg.socket,
                 events: os_interest(reg.interest),
@@ -133,9 +101,9 @@ impl Poll {
             if slot.revents == 0 {
                 continue;
             }
-            // The registry cannot change during `wait` (&mut self), so every
+            // The registry cannot change during `wait` (it is borrowed), so every
             // token in `self.tokens` is still registered.
-            let Some(reg) = self.registry.get(token) else {
+            let Some(reg) = registry.get(token) else {
                 continue;
             };
             let r = slot.revents;
@@ -151,5 +119,26 @@ impl Poll {
             }
         }
         Ok(ready)
+    }
+}
+
+/// Nothing to tell the OS: `wait` builds its `pollfd` array from the registry.
+impl Registrar for Poll {
+    fn add(&mut self, _socket: RawFd, _token: Token, _interest: Triggers) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn modify(
+        &mut self,
+        _socket: RawFd,
+        _token: Token,
+        _old: Triggers,
+        _new: Triggers,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn remove(&mut self, _socket: RawFd, _token: Token) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -400,13 +400,14 @@ mod tests {
     //! socket condition, cancellation, and the base handle query.
 
     use super::*;
+    use crate::sys::poller::test_support::{connect_nonblocking, tcp_pair};
     use crate::sys::poller::windows::port::CompletionPort;
     use std::io::Write;
-    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
     use std::os::windows::io::AsRawSocket;
     use std::time::Duration;
 
-    use socket2::{Domain, SockRef, Socket, Type};
+    use socket2::SockRef;
     use windows_sys::Win32::Foundation::STATUS_CANCELLED;
     use windows_sys::Win32::System::IO::OVERLAPPED_ENTRY;
 
@@ -499,25 +500,6 @@ mod tests {
             let mut req = self.issue(socket, mask);
             self.finish(&mut req, ms)
         }
-    }
-
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        client.set_nonblocking(true).unwrap();
-        server.set_nonblocking(true).unwrap();
-        (client, server)
-    }
-
-    fn nonblocking_connect(addr: SocketAddr) -> Socket {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        match s.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
-        }
-        s
     }
 
     /// Long enough for loopback traffic to arrive; the polls themselves wait for it.
@@ -616,7 +598,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap(); // closed again: nobody listens
-        let s = nonblocking_connect(addr);
+        let s = connect_nonblocking(addr).unwrap();
         assert_eq!(
             rig.poll(s.as_raw_socket(), ALL, SOON),
             Outcome::Events(POLL_CONNECT_FAIL)
@@ -632,7 +614,7 @@ mod tests {
     fn send_is_signalled_when_a_connect_succeeds() {
         let rig = Rig::new();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let s = nonblocking_connect(listener.local_addr().unwrap());
+        let s = connect_nonblocking(listener.local_addr().unwrap()).unwrap();
         assert_eq!(
             rig.poll(s.as_raw_socket(), ALL, SOON),
             Outcome::Events(POLL_SEND)

@@ -15,11 +15,12 @@
 //! poll at once: every `wait` reports what is ready, like the level-triggered unix backends,
 //! and a consumed condition is not reported again (no busy loop, no lost event).
 //!
-//! `reregister` with an unchanged interest costs nothing. A changed interest whose AFD mask
-//! differs from the one in flight cancels that poll (`NtCancelIoFileEx`); the cancelled
-//! completion comes back through the port and the poll is re-issued with the new mask in the
-//! same `wait`. A shrunk interest must not keep its old poll: data the reactor no longer
-//! wants to read (backpressure) would complete it again and again.
+//! `reregister` with an unchanged interest costs nothing (the poller's registry does not pass
+//! it on). A changed interest whose AFD mask differs from the one in flight cancels that poll
+//! (`NtCancelIoFileEx`); the cancelled completion comes back through the port and the poll is
+//! re-issued with the new mask in the same `wait`. A shrunk interest must not keep its old
+//! poll: data the reactor no longer wants to read (backpressure) would complete it again and
+//! again.
 //!
 //! # Ownership of the kernel-written memory
 //!
@@ -62,7 +63,8 @@ use windows_sys::Win32::System::IO::{IO_STATUS_BLOCK, OVERLAPPED_ENTRY};
 
 use super::afd::{self, Afd, AfdPollInfo, Winsock};
 use super::port::{CompletionPort, Waker, INFINITE, KEY_WAKER};
-use crate::sys::poller::{Event, Registration, Registry, Token, Triggers};
+use crate::sys::poller::registry::Registrar;
+use crate::sys::poller::{Event, Token, Triggers};
 
 /// Completion key of the AFD helper handle: the entry's `lpOverlapped` is a [`PollState`].
 const KEY_AFD: usize = 1;
@@ -170,8 +172,6 @@ struct Slot {
 pub(crate) struct Iocp {
     port: Arc<CompletionPort>,
     afd: Afd,
-    /// The validation rules shared with the other backends (token -> socket, interest).
-    registry: Registry,
     slots: HashMap<Token, Slot>,
     /// Block address -> token of the live registrations.
     by_addr: HashMap<usize, Token>,
@@ -278,7 +278,6 @@ impl Iocp {
         let iocp = Iocp {
             port,
             afd,
-            registry: Registry::default(),
             slots: HashMap::new(),
             by_addr: HashMap::new(),
             zombies: HashMap::new(),
@@ -290,15 +289,13 @@ impl Iocp {
         };
         Ok((iocp, waker))
     }
+}
 
-    /// Registers `socket` and issues its first poll at once (so a bad socket fails here).
-    pub(crate) fn register(
-        &mut self,
-        socket: RawSocket,
-        token: Token,
-        interest: Triggers,
-    ) -> io::Result<()> {
-        self.registry.check_vacant(token)?;
+/// The poller's registry validates every change and skips an unchanged interest before any
+/// of these is called.
+impl Registrar for Iocp {
+    /// Issues the socket's first poll at once (so a bad socket fails here).
+    fn add(&mut self, socket: RawSocket, token: Token, interest: Triggers) -> io::Result<()> {
         let base = afd::base_socket(socket)?;
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -323,22 +320,17 @@ impl Iocp {
             return Err(e);
         }
         self.by_addr.insert(addr, token);
-        self.registry
-            .insert(token, Registration { socket, interest });
         Ok(())
     }
 
-    /// Changes the interest; no syscall unless the AFD mask in flight must change.
-    pub(crate) fn reregister(
+    /// No syscall unless the AFD mask in flight must change.
+    fn modify(
         &mut self,
-        socket: RawSocket,
+        _socket: RawSocket,
         token: Token,
+        _old: Triggers,
         interest: Triggers,
     ) -> io::Result<()> {
-        let reg = self.registry.existing(socket, token)?;
-        if reg.interest == interest {
-            return Ok(());
-        }
         let Some(slot) = self.slots.get_mut(&token) else {
             return Err(io::Error::other("iocp: registration without state"));
         };
@@ -358,18 +350,12 @@ impl Iocp {
             Phase::Pending { .. } | Phase::Cancelling | Phase::Idle | Phase::Closed => {}
         }
         slot.interest = interest;
-        self.registry
-            .insert(token, Registration { socket, interest });
         Ok(())
     }
 
-    /// Removes the registration; a poll in flight is cancelled and its block kept as a
-    /// zombie until the completion comes back.
-    pub(crate) fn deregister(&mut self, socket: RawSocket, token: Token) -> io::Result<()> {
-        if self.registry.removable(socket, token)?.is_none() {
-            return Ok(());
-        }
-        self.registry.remove(token);
+    /// A poll in flight is cancelled and its block kept as a zombie until the completion
+    /// comes back.
+    fn remove(&mut self, _socket: RawSocket, token: Token) -> io::Result<()> {
         let Some(slot) = self.slots.remove(&token) else {
             return Ok(());
         };
@@ -395,7 +381,9 @@ impl Iocp {
         }
         Ok(())
     }
+}
 
+impl Iocp {
     /// Re-arms queued registrations, then dequeues completions until one maps to an event,
     /// the waker fires or the deadline passes. Returns the number of events (0: timed out).
     pub(crate) fn wait(
@@ -640,7 +628,6 @@ impl Iocp {
             }
         }
         self.by_addr.clear();
-        self.registry = Registry::default();
         for (_, slot) in self.slots.drain() {
             match slot.phase {
                 // SAFETY: no poll in flight.
@@ -668,19 +655,69 @@ mod tests {
     //! behaviour every backend shares is tested in `poller/mod.rs`.
 
     use super::*;
+    use crate::sys::poller::registry::Registry;
+    use crate::sys::poller::test_support::{
+        connect_nonblocking, tcp_pair, triggers_of, wake_from_threads, LONG,
+    };
     use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::ops::{Deref, DerefMut};
     use std::os::windows::io::AsRawSocket;
     use std::sync::mpsc;
     use std::thread;
 
-    use socket2::{Domain, SockRef, Socket, Type};
+    use socket2::SockRef;
 
-    const LONG: Duration = Duration::from_secs(3);
+    /// The backend behind the registry a `Poller` puts in front of it, so that registration
+    /// changes take the poller's path; everything else is the `Iocp`'s (through `Deref`).
+    struct Registered {
+        registry: Registry,
+        iocp: Iocp,
+    }
 
-    fn new() -> (Iocp, Arc<Waker>) {
+    impl Registered {
+        fn register(
+            &mut self,
+            socket: RawSocket,
+            token: Token,
+            interest: Triggers,
+        ) -> io::Result<()> {
+            self.registry
+                .register(&mut self.iocp, socket, token, interest)
+        }
+
+        fn reregister(
+            &mut self,
+            socket: RawSocket,
+            token: Token,
+            interest: Triggers,
+        ) -> io::Result<()> {
+            self.registry
+                .reregister(&mut self.iocp, socket, token, interest)
+        }
+
+        fn deregister(&mut self, socket: RawSocket, token: Token) -> io::Result<()> {
+            self.registry.deregister(&mut self.iocp, socket, token)
+        }
+    }
+
+    impl Deref for Registered {
+        type Target = Iocp;
+        fn deref(&self) -> &Iocp {
+            &self.iocp
+        }
+    }
+
+    impl DerefMut for Registered {
+        fn deref_mut(&mut self) -> &mut Iocp {
+            &mut self.iocp
+        }
+    }
+
+    fn new() -> (Registered, Arc<Waker>) {
         let (iocp, waker) = Iocp::new().unwrap();
-        (iocp, Arc::new(waker))
+        let registry = Registry::default();
+        (Registered { registry, iocp }, Arc::new(waker))
     }
 
     fn wait(p: &mut Iocp, waker: &Waker, timeout: Duration) -> Vec<Event> {
@@ -688,13 +725,6 @@ mod tests {
         let n = p.wait(waker, &mut events, Some(timeout)).unwrap();
         assert_eq!(n, events.len());
         events
-    }
-
-    fn triggers_of(events: &[Event], token: Token) -> Triggers {
-        let mut hits = events.iter().filter(|e| e.token == token);
-        let t = hits.next().map_or(Triggers::NONE, |e| e.triggers);
-        assert!(hits.next().is_none(), "{token:?} twice: {events:?}");
-        t
     }
 
     /// Waits (up to LONG) until `token` is reported; returns its triggers.
@@ -711,24 +741,6 @@ mod tests {
 
     fn quiet(p: &mut Iocp, waker: &Waker) {
         assert_eq!(wait(p, waker, Duration::from_millis(30)), []);
-    }
-
-    fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        client.set_nonblocking(true).unwrap();
-        server.set_nonblocking(true).unwrap();
-        (client, server)
-    }
-
-    fn nonblocking_connect(addr: SocketAddr) -> Socket {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        if let Err(e) = s.connect(&addr.into()) {
-            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
-        }
-        s
     }
 
     fn raw(s: &impl AsRawSocket) -> RawSocket {
@@ -820,7 +832,7 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert_eq!(next_for(&mut p, &w, Token(4)), Triggers::ACCEPT);
         // connect (success)
-        let s = nonblocking_connect(listener.local_addr().unwrap());
+        let s = connect_nonblocking(listener.local_addr().unwrap()).unwrap();
         p.register(raw(&s), Token(5), Triggers::CONNECT).unwrap();
         assert_eq!(next_for(&mut p, &w, Token(5)), Triggers::CONNECT);
         p.deregister(raw(&s), Token(5)).unwrap();
@@ -830,7 +842,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let s = nonblocking_connect(closed);
+        let s = connect_nonblocking(closed).unwrap();
         p.register(raw(&s), Token(6), Triggers::CONNECT).unwrap();
         let t = next_for(&mut p, &w, Token(6));
         assert!(t.contains(Triggers::ERR), "{t:?}");
@@ -1010,19 +1022,7 @@ mod tests {
     #[test]
     fn wakes_before_a_wait_post_one_packet() {
         let (mut p, w) = new();
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let w = Arc::clone(&w);
-                thread::spawn(move || {
-                    for _ in 0..50 {
-                        w.wake().unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        wake_from_threads(&w, 4, 50);
         assert!(w.is_posted());
         assert_eq!(wait(&mut p, &w, LONG).len(), 1);
         assert!(!w.is_posted());
