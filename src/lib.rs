@@ -54,7 +54,12 @@ pub mod address {
 }
 
 pub use address::Address;
-pub use engine::{ChannelGroup, Engine, EngineOptions, EngineStats, PostError, SendLimit};
+#[cfg(feature = "stream")]
+pub use engine::Messages;
+pub use engine::{
+    ChannelGroup, Engine, EngineOptions, EngineStats, PostError, ReceiveFuture, SendFuture,
+    SendLimit,
+};
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};

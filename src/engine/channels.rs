@@ -9,7 +9,9 @@ use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use crate::util::intmap::IntMap;
 use std::hash::BuildHasher;
@@ -63,6 +65,17 @@ pub(crate) struct Outbound {
     /// The connected socket for direct writes, set by the reactor once the channel is
     /// connected and dropped when it closes (a `SendState` may outlive its channel).
     socket: Option<Arc<Stream>>,
+    /// Senders waiting for room (see [`SendState::wait_room`]).
+    room: Room,
+}
+
+/// Who waits for a full send queue to shrink, and how often it shrank.
+#[derive(Default, Debug)]
+struct Room {
+    /// Counts every shrink and the close: a waiter that saw one value waits for another.
+    generation: u64,
+    threads: usize,
+    tasks: Vec<Waker>,
 }
 
 impl Outbound {
@@ -194,6 +207,8 @@ pub(crate) fn unpend(
 pub(crate) struct SendState {
     gate: AtomicGate,
     outbound: Mutex<Outbound>,
+    /// Threads in [`wait_room`](SendState::wait_room).
+    room_cond: Condvar,
 }
 
 /// Who may write a channel's socket (see [`SendState`]). Frames never interleave: whoever
@@ -288,6 +303,67 @@ impl SendState {
         let mut ob = self.lock_outbound();
         ob.messages = ob.messages.saturating_sub(messages);
         ob.bytes = ob.bytes.saturating_sub(bytes);
+        self.room_made(ob);
+    }
+
+    /// The queue shrank or closed: whoever waits for room looks again.
+    fn room_made(&self, mut ob: MutexGuard<'_, Outbound>) {
+        ob.room.generation += 1;
+        if ob.room.threads == 0 && ob.room.tasks.is_empty() {
+            return;
+        }
+        let tasks = std::mem::take(&mut ob.room.tasks);
+        let threads = ob.room.threads > 0;
+        drop(ob);
+        if threads {
+            self.room_cond.notify_all();
+        }
+        for w in tasks {
+            w.wake();
+        }
+    }
+
+    /// How often the queue has shrunk so far: read it before a post that may find the queue
+    /// full, then wait for it to change.
+    pub(crate) fn room_generation(&self) -> u64 {
+        self.lock_outbound().room.generation
+    }
+
+    /// Blocks until the queue shrank (or closed) since `seen`, or `deadline` passed (false).
+    pub(crate) fn wait_room(&self, seen: u64, deadline: Option<Instant>) -> bool {
+        let mut ob = self.lock_outbound();
+        while ob.room.generation == seen {
+            ob.room.threads += 1;
+            ob = match deadline {
+                None => self.room_cond.wait(ob).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        ob.room.threads -= 1;
+                        return false;
+                    }
+                    self.room_cond
+                        .wait_timeout(ob, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            ob.room.threads -= 1;
+        }
+        true
+    }
+
+    /// [`wait_room`](Self::wait_room) for a task: `Ready` once the queue shrank (or closed)
+    /// since `seen`, else `Pending` with `waker` kept until it does.
+    pub(crate) fn poll_room(&self, seen: u64, waker: &Waker) -> Poll<()> {
+        let mut ob = self.lock_outbound();
+        if ob.room.generation != seen {
+            return Poll::Ready(());
+        }
+        if !ob.room.tasks.iter().any(|w| w.will_wake(waker)) {
+            ob.room.tasks.push(waker.clone());
+        }
+        Poll::Pending
     }
 
     /// Messages currently counted.
@@ -427,6 +503,7 @@ impl SendState {
         ob.closed = true;
         ob.socket = None;
         ob.take(into, bufs);
+        self.room_made(ob);
     }
 
     /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).

@@ -2,9 +2,12 @@
 //! per-thread cache of send states, the direct-write path) and `wait_receive`.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use super::shared::{Command, Completion, GroupShared, MailboxState, Shared};
 use super::PostError;
@@ -235,6 +238,113 @@ impl ChannelGroup {
         }
     }
 
+    /// [`post`](Self::post), waiting while the channel's send queue is full instead of
+    /// handing the message back with `SendQueueFull`: the calling thread sleeps until the
+    /// reactor has written some of the queue (no spinning), then posts again. `timeout`
+    /// `None` waits as long as it takes; when it passes, the message comes back with
+    /// `SendQueueFull`. Every other failure is returned at once, as by `post`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tofu::{Engine, Error, Message, OpCode};
+    /// # let engine = Engine::with_defaults()?;
+    /// # let group = engine.create_group()?;
+    /// let mut m = Message::with_opcode(OpCode::Signal);
+    /// m.header.channel = 7; // no such channel: refused at once, however long the timeout
+    /// let e = group.send_timeout(m, Some(Duration::from_secs(5))).unwrap_err();
+    /// assert_eq!(e.error, Error::InvalidChannelNumber);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_timeout(
+        &self,
+        msg: Message,
+        timeout: Option<Duration>,
+    ) -> Result<Header, PostError> {
+        let mut deadline = None;
+        let mut msg = msg;
+        loop {
+            let e = match self.post(msg) {
+                Err(e) if e.error == Error::SendQueueFull => e,
+                done => return done,
+            };
+            let Ok(send) = self.send_state(e.message.channel()) else {
+                return Err(e);
+            };
+            // Read how often the queue shrank before trying again, so a shrink between
+            // this post and the wait is not missed.
+            let seen = send.room_generation();
+            msg = match self.post(e.message) {
+                Err(e) if e.error == Error::SendQueueFull => e.message,
+                done => return done,
+            };
+            let deadline = *deadline
+                .get_or_insert_with(|| timeout.and_then(|t| Instant::now().checked_add(t)));
+            if !send.wait_room(seen, deadline) {
+                return Err(refused(Some(msg), Error::SendQueueFull));
+            }
+        }
+    }
+
+    /// The async form of [`send_timeout`](Self::send_timeout) without a timeout: a future
+    /// that posts `msg`, waiting while the channel's send queue is full, and resolves to
+    /// what `post` returns. It depends on no runtime (any executor polls it). Dropping it
+    /// before it resolves drops the message (back to its pool) unless it was posted.
+    pub fn send(&self, msg: Message) -> SendFuture<'_> {
+        SendFuture {
+            group: self,
+            msg: Some(msg),
+        }
+    }
+
+    /// Waits for the next message without blocking a thread: the async form of
+    /// [`wait_receive`](Self::wait_receive) (without a timeout; wrap it in your runtime's
+    /// timeout). It depends on no runtime. Many tasks may wait on one group at once, and
+    /// threads in `wait_receive` beside them; each message goes to one of them.
+    ///
+    /// **Cancellation-safe:** a message is taken only when the future resolves, so dropping
+    /// a pending future (a lost `select!` branch, a timeout) loses nothing; the next
+    /// receive gets the message.
+    ///
+    /// Resolves to `Err(ShutdownStarted)` when the group was destroyed, or the engine is gone
+    /// and every queued message has been taken.
+    ///
+    /// ```
+    /// # use tofu::{Engine, Message, OpCode, Status};
+    /// # let engine = Engine::with_defaults()?;
+    /// # let group = engine.create_group()?;
+    /// // Any executor drives it; here a minimal one from the standard library's `Wake`.
+    /// # use std::sync::Arc; use std::task::{Context, Poll, Wake};
+    /// # struct Thread(std::thread::Thread);
+    /// # impl Wake for Thread { fn wake(self: Arc<Self>) { self.0.unpark() } }
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let waker = Arc::new(Thread(std::thread::current())).into();
+    /// #     let mut cx = Context::from_waker(&waker);
+    /// #     loop { if let Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } std::thread::park(); }
+    /// # }
+    /// group.update_receiver(None)?; // something to receive
+    /// let m = block_on(group.receive())?;
+    /// assert_eq!(m.status(), Status::ReceiverUpdate);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn receive(&self) -> ReceiveFuture<'_> {
+        ReceiveFuture {
+            group: &self.group,
+            key: None,
+        }
+    }
+
+    /// The received messages as a [`futures_core::Stream`] (feature `stream`): each item is
+    /// what [`receive`](Self::receive) resolves to, and the stream ends when the group is
+    /// destroyed or the engine is gone and drained. Cancellation-safe as `receive` is.
+    #[cfg(feature = "stream")]
+    pub fn messages(&self) -> Messages<'_> {
+        Messages {
+            group: &self.group,
+            key: None,
+        }
+    }
+
     /// Waits for the next message: `timeout` `None` waits forever, `Some(ZERO)` polls once.
     ///
     /// Small frames a peer sent are handed to the group as bytes and decoded here, on the
@@ -313,6 +423,119 @@ impl std::fmt::Debug for ChannelGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelGroup")
             .field("id", &self.group.id)
+            .finish()
+    }
+}
+
+/// The future of [`ChannelGroup::receive`]: the next message of the group, or
+/// `ShutdownStarted`. Cancellation-safe: dropping it while pending loses no message.
+#[must_use = "futures do nothing unless polled"]
+pub struct ReceiveFuture<'a> {
+    group: &'a GroupShared,
+    /// This future's waker in the group's list, once it waited.
+    key: Option<u64>,
+}
+
+impl Future for ReceiveFuture<'_> {
+    type Output = Result<Message, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.group.poll_receive(&mut this.key, cx.waker())
+    }
+}
+
+impl Drop for ReceiveFuture<'_> {
+    fn drop(&mut self) {
+        self.group.forget(&mut self.key);
+    }
+}
+
+impl std::fmt::Debug for ReceiveFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiveFuture")
+            .field("group", &self.group.id)
+            .finish()
+    }
+}
+
+/// The stream of [`ChannelGroup::messages`] (feature `stream`).
+#[cfg(feature = "stream")]
+#[must_use = "streams do nothing unless polled"]
+pub struct Messages<'a> {
+    group: &'a GroupShared,
+    key: Option<u64>,
+}
+
+#[cfg(feature = "stream")]
+impl futures_core::Stream for Messages<'_> {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let this = self.get_mut();
+        this.group
+            .poll_receive(&mut this.key, cx.waker())
+            .map(Result::ok)
+    }
+}
+
+#[cfg(feature = "stream")]
+impl Drop for Messages<'_> {
+    fn drop(&mut self) {
+        self.group.forget(&mut self.key);
+    }
+}
+
+#[cfg(feature = "stream")]
+impl std::fmt::Debug for Messages<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages")
+            .field("group", &self.group.id)
+            .finish()
+    }
+}
+
+/// The future of [`ChannelGroup::send`]: posts its message, waiting while the channel's
+/// send queue is full.
+#[must_use = "futures do nothing unless polled"]
+pub struct SendFuture<'a> {
+    group: &'a ChannelGroup,
+    msg: Option<Message>,
+}
+
+impl Future for SendFuture<'_> {
+    type Output = Result<Header, PostError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let Some(msg) = this.msg.take() else {
+                panic!("SendFuture polled after it resolved");
+            };
+            let e = match this.group.post(msg) {
+                Err(e) if e.error == Error::SendQueueFull => e,
+                done => return Poll::Ready(done),
+            };
+            let Ok(send) = this.group.send_state(e.message.channel()) else {
+                return Poll::Ready(Err(e));
+            };
+            let seen = send.room_generation();
+            let msg = match this.group.post(e.message) {
+                Err(e) if e.error == Error::SendQueueFull => e.message,
+                done => return Poll::Ready(done),
+            };
+            this.msg = Some(msg);
+            if send.poll_room(seen, cx.waker()).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SendFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendFuture")
+            .field("channel", &self.msg.as_ref().map(Message::channel))
             .finish()
     }
 }

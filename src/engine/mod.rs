@@ -26,7 +26,9 @@ pub mod pool;
 mod reactor;
 pub(crate) mod shared;
 
-pub use group::ChannelGroup;
+#[cfg(feature = "stream")]
+pub use group::Messages;
+pub use group::{ChannelGroup, ReceiveFuture, SendFuture};
 use shared::{GroupShared, MailboxState, Shared};
 
 use std::sync::atomic::Ordering;

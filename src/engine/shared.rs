@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::{EngineOptions, SendLimit};
@@ -14,7 +15,7 @@ use crate::engine::pool::{Allocation, Pool};
 use crate::proto::message::{Message, OpCode, Origin};
 use crate::proto::notify;
 use crate::proto::status::{Error, Status};
-use crate::sys::poller::{Backend, Waker};
+use crate::sys::poller::{self, Backend};
 use crate::util::padded::Padded;
 
 /// What application threads ask of the reactor.
@@ -76,7 +77,7 @@ pub(crate) struct Shared {
     pub(crate) commands: Padded<Mutex<Commands>>,
     /// The reactor is (about to be) blocked in the poller and needs a wake-up.
     pub(crate) sleeping: Padded<AtomicBool>,
-    pub(crate) waker: Arc<Waker>,
+    pub(crate) waker: Arc<poller::Waker>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) table: Padded<Mutex<ChannelTable>>,
     pub(crate) groups: Mutex<Vec<Weak<GroupShared>>>,
@@ -93,7 +94,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The state of a new engine: its pool, the waker of its poller and its options.
-    pub(crate) fn new(pool: Pool, waker: Arc<Waker>, options: &EngineOptions) -> Shared {
+    pub(crate) fn new(pool: Pool, waker: Arc<poller::Waker>, options: &EngineOptions) -> Shared {
         Shared {
             pool,
             commands: Padded::new(Mutex::new(Commands {
@@ -240,8 +241,56 @@ pub(crate) enum MailboxState {
 
 pub(crate) struct Mailbox {
     queue: VecDeque<Inbound>,
+    /// Threads blocked in `wait`.
     waiters: usize,
+    /// Tasks waiting in `poll_receive`.
+    tasks: Tasks,
     state: MailboxState,
+}
+
+/// The wakers of tasks waiting for a message, each under the key of its future, so that a
+/// future dropped while pending takes its waker out (cancellation leaves nothing behind).
+#[derive(Default)]
+struct Tasks {
+    next_key: u64,
+    wakers: Vec<(u64, Waker)>,
+}
+
+impl Tasks {
+    /// Registers `waker` under `key` (given a new key the first time), replacing the one a
+    /// previous poll of the same future left.
+    fn register(&mut self, key: &mut Option<u64>, waker: &Waker) {
+        if let Some(k) = *key {
+            if let Some((_, w)) = self.wakers.iter_mut().find(|(kk, _)| *kk == k) {
+                if !w.will_wake(waker) {
+                    w.clone_from(waker);
+                }
+                return;
+            }
+        }
+        let k = *key.get_or_insert_with(|| {
+            self.next_key += 1;
+            self.next_key
+        });
+        self.wakers.push((k, waker.clone()));
+    }
+
+    fn remove(&mut self, key: u64) {
+        if let Some(i) = self.wakers.iter().position(|(k, _)| *k == key) {
+            self.wakers.swap_remove(i);
+        }
+    }
+
+    /// Takes every waker, to be woken once the lock is released.
+    fn take(&mut self) -> Vec<(u64, Waker)> {
+        std::mem::take(&mut self.wakers)
+    }
+}
+
+fn wake_all(tasks: Vec<(u64, Waker)>) {
+    for (_, w) in tasks {
+        w.wake();
+    }
 }
 
 /// The receive side of a group, shared with the reactor.
@@ -266,6 +315,7 @@ impl GroupShared {
             mailbox: Padded::new(Mutex::new(Mailbox {
                 queue: VecDeque::new(),
                 waiters: 0,
+                tasks: Tasks::default(),
                 state: MailboxState::Open,
             })),
             cond: Condvar::new(),
@@ -307,10 +357,12 @@ impl GroupShared {
         }
         mb.queue.extend(msgs.drain(..));
         let wake = mb.waiters > 0;
+        let tasks = mb.tasks.take();
         drop(mb);
         if wake {
             self.cond.notify_all();
         }
+        wake_all(tasks);
     }
 
     pub(crate) fn deliver_if_open(&self, msg: Message) -> bool {
@@ -320,11 +372,65 @@ impl GroupShared {
         }
         mb.queue.push_back(Inbound::Msg(msg));
         let wake = mb.waiters > 0;
+        let tasks = mb.tasks.take();
         drop(mb);
         if wake {
             self.cond.notify_one();
         }
+        wake_all(tasks);
         true
+    }
+
+    /// The next message for a task: `Ready` with a message or `ShutdownStarted` (as
+    /// [`wait`](Self::wait) returns), else `Pending` with `waker` registered under `key`
+    /// until a delivery or the end of the group wakes it. A message is only taken when
+    /// `Ready` is returned, so dropping a pending future loses nothing.
+    pub(crate) fn poll_receive(
+        &self,
+        key: &mut Option<u64>,
+        waker: &Waker,
+    ) -> Poll<Result<Message, Error>> {
+        if let Some(m) = take_one(&mut self.lock_taken()) {
+            self.forget(key);
+            return Poll::Ready(Ok(m));
+        }
+        let mut mb = self.lock();
+        if mb.state == MailboxState::Destroyed {
+            return Poll::Ready(Err(Error::ShutdownStarted));
+        }
+        let m = {
+            let mut taken = self.lock_taken();
+            taken.extend(mb.queue.drain(..));
+            take_one(&mut taken)
+        };
+        if let Some(m) = m {
+            if let Some(k) = key.take() {
+                mb.tasks.remove(k);
+            }
+            // Others may be left in `taken`: let one more waiting task or thread look.
+            let next = mb.tasks.wakers.pop();
+            let threads = mb.waiters > 0;
+            drop(mb);
+            if let Some((_, w)) = next {
+                w.wake();
+            }
+            if threads {
+                self.cond.notify_one();
+            }
+            return Poll::Ready(Ok(m));
+        }
+        if mb.state == MailboxState::EngineGone {
+            return Poll::Ready(Err(Error::ShutdownStarted));
+        }
+        mb.tasks.register(key, waker);
+        Poll::Pending
+    }
+
+    /// A future that polled [`poll_receive`](Self::poll_receive) is gone: its waker too.
+    pub(crate) fn forget(&self, key: &mut Option<u64>) {
+        if let Some(k) = key.take() {
+            self.lock().tasks.remove(k);
+        }
     }
 
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
@@ -350,11 +456,17 @@ impl GroupShared {
                     taken.extend(mb.queue.drain(..));
                 }
                 let m = take_one(&mut taken);
-                let more = !taken.is_empty() && mb.waiters > 0;
+                let more = !taken.is_empty();
                 drop(taken);
+                // Another waiting thread or task can take the rest from `taken`.
+                let thread = more && mb.waiters > 0;
+                let task = if more { mb.tasks.wakers.pop() } else { None };
                 drop(mb);
-                if more {
-                    self.cond.notify_one(); // another waiter can take from `taken`
+                if thread {
+                    self.cond.notify_one();
+                }
+                if let Some((_, w)) = task {
+                    w.wake();
                 }
                 return Ok(m);
             }
@@ -386,12 +498,14 @@ impl GroupShared {
     }
 
     pub(crate) fn close(&self, state: MailboxState) {
+        let tasks;
         let drained = {
             let mut mb = self.lock();
             if mb.state == MailboxState::Destroyed {
                 return;
             }
             mb.state = state;
+            tasks = mb.tasks.take();
             if state == MailboxState::Destroyed {
                 let mut q = std::mem::take(&mut mb.queue);
                 q.extend(self.lock_taken().drain(..));
@@ -402,6 +516,7 @@ impl GroupShared {
         };
         drop(drained); // messages return to the pool outside the lock
         self.cond.notify_all();
+        wake_all(tasks);
     }
 }
 
