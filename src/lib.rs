@@ -57,8 +57,8 @@ pub use address::Address;
 #[cfg(feature = "stream")]
 pub use engine::Messages;
 pub use engine::{
-    ChannelGroup, Engine, EngineOptions, EngineStats, PostError, ReceiveFuture, SendFuture,
-    SendLimit,
+    ChannelGroup, Engine, EngineOptions, EngineStats, Listening, PostError, ReceiveFuture,
+    RequestError, RequestFuture, SendFuture, SendLimit,
 };
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::replies::{Answer, Expect};
 use super::shared::{Command, Completion, GroupShared, MailboxState, Shared};
 use super::PostError;
 use crate::engine::channels::{DirectWrite, Posted, SendState};
+use crate::proto::address::Address;
 use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
 use crate::proto::notify;
 use crate::proto::status::{Error, Status};
@@ -65,7 +67,13 @@ impl ChannelGroup {
     /// already holds [`SendLimit`](crate::SendLimit) worth of unsent messages), `NotificationDisabled`
     /// (engine shut down), `ShutdownStarted` (this group destroyed), `AllocationFailed`
     /// (no free channel number).
-    pub fn post(&self, mut msg: Message) -> Result<Header, PostError> {
+    pub fn post(&self, msg: Message) -> Result<Header, PostError> {
+        self.post_with(msg, None)
+    }
+
+    /// [`post`](Self::post); a Hello or Welcome request with `expect` has its answer awaited
+    /// from the moment its channel number is known, before the reactor can see it.
+    fn post_with(&self, mut msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
         if let Err(error) = msg.validate_for_post() {
             return Err(PostError {
                 error,
@@ -79,7 +87,7 @@ impl ChannelGroup {
             });
         }
         if msg.header.channel == CHANNEL_UNASSIGNED {
-            return self.open(msg);
+            return self.open(msg, expect);
         }
         let header = msg.header;
         if msg.header.opcode == OpCode::ByeSignal && msg.header.oob {
@@ -185,7 +193,7 @@ impl ChannelGroup {
     }
 
     /// A Hello or Welcome request: a new channel number, then the reactor opens the channel.
-    fn open(&self, mut msg: Message) -> Result<Header, PostError> {
+    fn open(&self, mut msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
         let allocated = {
             let mut table = self.shared.lock_table();
             let ch = table.allocate(self.group.id);
@@ -202,7 +210,15 @@ impl ChannelGroup {
             });
         };
         msg.header.channel = ch;
-        self.submit_post(msg, true)
+        let id = msg.message_id();
+        if let Some(e) = expect {
+            self.group.expect(ch, id, e);
+        }
+        let r = self.submit_post(msg, true);
+        if r.is_err() && expect.is_some() {
+            self.group.unexpect(ch, id);
+        }
+        r
     }
 
     /// Queues a message for the reactor as a command.
@@ -345,6 +361,118 @@ impl ChannelGroup {
         }
     }
 
+    /// Posts the Request `msg` and waits for the peer's Response with the same message_id
+    /// (`timeout` `None`: as long as it takes). Any number of threads and tasks may have
+    /// requests in flight on one group at once; each gets its own answer, and everything
+    /// else the group receives (other messages, the channel's Signals) still goes to
+    /// `wait_receive`/`receive` in order, so this composes with a receive loop.
+    ///
+    /// A message_id of 0 is given the next id first (the answer may come before `post`
+    /// returns). Fails with [`RequestError::Post`] when `post` refuses, `Refused` when the
+    /// engine hands the request back unsent (its status says why), `Closed` when the channel
+    /// closes before the answer comes, `TimedOut` (a later answer goes to `wait_receive`).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tofu::{Address, Engine, Message, OpCode};
+    /// # let engine = Engine::with_defaults()?;
+    /// # let (server, client) = (engine.create_group()?, engine.create_group()?);
+    /// let port = server.listen(&Address::tcp("127.0.0.1", 0))?.port().unwrap();
+    /// # std::thread::scope(|s| {
+    /// #   s.spawn(|| { // an echo server: answers the Hello, then the Request
+    /// #     for _ in 0..2 { let mut m = server.wait_receive(None).unwrap().unwrap(); m.make_echo().unwrap(); server.post(m).unwrap(); }
+    /// #   });
+    /// let ch = client.connect(&Address::tcp("127.0.0.1", port))?;
+    /// let mut req = Message::with_opcode(OpCode::Request);
+    /// req.header.channel = ch;
+    /// req.set_body(b"ping");
+    /// let reply = client.request(req, Some(Duration::from_secs(5)))?;
+    /// assert_eq!((reply.opcode(), reply.body()), (OpCode::Response, &b"ping"[..]));
+    /// # Ok::<(), tofu::RequestError>(()) }).unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn request(
+        &self,
+        msg: Message,
+        timeout: Option<Duration>,
+    ) -> Result<Message, RequestError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let (channel, id) = self.post_expecting(msg, Expect::Response)?;
+        answer(self.group.await_answer(channel, id, deadline))
+    }
+
+    /// The async form of [`request`](Self::request), without a timeout (wrap it in your
+    /// runtime's). Dropping the future stops waiting; a later answer goes to `receive`.
+    pub fn request_async(&self, msg: Message) -> RequestFuture<'_> {
+        RequestFuture {
+            group: &self.group,
+            posted: self.post_expecting(msg, Expect::Response),
+            key: None,
+        }
+    }
+
+    /// Connects a new channel to `addr` and returns its number once the peer's HelloResponse
+    /// says Success. The failure shapes of a connect (a HelloRequest handed back refused,
+    /// a HelloResponse with a failure status from the engine or the peer) come back as one
+    /// [`RequestError::Refused`] with that message, and the channel's final Signal is not
+    /// delivered: the channel never existed for the caller. Waits as long as the engine
+    /// takes to answer (the OS's connect timeout at most).
+    pub fn connect(&self, addr: &Address) -> Result<u16, RequestError> {
+        let mut m = self.shared.pool.message();
+        if let Err(e) = addr.format_connect(&mut m) {
+            return Err(RequestError::Post(refused(Some(m), e)));
+        }
+        self.open_and_await(m, Expect::Hello)
+    }
+
+    /// Listens on `addr` and returns the listener once the engine's WelcomeResponse says
+    /// Success, with the address it is bound to (the real port for port 0). Failures come
+    /// back as [`RequestError::Refused`] with the WelcomeResponse (its status says why), and
+    /// the channel's final Signal is not delivered.
+    pub fn listen(&self, addr: &Address) -> Result<Listening, RequestError> {
+        let mut m = self.shared.pool.message();
+        if let Err(e) = addr.format_listen(&mut m) {
+            return Err(RequestError::Post(refused(Some(m), e)));
+        }
+        let (channel, id) = self.post_expecting(m, Expect::Welcome)?;
+        let reply = answer(self.group.await_answer(channel, id, None))?;
+        let address = Address::from_message(&reply).unwrap_or_else(|_| addr.clone());
+        Ok(Listening { channel, address })
+    }
+
+    fn open_and_await(&self, msg: Message, expect: Expect) -> Result<u16, RequestError> {
+        let (channel, id) = self.post_expecting(msg, expect)?;
+        answer(self.group.await_answer(channel, id, None)).map(|_| channel)
+    }
+
+    /// Posts `msg`, awaiting its answer from before the post (it may come before `post`
+    /// returns). Returns its channel and message_id.
+    fn post_expecting(&self, mut msg: Message, expect: Expect) -> Result<(u16, u64), RequestError> {
+        if msg.message_id() == 0 {
+            msg.header.message_id = crate::proto::message::next_message_id();
+        }
+        let id = msg.message_id();
+        match expect {
+            Expect::Response => {
+                let channel = msg.channel();
+                self.group.expect(channel, id, expect);
+                match self.post(msg) {
+                    Ok(_) => Ok((channel, id)),
+                    Err(e) => {
+                        self.group.unexpect(channel, id);
+                        Err(RequestError::Post(e))
+                    }
+                }
+            }
+            // The channel number is known once allocated: `open` awaits the answer then,
+            // before the command reaches the reactor.
+            Expect::Hello | Expect::Welcome => self
+                .post_with(msg, Some(expect))
+                .map(|h| (h.channel, h.message_id))
+                .map_err(RequestError::Post),
+        }
+    }
+
     /// Waits for the next message: `timeout` `None` waits forever, `Some(ZERO)` polls once.
     ///
     /// Small frames a peer sent are handed to the group as bytes and decoded here, on the
@@ -424,6 +552,133 @@ impl std::fmt::Debug for ChannelGroup {
         f.debug_struct("ChannelGroup")
             .field("id", &self.group.id)
             .finish()
+    }
+}
+
+/// What [`ChannelGroup::request`], [`connect`](ChannelGroup::connect) and
+/// [`listen`](ChannelGroup::listen) return instead of an answer.
+#[derive(Debug)]
+pub enum RequestError {
+    /// `post` refused the message (it is handed back with the error).
+    Post(PostError),
+    /// The engine or the peer said no: the message that says it, whose status says why (a
+    /// request handed back unsent, a refused connect's HelloRequest or HelloResponse, a
+    /// failed listen's WelcomeResponse).
+    Refused(Message),
+    /// The channel closed (`ChannelClosed`), or the group or engine ended
+    /// (`ShutdownStarted`), before an answer came.
+    Closed(Status),
+    /// No answer within the timeout; a later one goes to `wait_receive`.
+    TimedOut,
+}
+
+impl RequestError {
+    /// The status that says what happened (`Success` for nothing: only `TimedOut`, which
+    /// has none, maps to `ProcessingFailed`).
+    pub fn status(&self) -> Status {
+        match self {
+            RequestError::Post(e) => e.error.status(),
+            RequestError::Refused(m) => m.status(),
+            RequestError::Closed(s) => *s,
+            RequestError::TimedOut => Status::ProcessingFailed,
+        }
+    }
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Post(e) => write!(f, "{e}"),
+            RequestError::Refused(m) => write!(
+                f,
+                "refused: {:?} with status {:?} on channel {}",
+                m.opcode(),
+                m.status(),
+                m.channel()
+            ),
+            RequestError::Closed(s) => write!(f, "no answer: {s:?} before it came"),
+            RequestError::TimedOut => write!(f, "no answer within the timeout"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// A listener made by [`ChannelGroup::listen`]: its channel and the address it is bound to
+/// (for port 0, the port the system chose).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    /// The listener's channel (post a ByeSignal to it to stop listening).
+    pub channel: u16,
+    /// Where it listens.
+    pub address: Address,
+}
+
+impl Listening {
+    /// The TCP port, for a TCP listener.
+    pub fn port(&self) -> Option<u16> {
+        match &self.address {
+            Address::Tcp { port, .. } => Some(*port),
+            Address::Uds { .. } => None,
+        }
+    }
+}
+
+fn answer(a: Option<Answer>) -> Result<Message, RequestError> {
+    match a {
+        Some(Answer::Reply(m)) => Ok(m),
+        Some(Answer::Refused(m)) => Err(RequestError::Refused(m)),
+        Some(Answer::Closed(s)) => Err(RequestError::Closed(s)),
+        None => Err(RequestError::TimedOut),
+    }
+}
+
+/// The future of [`ChannelGroup::request_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct RequestFuture<'a> {
+    group: &'a GroupShared,
+    /// The posted request's channel and id, or why it was not posted (taken when polled).
+    posted: Result<(u16, u64), RequestError>,
+    key: Option<u64>,
+}
+
+impl Future for RequestFuture<'_> {
+    type Output = Result<Message, RequestError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let (channel, id) = match &this.posted {
+            Ok(p) => *p,
+            Err(_) => {
+                let e = std::mem::replace(&mut this.posted, Err(RequestError::TimedOut));
+                return Poll::Ready(Err(e.err().unwrap_or(RequestError::TimedOut)));
+            }
+        };
+        match this
+            .group
+            .poll_answer(channel, id, &mut this.key, cx.waker())
+        {
+            Poll::Ready(a) => {
+                this.posted = Err(RequestError::Closed(Status::ChannelClosed));
+                Poll::Ready(answer(a))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for RequestFuture<'_> {
+    fn drop(&mut self) {
+        if let Ok((channel, id)) = self.posted {
+            self.group.unexpect(channel, id);
+        }
+        self.group.forget(&mut self.key);
+    }
+}
+
+impl std::fmt::Debug for RequestFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestFuture").finish_non_exhaustive()
     }
 }
 

@@ -24,11 +24,12 @@ pub(crate) mod channels;
 mod group;
 pub mod pool;
 mod reactor;
+mod replies;
 pub(crate) mod shared;
 
 #[cfg(feature = "stream")]
 pub use group::Messages;
-pub use group::{ChannelGroup, ReceiveFuture, SendFuture};
+pub use group::{ChannelGroup, Listening, ReceiveFuture, RequestError, RequestFuture, SendFuture};
 use shared::{GroupShared, MailboxState, Shared};
 
 use std::sync::atomic::Ordering;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::replies::{Answer, Expect, Replies};
 use super::{EngineOptions, SendLimit};
 use crate::engine::channels::ChannelTable;
 use crate::engine::pool::{Allocation, Pool};
@@ -303,6 +304,11 @@ pub(crate) struct GroupShared {
     /// still in the mailbox. Only application threads lock it, so taking a message does not
     /// touch the lock the reactor delivers through (lock order: mailbox, then taken).
     taken: Padded<Mutex<VecDeque<Inbound>>>,
+    /// Answers awaited by `request`, `connect` and `listen` (lock order: mailbox, taken,
+    /// replies).
+    replies: Mutex<Replies>,
+    /// `replies` is active: messages taken from the mailbox must be routed.
+    routing: AtomicBool,
 }
 
 impl GroupShared {
@@ -320,12 +326,162 @@ impl GroupShared {
             })),
             cond: Condvar::new(),
             taken: Padded::new(Mutex::new(VecDeque::new())),
+            replies: Mutex::new(Replies::default()),
+            routing: AtomicBool::new(false),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Mailbox> {
         // Queue operations cannot panic half-way.
         self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_replies(&self) -> MutexGuard<'_, Replies> {
+        // Map operations cannot panic half-way.
+        self.replies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Awaits the answer to the message (`channel`, `id`) that is about to be posted.
+    pub(crate) fn expect(&self, channel: u16, id: u64, expect: Expect) {
+        let mut r = self.lock_replies();
+        r.add(channel, id, expect);
+        self.routing.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops awaiting it (the post failed, the wait timed out or was dropped).
+    pub(crate) fn unexpect(&self, channel: u16, id: u64) {
+        let mut r = self.lock_replies();
+        r.remove(channel, id);
+        self.routing.store(r.is_active(), Ordering::SeqCst);
+    }
+
+    /// Routes what `taken` holds (decoding chunks) when answers are awaited: answers go to
+    /// their waiters, the rest stays in order. Returns whether an answer came, and pushes
+    /// the wakers of the tasks to wake to `wake`.
+    fn route(&self, taken: &mut VecDeque<Inbound>, wake: &mut Vec<Waker>) -> bool {
+        if !self.routing.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut r = self.lock_replies();
+        let before = wake.len();
+        let mut kept = VecDeque::with_capacity(taken.len());
+        let mut answered = false;
+        while let Some(m) = take_one(taken) {
+            match r.route(m, wake) {
+                Some(m) => kept.push_back(Inbound::Msg(m)),
+                None => answered = true,
+            }
+        }
+        *taken = kept;
+        self.routing.store(r.is_active(), Ordering::SeqCst);
+        answered || wake.len() > before
+    }
+
+    /// One step of awaiting the answer to (`channel`, `id`): routes what the mailbox holds,
+    /// then `Ready` with the answer (`None`: the slot is gone), or `Pending` with `waker`
+    /// (for a task) kept until something may have changed. Threads pass no waker and wait
+    /// on the mailbox's condition variable (see [`await_answer`](Self::await_answer)).
+    fn answer_step(
+        &self,
+        mb: &mut MutexGuard<'_, Mailbox>,
+        channel: u16,
+        id: u64,
+        task: Option<(&mut Option<u64>, &Waker)>,
+    ) -> Poll<Option<Answer>> {
+        let mut wake = Vec::new();
+        let answered;
+        let left;
+        {
+            let mut taken = self.lock_taken();
+            taken.extend(mb.queue.drain(..));
+            answered = self.route(&mut taken, &mut wake);
+            left = !taken.is_empty();
+        }
+        let mut r = self.lock_replies();
+        if mb.state == MailboxState::Destroyed || mb.state == MailboxState::EngineGone {
+            r.fail_all(&mut wake);
+        }
+        let waker = task.as_ref().map(|(_, w)| *w);
+        let answer = r.take(channel, id, waker);
+        let gone = answer.is_none() && !r.contains(channel, id);
+        self.routing.store(r.is_active(), Ordering::SeqCst);
+        drop(r);
+        if answer.is_none() && !gone {
+            if let Some((key, w)) = task {
+                mb.tasks.register(key, w);
+            }
+        }
+        // Messages for the application, or answers for other waiters, may be waiting now.
+        if answered || left {
+            if mb.waiters > 0 {
+                self.cond.notify_all();
+            }
+            if left {
+                if let Some((_, w)) = mb.tasks.wakers.pop() {
+                    wake.push(w);
+                }
+            }
+        }
+        for w in wake {
+            w.wake();
+        }
+        match answer {
+            Some(a) => Poll::Ready(Some(a)),
+            None if gone => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Blocks until the answer to (`channel`, `id`) comes or `deadline` passes (`None`; the
+    /// slot is then removed, so a late answer goes to the application).
+    pub(crate) fn await_answer(
+        &self,
+        channel: u16,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Option<Answer> {
+        let mut mb = self.lock();
+        loop {
+            if let Poll::Ready(a) = self.answer_step(&mut mb, channel, id, None) {
+                return a;
+            }
+            mb.waiters += 1;
+            mb = match deadline {
+                None => self.cond.wait(mb).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        mb.waiters -= 1;
+                        drop(mb);
+                        self.unexpect(channel, id);
+                        return None;
+                    }
+                    self.cond
+                        .wait_timeout(mb, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            mb.waiters -= 1;
+        }
+    }
+
+    /// [`await_answer`](Self::await_answer) for a task, without a deadline.
+    pub(crate) fn poll_answer(
+        &self,
+        channel: u16,
+        id: u64,
+        key: &mut Option<u64>,
+        waker: &Waker,
+    ) -> Poll<Option<Answer>> {
+        let mut mb = self.lock();
+        let r = self.answer_step(&mut mb, channel, id, Some((key, waker)));
+        if r.is_ready() {
+            if let Some(k) = key.take() {
+                mb.tasks.remove(k);
+            }
+        }
+        r
     }
 
     fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Inbound>> {
@@ -401,6 +557,13 @@ impl GroupShared {
         let m = {
             let mut taken = self.lock_taken();
             taken.extend(mb.queue.drain(..));
+            let mut answers = Vec::new();
+            if self.route(&mut taken, &mut answers) {
+                self.cond.notify_all(); // a thread awaiting its answer
+            }
+            for w in answers {
+                w.wake();
+            }
             take_one(&mut taken)
         };
         if let Some(m) = m {
@@ -455,7 +618,17 @@ impl GroupShared {
                 } else {
                     taken.extend(mb.queue.drain(..));
                 }
-                let m = take_one(&mut taken);
+                let mut answers = Vec::new();
+                if self.route(&mut taken, &mut answers) {
+                    self.cond.notify_all(); // a thread awaiting its answer
+                }
+                for w in answers {
+                    w.wake();
+                }
+                let Some(m) = take_one(&mut taken) else {
+                    continue; // everything was an answer for someone else
+                };
+                let m = Some(m);
                 let more = !taken.is_empty();
                 drop(taken);
                 // Another waiting thread or task can take the rest from `taken`.
@@ -506,6 +679,9 @@ impl GroupShared {
             }
             mb.state = state;
             tasks = mb.tasks.take();
+            let mut answers = Vec::new();
+            self.lock_replies().fail_all(&mut answers);
+            wake_all(answers.into_iter().map(|w| (0, w)).collect());
             if state == MailboxState::Destroyed {
                 let mut q = std::mem::take(&mut mb.queue);
                 q.extend(self.lock_taken().drain(..));

@@ -119,6 +119,42 @@ impl Address {
             .map_err(|_| Error::WrongAddress)
     }
 
+    /// Puts this address in place of the one `msg` carries (its first `~connect_to` or
+    /// `~listen_on`, by its opcode; appended when it has none): the engine reports where a
+    /// listener is really bound. Other text headers keep their order.
+    pub(crate) fn replace_in(&self, msg: &mut Message) -> Result<(), Error> {
+        let name = match msg.opcode() {
+            OpCode::HelloRequest | OpCode::HelloResponse => CONNECT_TO,
+            OpCode::WelcomeRequest | OpCode::WelcomeResponse => LISTEN_ON,
+            _ => return Err(Error::InvalidAddress),
+        };
+        let old = std::mem::take(msg.text_headers_mut());
+        let mut replaced = false;
+        for line in old.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            let ours = !replaced
+                && line
+                    .strip_prefix(name.as_bytes())
+                    .is_some_and(|r| r.first() == Some(&b':'));
+            let out = msg.text_headers_mut();
+            if ours {
+                replaced = true;
+                out.extend_from_slice(format!("{name}:{self}").as_bytes());
+            } else {
+                out.extend_from_slice(line);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        if !replaced {
+            msg.append_header(name, &self.to_string())
+                .map_err(|_| Error::WrongAddress)?;
+        }
+        Ok(())
+    }
+
     /// The address a Hello (`~connect_to`) or Welcome (`~listen_on`) message carries: the
     /// first header of that name. Missing or malformed → `InvalidAddress`.
     pub fn from_message(msg: &Message) -> Result<Address, Error> {
@@ -261,6 +297,24 @@ mod tests {
         assert_eq!(
             Address::uds("x".repeat(SUN_PATH_LEN)).format_listen(&mut m),
             Err(Error::WrongAddress)
+        );
+    }
+
+    #[test]
+    fn replace_in_keeps_the_other_headers_in_order() {
+        let mut m = Message::new();
+        m.append_header("a", "1").unwrap();
+        Address::tcp("127.0.0.1", 0).format_listen(&mut m).unwrap();
+        m.append_header("b", "2").unwrap();
+        m.header.opcode = OpCode::WelcomeResponse;
+        Address::tcp("127.0.0.1", 40001).replace_in(&mut m).unwrap();
+        assert_eq!(
+            m.text_headers(),
+            b"a:1\r\n~listen_on:tcp|127.0.0.1|40001\r\nb:2\r\n"
+        );
+        assert_eq!(
+            Address::from_message(&m),
+            Ok(Address::tcp("127.0.0.1", 40001))
         );
     }
 

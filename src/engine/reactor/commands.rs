@@ -177,10 +177,17 @@ impl Reactor {
             opened_id: msg.message_id(),
             paused: false,
         };
-        // Success comes back with origin application (tofu's behaviour).
+        // Success comes back with origin application (tofu's behaviour), and with where the
+        // listener is bound: the real port for port 0, the chosen path for an empty one.
         msg.header.opcode = OpCode::WelcomeResponse;
         msg.header.origin = Origin::Application;
         msg.header.status = Status::Success;
+        let bound = listener.listener.local_address(&addr);
+        if bound != addr {
+            if let Err(e) = bound.replace_in(&mut msg) {
+                tracing::debug!(channel = number, error = ?e, "bound address not reported");
+            }
+        }
         self.outbox.push(&group, msg);
         self.insert(number, group, Kind::Listener(listener));
     }

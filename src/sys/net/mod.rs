@@ -293,6 +293,27 @@ impl Listener {
         platform::raw(&self.socket)
     }
 
+    /// Where this listener is bound, in tofu's address syntax: `requested` with the port the
+    /// system chose for TCP port 0, and the path [`Listener::bind`] chose for an empty UDS
+    /// path. The host and a given path stay as requested.
+    pub fn local_address(&self, requested: &Address) -> Address {
+        match (requested, &self.kind) {
+            (Address::Tcp { host, port }, ListenerKind::Tcp) => {
+                let bound = self.socket.local_addr().ok().and_then(|a| a.as_socket());
+                Address::Tcp {
+                    host: host.clone(),
+                    port: bound.map_or(*port, |a| a.port()),
+                }
+            }
+            (Address::Uds { path }, ListenerKind::Uds(Some(file))) if path.is_empty() => {
+                Address::Uds {
+                    path: file.path().to_string_lossy().into_owned(),
+                }
+            }
+            _ => requested.clone(),
+        }
+    }
+
     /// The bound address for logs: `"127.0.0.1:7099"`, a socket path, or
     /// `"@name"` for an abstract name. For TCP port 0 and for an empty UDS
     /// path this shows what the kernel or [`Listener::bind`] chose.

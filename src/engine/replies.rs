@@ -1,0 +1,269 @@
+//! Answers awaited by `ChannelGroup::request`, `connect` and `listen`: each registers what it
+//! waits for (channel and message_id) before it posts; whoever takes messages out of the
+//! group's mailbox while answers are awaited routes them here. The awaited answer goes to
+//! its waiter, never to `wait_receive`; everything else passes through to the application in
+//! order. A channel's final Signal fails the requests still waiting on that channel, and the
+//! leftovers of a connect or listen that failed (its final Signal) are not delivered: the
+//! caller already has the failure.
+
+use std::collections::HashMap;
+use std::task::Waker;
+
+use crate::proto::message::{Message, OpCode, Origin};
+use crate::proto::status::Status;
+
+/// What answers a posted message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// A Request: the peer's Response with its message_id.
+    Response,
+    /// A HelloRequest: the HelloResponse (the peer's, or the engine's failure).
+    Hello,
+    /// A WelcomeRequest: the WelcomeResponse.
+    Welcome,
+}
+
+/// How an awaited answer ended.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The answer: a Response, or a HelloResponse/WelcomeResponse with status Success.
+    Reply(Message),
+    /// The engine or the peer said no; the message that said it (its status says why).
+    Refused(Message),
+    /// The channel closed (or the group ended: `ShutdownStarted`) before an answer came.
+    Closed(Status),
+}
+
+struct Slot {
+    expect: Expect,
+    answer: Option<Answer>,
+    /// The task to wake when the answer comes.
+    waker: Option<Waker>,
+}
+
+/// The awaited answers of one group, keyed by (channel, message_id).
+#[derive(Default)]
+pub(crate) struct Replies {
+    slots: HashMap<(u16, u64), Slot>,
+    /// Channels whose connect or listen failed: their final Signal is not delivered.
+    swallow: Vec<u16>,
+}
+
+impl Replies {
+    /// Something awaits answers (or leftovers to drop): messages must be routed.
+    pub(crate) fn is_active(&self) -> bool {
+        !self.slots.is_empty() || !self.swallow.is_empty()
+    }
+
+    pub(crate) fn add(&mut self, channel: u16, id: u64, expect: Expect) {
+        self.slots.insert(
+            (channel, id),
+            Slot {
+                expect,
+                answer: None,
+                waker: None,
+            },
+        );
+    }
+
+    /// Forgets the slot (an answer that comes later goes to the application).
+    pub(crate) fn remove(&mut self, channel: u16, id: u64) {
+        self.slots.remove(&(channel, id));
+    }
+
+    /// The answer, if it came (the slot is then gone); else keeps `waker` to wake.
+    pub(crate) fn take(&mut self, channel: u16, id: u64, waker: Option<&Waker>) -> Option<Answer> {
+        let slot = self.slots.get_mut(&(channel, id))?;
+        if slot.answer.is_none() {
+            if let Some(w) = waker {
+                match &mut slot.waker {
+                    Some(old) if old.will_wake(w) => {}
+                    other => *other = Some(w.clone()),
+                }
+            }
+            return None;
+        }
+        self.slots.remove(&(channel, id)).and_then(|s| s.answer)
+    }
+
+    /// True when the slot exists (its answer may or may not have come).
+    pub(crate) fn contains(&self, channel: u16, id: u64) -> bool {
+        self.slots.contains_key(&(channel, id))
+    }
+
+    /// Routes `m`: an awaited answer goes to its slot (the wakers to wake are pushed to
+    /// `wake`), a dropped leftover goes nowhere, anything else comes back for the
+    /// application.
+    pub(crate) fn route(&mut self, m: Message, wake: &mut Vec<Waker>) -> Option<Message> {
+        let key = (m.channel(), m.message_id());
+        let engine = m.origin() == Origin::Engine;
+        if m.opcode() == OpCode::Signal && engine && m.status() == Status::ChannelClosed {
+            let channel = m.channel();
+            // The final Signal: whoever still waits on this channel gets no answer.
+            for ((c, _), slot) in self.slots.iter_mut() {
+                if *c == channel && slot.answer.is_none() {
+                    slot.answer = Some(Answer::Closed(Status::ChannelClosed));
+                    wake.extend(slot.waker.take());
+                }
+            }
+            if let Some(i) = self.swallow.iter().position(|&c| c == channel) {
+                self.swallow.swap_remove(i);
+                return None;
+            }
+            return Some(m);
+        }
+        let Some(slot) = self.slots.get_mut(&key) else {
+            return Some(m);
+        };
+        if slot.answer.is_some() {
+            return Some(m);
+        }
+        let answer = match (slot.expect, m.opcode()) {
+            (Expect::Response, OpCode::Response) if !engine => Answer::Reply(m),
+            // The request itself, handed back by the engine: it was not sent.
+            (Expect::Response, OpCode::Request) if engine => Answer::Refused(m),
+            (Expect::Hello, OpCode::HelloResponse) | (Expect::Welcome, OpCode::WelcomeResponse)
+                if m.status() == Status::Success =>
+            {
+                Answer::Reply(m)
+            }
+            // A failed connect or listen: the HelloResponse/WelcomeResponse with the
+            // failure, or the HelloRequest handed back (refused before it left).
+            (Expect::Hello, OpCode::HelloResponse | OpCode::HelloRequest)
+            | (Expect::Welcome, OpCode::WelcomeResponse) => {
+                self.swallow.push(m.channel());
+                Answer::Refused(m)
+            }
+            _ => return Some(m),
+        };
+        slot.answer = Some(answer);
+        wake.extend(slot.waker.take());
+        None
+    }
+
+    /// The group ended: every waiter gets `ShutdownStarted`.
+    pub(crate) fn fail_all(&mut self, wake: &mut Vec<Waker>) {
+        for slot in self.slots.values_mut() {
+            if slot.answer.is_none() {
+                slot.answer = Some(Answer::Closed(Status::ShutdownStarted));
+                wake.extend(slot.waker.take());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(op: OpCode, origin: Origin, status: Status, channel: u16, id: u64) -> Message {
+        let mut m = Message::with_opcode(op);
+        m.header.origin = origin;
+        m.header.status = status;
+        m.header.channel = channel;
+        m.header.message_id = id;
+        m
+    }
+
+    #[test]
+    fn only_the_awaited_answer_is_taken() {
+        let mut r = Replies::default();
+        r.add(3, 10, Expect::Response);
+        let mut wake = Vec::new();
+        // Other ids, other channels, other kinds pass through.
+        for m in [
+            msg(
+                OpCode::Response,
+                Origin::Application,
+                Status::Success,
+                3,
+                11,
+            ),
+            msg(
+                OpCode::Response,
+                Origin::Application,
+                Status::Success,
+                4,
+                10,
+            ),
+            msg(OpCode::Request, Origin::Application, Status::Success, 3, 10),
+            msg(OpCode::Signal, Origin::Application, Status::Success, 3, 10),
+        ] {
+            assert!(r.route(m, &mut wake).is_some());
+        }
+        assert!(r.take(3, 10, None).is_none());
+        let reply = msg(
+            OpCode::Response,
+            Origin::Application,
+            Status::Success,
+            3,
+            10,
+        );
+        assert!(r.route(reply, &mut wake).is_none());
+        assert!(matches!(r.take(3, 10, None), Some(Answer::Reply(m)) if m.message_id() == 10));
+        assert!(!r.is_active());
+    }
+
+    #[test]
+    fn a_handed_back_request_or_the_channel_end_fails_it() {
+        let mut r = Replies::default();
+        let mut wake = Vec::new();
+        r.add(3, 10, Expect::Response);
+        r.add(3, 11, Expect::Response);
+        r.add(4, 12, Expect::Response);
+        let back = msg(
+            OpCode::Request,
+            Origin::Engine,
+            Status::PeerDisconnected,
+            3,
+            10,
+        );
+        assert!(r.route(back, &mut wake).is_none());
+        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 3, 0);
+        assert!(
+            r.route(closed, &mut wake).is_some(),
+            "the application gets it too"
+        );
+        assert!(
+            matches!(r.take(3, 10, None), Some(Answer::Refused(m)) if m.status() == Status::PeerDisconnected)
+        );
+        assert!(matches!(
+            r.take(3, 11, None),
+            Some(Answer::Closed(Status::ChannelClosed))
+        ));
+        assert!(r.take(4, 12, None).is_none(), "another channel waits on");
+    }
+
+    #[test]
+    fn a_failed_connect_takes_its_leftovers_with_it() {
+        let mut r = Replies::default();
+        let mut wake = Vec::new();
+        r.add(5, 20, Expect::Hello);
+        let refused = msg(
+            OpCode::HelloRequest,
+            Origin::Engine,
+            Status::ConnectFailed,
+            5,
+            20,
+        );
+        assert!(r.route(refused, &mut wake).is_none());
+        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 5, 20);
+        assert!(r.route(closed, &mut wake).is_none(), "not delivered");
+        assert!(
+            matches!(r.take(5, 20, None), Some(Answer::Refused(m)) if m.status() == Status::ConnectFailed)
+        );
+        assert!(!r.is_active());
+        // A successful one leaves the channel's later Signals alone.
+        r.add(6, 21, Expect::Hello);
+        let ok = msg(
+            OpCode::HelloResponse,
+            Origin::Application,
+            Status::Success,
+            6,
+            21,
+        );
+        assert!(r.route(ok, &mut wake).is_none());
+        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 6, 21);
+        assert!(r.route(closed, &mut wake).is_some());
+    }
+}

@@ -1,0 +1,269 @@
+//! Requests with replies and the listen/connect helpers: answers matched by message_id from
+//! many threads and tasks at once, everything else still delivered to the receive loop, the
+//! failure shapes folded into one error, the bound address of port 0.
+
+mod common;
+use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tofu::{Address, ChannelGroup, Engine, Message, OpCode, RequestError, Status};
+
+/// Answers Hellos, Byes and Requests on `g` (the Response carries the Request's body), until
+/// the group ends. A Request whose body is `b"hold"` gets no answer; `b"late"` is answered
+/// after 300 ms; `b"abort"` closes the channel abortively instead.
+fn echo(g: &ChannelGroup) {
+    while let Ok(Some(mut m)) = g.wait_receive(None) {
+        match (m.opcode(), m.body()) {
+            (OpCode::Request, b"hold") => {}
+            (OpCode::Request, b"abort") => {
+                let ch = m.channel();
+                let _ = g.post(data(OpCode::ByeSignal, ch, 0, b""));
+            }
+            (OpCode::Request, b"late") => {
+                std::thread::sleep(Duration::from_millis(300));
+                m.make_echo().unwrap();
+                let _ = g.post(m);
+            }
+            (OpCode::HelloRequest | OpCode::ByeRequest | OpCode::Request, _) => {
+                m.make_echo().unwrap();
+                let _ = g.post(m);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn request(ch: u16, body: &[u8]) -> Message {
+    let mut m = Message::with_opcode(OpCode::Request);
+    m.header.channel = ch;
+    m.set_body(body);
+    m
+}
+
+#[test]
+fn listen_on_port_0_reports_the_port_and_connect_returns_the_channel() {
+    on_every_backend(|b| {
+        let e = engine(b);
+        let (server, client) = (e.create_group().unwrap(), e.create_group().unwrap());
+        let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+        let port = l.port().expect("a TCP listener");
+        assert_ne!(port, 0, "the port the system chose");
+        assert_eq!(l.address, Address::tcp("127.0.0.1", port));
+        std::thread::scope(|s| {
+            s.spawn(|| echo(&server));
+            let ch = client.connect(&l.address).unwrap();
+            let r = client.request(request(ch, b"hi"), Some(PATIENCE)).unwrap();
+            assert_eq!((r.opcode(), r.body()), (OpCode::Response, &b"hi"[..]));
+            server.destroy();
+        });
+    });
+}
+
+#[test]
+fn the_welcome_response_carries_the_bound_address() {
+    let e = Engine::with_defaults().unwrap();
+    let g = e.create_group().unwrap();
+    let mut m = Message::new();
+    Address::tcp("127.0.0.1", 0).format_listen(&mut m).unwrap();
+    g.post(m).unwrap();
+    let r = recv(&g);
+    expect(&r, OpCode::WelcomeResponse, Status::Success);
+    let Ok(Address::Tcp { host, port }) = Address::from_message(&r) else {
+        panic!("no address in {r:?}");
+    };
+    assert_eq!(host, "127.0.0.1");
+    assert_ne!(port, 0);
+    // Something listens there.
+    std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+}
+
+#[test]
+fn an_empty_uds_path_reports_the_chosen_one() {
+    if !uds_available() {
+        return;
+    }
+    let e = Engine::with_defaults().unwrap();
+    let g = e.create_group().unwrap();
+    let l = g.listen(&Address::uds("")).unwrap();
+    let Address::Uds { path } = &l.address else {
+        panic!("{l:?}")
+    };
+    assert!(!path.is_empty());
+    assert!(std::path::Path::new(path).exists(), "{path}");
+}
+
+#[test]
+fn a_refused_connect_is_one_error_and_leaves_nothing_behind() {
+    let e = Engine::with_defaults().unwrap();
+    let g = e.create_group().unwrap();
+    // Nobody listens on this port: the engine refuses.
+    let port = free_tcp_port().unwrap();
+    let err = g.connect(&Address::tcp("127.0.0.1", port)).unwrap_err();
+    let RequestError::Refused(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(m.status(), Status::ConnectFailed);
+    assert_eq!(err.status(), Status::ConnectFailed);
+    // A host that does not resolve: the other failure shape, the same error.
+    let err = g
+        .connect(&Address::tcp("no-such-host.invalid", 1))
+        .unwrap_err();
+    assert_eq!(err.status(), Status::InvalidAddress, "{err}");
+    // An address that cannot even be formatted: refused at post.
+    let err = g.connect(&Address::tcp("a|b", 1)).unwrap_err();
+    assert!(matches!(err, RequestError::Post(_)), "{err:?}");
+    // The failed channels' final Signals were not delivered.
+    assert!(g
+        .wait_receive(Some(Duration::from_millis(200)))
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn many_threads_each_get_their_own_answer_while_other_messages_go_to_the_receive_loop() {
+    const THREADS: u64 = 8;
+    const EACH: u64 = 200;
+    let (se, ce) = (
+        Engine::with_defaults().unwrap(),
+        Engine::with_defaults().unwrap(),
+    );
+    let (server, client) = (se.create_group().unwrap(), ce.create_group().unwrap());
+    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| echo(&server));
+        let ch = client.connect(&l.address).unwrap();
+        // The receive loop: unsolicited Signals posted to the client's channel by a peer
+        // would come here; the client's own Signals to itself are not possible, so the
+        // server's update_receiver stands in: a message nobody awaits.
+        let done = &done;
+        let client = &client;
+        let others = s.spawn(move || {
+            let mut n = 0;
+            while !done.load(Ordering::SeqCst) {
+                if let Some(m) = client
+                    .wait_receive(Some(Duration::from_millis(20)))
+                    .unwrap()
+                {
+                    assert_eq!(m.status(), Status::ReceiverUpdate, "only the others: {m:?}");
+                    n += 1;
+                }
+            }
+            n
+        });
+        let mut askers = Vec::new();
+        for t in 0..THREADS {
+            askers.push(s.spawn(move || {
+                for i in 0..EACH {
+                    let body = format!("{t}-{i}");
+                    let r = client
+                        .request(request(ch, body.as_bytes()), Some(PATIENCE))
+                        .unwrap();
+                    assert_eq!(r.body(), body.as_bytes(), "its own answer");
+                    if i % 20 == 0 {
+                        client.update_receiver(None).unwrap();
+                    }
+                }
+            }));
+        }
+        for a in askers {
+            a.join().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        done.store(true, Ordering::SeqCst);
+        assert_eq!(others.join().unwrap(), THREADS * EACH / 20);
+        server.destroy();
+    });
+}
+
+#[test]
+fn no_answer_when_the_channel_closes_or_in_time() {
+    let (se, ce) = (
+        Engine::with_defaults().unwrap(),
+        Engine::with_defaults().unwrap(),
+    );
+    let (server, client) = (se.create_group().unwrap(), ce.create_group().unwrap());
+    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| echo(&server));
+        let ch = client.connect(&l.address).unwrap();
+        // Too slow: TimedOut, and the late answer goes to the receive loop.
+        let err = client
+            .request(request(ch, b"late"), Some(Duration::from_millis(50)))
+            .unwrap_err();
+        assert!(matches!(err, RequestError::TimedOut), "{err:?}");
+        let m = recv(&client);
+        assert_eq!((m.opcode(), m.body()), (OpCode::Response, &b"late"[..]));
+        // The peer closes the channel instead of answering: Closed, at once.
+        let err = client
+            .request(request(ch, b"abort"), Some(PATIENCE))
+            .unwrap_err();
+        assert!(
+            matches!(err, RequestError::Closed(Status::ChannelClosed)),
+            "{err:?}"
+        );
+        // The channel's final Signal still reaches the application.
+        let closed = std::iter::from_fn(|| client.wait_receive(Some(PATIENCE)).unwrap())
+            .find(|m| m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed);
+        assert_eq!(closed.map(|m| m.channel()), Some(ch));
+        // A request to the closed channel is refused at post.
+        let err = client
+            .request(request(ch, b"x"), Some(PATIENCE))
+            .unwrap_err();
+        assert!(matches!(err, RequestError::Post(_)), "{err:?}");
+        server.destroy();
+    });
+}
+
+#[test]
+fn async_requests_from_many_tasks() {
+    let (se, ce) = (
+        Engine::with_defaults().unwrap(),
+        Engine::with_defaults().unwrap(),
+    );
+    let server = se.create_group().unwrap();
+    let client = Arc::new(ce.create_group().unwrap());
+    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| echo(&server));
+        let ch = client.connect(&l.address).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..16u32 {
+                let client = Arc::clone(&client);
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..50u32 {
+                        let body = format!("{t}/{i}");
+                        let r = client
+                            .request_async(request(ch, body.as_bytes()))
+                            .await
+                            .unwrap();
+                        assert_eq!(r.body(), body.as_bytes());
+                    }
+                }));
+            }
+            for t in tasks {
+                tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap();
+            }
+            // A dropped request stops waiting; its answer then goes to receive().
+            let r = tokio::time::timeout(
+                Duration::from_millis(20),
+                client.request_async(request(ch, b"late")),
+            )
+            .await;
+            assert!(r.is_err());
+            let m = tokio::time::timeout(PATIENCE, client.receive())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.body(), b"late");
+        });
+        server.destroy();
+    });
+}
