@@ -9,26 +9,81 @@
 //! Request/Response/Signal carry data, ByeRequest/ByeResponse/ByeSignal close. Every result
 //! or failure comes back as a message.
 //!
-//! The protocol core ([`message`], [`wire`], [`address`], [`status`]) does no I/O and can be
-//! tested and fuzzed without sockets.
-//!
 //! ```
 //! use std::time::Duration;
-//! use tofu::{Address, Engine, OpCode, Status};
+//! use tofu::{Address, Engine, Message, OpCode};
 //!
 //! let engine = Engine::with_defaults()?;
-//! let group = engine.create_group()?;
-//! let addr = Address::tcp("127.0.0.1", tofu::testing::free_tcp_port()?);
+//! let (server, client) = (engine.create_group()?, engine.create_group()?);
 //!
-//! // Listen: post a WelcomeRequest, receive the WelcomeResponse.
-//! let mut m = engine.pool().message();
-//! addr.format_listen(&mut m)?;
-//! let listener = group.post(m).map_err(|e| e.error)?.channel;
-//! let reply = group.wait_receive(Some(Duration::from_secs(5)))?.expect("an answer");
-//! assert_eq!((reply.opcode(), reply.status()), (OpCode::WelcomeResponse, Status::Success));
-//! assert_eq!(reply.channel(), listener);
+//! // Listen on a port the system chooses; `listen` says which.
+//! let listening = server.listen(&Address::tcp("127.0.0.1", 0))?;
+//! std::thread::scope(|s| {
+//!     // A service: answer the Hello, then echo Requests until the group ends.
+//!     s.spawn(|| {
+//!         while let Ok(Some(mut m)) = server.wait_receive(None) {
+//!             if matches!(m.opcode(), OpCode::HelloRequest | OpCode::Request) {
+//!                 m.make_echo().unwrap();
+//!                 server.post(m).unwrap();
+//!             }
+//!         }
+//!     });
+//!     let ch = client.connect(&listening.address)?;
+//!     let mut req = Message::with_opcode(OpCode::Request);
+//!     req.header.channel = ch;
+//!     req.set_body(b"ping");
+//!     let reply = client.request(req, Some(Duration::from_secs(5)))?;
+//!     assert_eq!(reply.body(), b"ping");
+//!     server.destroy(); // ends the service's loop
+//!     Ok::<(), tofu::RequestError>(())
+//! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Guide
+//!
+//! **Messages and the pool.** A [`Message`] is a [`Header`] (opcode, channel, message_id,
+//! status, origin), text headers (`name:value` lines) and a body. Messages are moved, never
+//! shared: [`ChannelGroup::post`] takes one, [`ChannelGroup::wait_receive`] hands one over. A
+//! message taken from the engine's [`Pool`] goes back to it when dropped, so a loop that takes,
+//! fills, posts, receives and drops allocates nothing in steady state.
+//!
+//! **What comes back.** Every result arrives as a message on the group that made the channel
+//! (the README's "Message flows" table lists them all):
+//!
+//! | you post | you get |
+//! |---|---|
+//! | WelcomeRequest (`ChannelGroup::listen`) | WelcomeResponse, status Success, `~listen_on` = where it is bound; or a failure status and the channel's final Signal |
+//! | HelloRequest (`ChannelGroup::connect`) | the peer's HelloResponse; or a failure status (in a HelloResponse or the HelloRequest handed back) and the final Signal |
+//! | Request / Response / Signal | the peer's messages; yours only come back if they could not be sent, with the reason |
+//! | ByeRequest | the peer's ByeResponse, then the channel's final Signal |
+//! | ByeSignal (`oob`, the default) | the ByeSignal, the unsent messages, the final Signal |
+//!
+//! Every channel ends with one Signal from the engine with status `ChannelClosed`; nothing
+//! posted is lost silently: it is written, or handed back with a status.
+//!
+//! **Flow control.** Sending: a channel holds at most [`SendLimit`] unsent messages;
+//! `post` then hands the message back with `SendQueueFull`, and [`ChannelGroup::send_timeout`]
+//! / [`ChannelGroup::send`] wait for room instead. Receiving: received frames the application
+//! has not dropped yet (those still queued for the group included) count against the pool's
+//! `max`; at the limit the engine stops reading that channel, delivers one `PoolEmpty` Signal,
+//! and resumes by itself as messages are dropped. It is routine when the receiver is slower
+//! than its peers; a receive loop that only counts messages can ignore it.
+//!
+//! **Threads and async.** [`Engine`] and [`ChannelGroup`] are `Send + Sync`: share a group with
+//! `Arc` or scoped threads; many threads may post and receive at once. Without a thread to
+//! spare, [`ChannelGroup::receive`], [`ChannelGroup::send`] and [`ChannelGroup::request_async`]
+//! are futures for any executor (the crate depends on no runtime); a dropped `receive` loses no
+//! message. [`ChannelGroup::request`] matches answers to requests by message_id from any number
+//! of threads or tasks, while other messages still reach the receive loop.
+//!
+//! **Shutdown.** [`ChannelGroup::destroy`] (or drop) closes the group's channels abortively and
+//! wakes its waiters with `ShutdownStarted`; dropping the [`Engine`] stops its thread, closes
+//! every channel and hands unsent messages back with `ShutdownStarted`. For a graceful close,
+//! send a ByeRequest and wait for the ByeResponse (`request` does both).
+//!
+//! The protocol core ([`message`], [`wire`], [`address`], [`status`]) does no I/O and can be
+//! tested and fuzzed without sockets.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,6 +265,40 @@ fn async_requests_from_many_tasks() {
                 .unwrap();
             assert_eq!(m.body(), b"late");
         });
+        server.destroy();
+    });
+}
+
+#[test]
+fn an_answer_that_came_for_a_dropped_request_goes_to_the_receive_loop() {
+    let (se, ce) = (
+        Engine::with_defaults().unwrap(),
+        Engine::with_defaults().unwrap(),
+    );
+    let (server, client) = (se.create_group().unwrap(), ce.create_group().unwrap());
+    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| echo(&server));
+        let ch = client.connect(&l.address).unwrap();
+        let mut fut = Box::pin(client.request_async(request(ch, b"kept")));
+        // Poll once: the request is posted and awaited.
+        struct Nobody;
+        impl std::task::Wake for Nobody {
+            fn wake(self: Arc<Self>) {}
+        }
+        let waker = std::task::Waker::from(Arc::new(Nobody));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        // A receive loop routes the answer to the request; nothing else is there.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(client
+            .wait_receive(Some(Duration::from_millis(100)))
+            .unwrap()
+            .is_none());
+        // The request is dropped before it took its answer: the answer is not lost.
+        drop(fut);
+        let m = recv(&client);
+        assert_eq!((m.opcode(), m.body()), (OpCode::Response, &b"kept"[..]));
         server.destroy();
     });
 }

@@ -362,6 +362,7 @@ impl ChannelGroup {
     }
 
     /// Posts the Request `msg` and waits for the peer's Response with the same message_id
+    /// (a ByeRequest: the ByeResponse; the channel then closes)
     /// (`timeout` `None`: as long as it takes). Any number of threads and tasks may have
     /// requests in flight on one group at once; each gets its own answer, and everything
     /// else the group receives (other messages, the channel's Signals) still goes to
@@ -397,16 +398,18 @@ impl ChannelGroup {
         timeout: Option<Duration>,
     ) -> Result<Message, RequestError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let (channel, id) = self.post_expecting(msg, Expect::Response)?;
+        let expect = reply_to(&msg)?;
+        let (channel, id) = self.post_expecting(msg, expect)?;
         answer(self.group.await_answer(channel, id, deadline))
     }
 
     /// The async form of [`request`](Self::request), without a timeout (wrap it in your
     /// runtime's). Dropping the future stops waiting; a later answer goes to `receive`.
     pub fn request_async(&self, msg: Message) -> RequestFuture<'_> {
+        let posted = reply_to(&msg).and_then(|e| self.post_expecting(msg, e));
         RequestFuture {
             group: &self.group,
-            posted: self.post_expecting(msg, Expect::Response),
+            posted,
             key: None,
         }
     }
@@ -453,7 +456,7 @@ impl ChannelGroup {
         }
         let id = msg.message_id();
         match expect {
-            Expect::Response => {
+            Expect::Response | Expect::ByeResponse => {
                 let channel = msg.channel();
                 self.group.expect(channel, id, expect);
                 match self.post(msg) {
@@ -570,17 +573,20 @@ pub enum RequestError {
     Closed(Status),
     /// No answer within the timeout; a later one goes to `wait_receive`.
     TimedOut,
+    /// `request` takes a Request or a ByeRequest; this was another opcode (nothing posted).
+    NotARequest(OpCode),
 }
 
 impl RequestError {
-    /// The status that says what happened (`Success` for nothing: only `TimedOut`, which
-    /// has none, maps to `ProcessingFailed`).
+    /// The status that says what happened (`TimedOut`, which has none, maps to
+    /// `ProcessingFailed`; `NotARequest` to `InvalidOpCode`).
     pub fn status(&self) -> Status {
         match self {
             RequestError::Post(e) => e.error.status(),
             RequestError::Refused(m) => m.status(),
             RequestError::Closed(s) => *s,
             RequestError::TimedOut => Status::ProcessingFailed,
+            RequestError::NotARequest(_) => Status::InvalidOpCode,
         }
     }
 }
@@ -598,6 +604,10 @@ impl std::fmt::Display for RequestError {
             ),
             RequestError::Closed(s) => write!(f, "no answer: {s:?} before it came"),
             RequestError::TimedOut => write!(f, "no answer within the timeout"),
+            RequestError::NotARequest(op) => write!(
+                f,
+                "request takes a Request or a ByeRequest, not a {op:?} (use post)"
+            ),
         }
     }
 }
@@ -621,6 +631,15 @@ impl Listening {
             Address::Tcp { port, .. } => Some(*port),
             Address::Uds { .. } => None,
         }
+    }
+}
+
+/// What answers `msg` as a request: a Request's Response, a ByeRequest's ByeResponse.
+fn reply_to(msg: &Message) -> Result<Expect, RequestError> {
+    match msg.opcode() {
+        OpCode::Request => Ok(Expect::Response),
+        OpCode::ByeRequest => Ok(Expect::ByeResponse),
+        _ => Err(RequestError::NotARequest(msg.opcode())),
     }
 }
 

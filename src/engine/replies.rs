@@ -15,8 +15,10 @@ use crate::proto::status::Status;
 /// What answers a posted message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Expect {
-    /// A Request: the peer's Response with its message_id.
+    /// A Request or a ByeRequest: the peer's Response or ByeResponse with its message_id.
     Response,
+    /// A ByeRequest: the peer's ByeResponse with its message_id.
+    ByeResponse,
     /// A HelloRequest: the HelloResponse (the peer's, or the engine's failure).
     Hello,
     /// A WelcomeRequest: the WelcomeResponse.
@@ -66,9 +68,10 @@ impl Replies {
         );
     }
 
-    /// Forgets the slot (an answer that comes later goes to the application).
-    pub(crate) fn remove(&mut self, channel: u16, id: u64) {
-        self.slots.remove(&(channel, id));
+    /// Forgets the slot (an answer that comes later goes to the application); returns the
+    /// answer if it came meanwhile, so that it is not lost either.
+    pub(crate) fn remove(&mut self, channel: u16, id: u64) -> Option<Answer> {
+        self.slots.remove(&(channel, id)).and_then(|s| s.answer)
     }
 
     /// The answer, if it came (the slot is then gone); else keeps `waker` to wake.
@@ -119,9 +122,17 @@ impl Replies {
             return Some(m);
         }
         let answer = match (slot.expect, m.opcode()) {
-            (Expect::Response, OpCode::Response) if !engine => Answer::Reply(m),
+            (Expect::Response, OpCode::Response) | (Expect::ByeResponse, OpCode::ByeResponse)
+                if !engine =>
+            {
+                Answer::Reply(m)
+            }
             // The request itself, handed back by the engine: it was not sent.
-            (Expect::Response, OpCode::Request) if engine => Answer::Refused(m),
+            (Expect::Response, OpCode::Request) | (Expect::ByeResponse, OpCode::ByeRequest)
+                if engine =>
+            {
+                Answer::Refused(m)
+            }
             (Expect::Hello, OpCode::HelloResponse) | (Expect::Welcome, OpCode::WelcomeResponse)
                 if m.status() == Status::Success =>
             {

@@ -348,11 +348,29 @@ impl GroupShared {
         self.routing.store(true, Ordering::SeqCst);
     }
 
-    /// Stops awaiting it (the post failed, the wait timed out or was dropped).
+    /// Stops awaiting it (the post failed, the wait timed out or was dropped). An answer that
+    /// came meanwhile goes to the application like any other message.
     pub(crate) fn unexpect(&self, channel: u16, id: u64) {
+        let mut mb = self.lock();
+        let mut taken = self.lock_taken();
         let mut r = self.lock_replies();
-        r.remove(channel, id);
+        let came = r.remove(channel, id);
         self.routing.store(r.is_active(), Ordering::SeqCst);
+        drop(r);
+        let (Some(Answer::Reply(m)) | Some(Answer::Refused(m))) = came else {
+            return;
+        };
+        taken.push_back(Inbound::Msg(m));
+        drop(taken);
+        let task = mb.tasks.wakers.pop();
+        let threads = mb.waiters > 0;
+        drop(mb);
+        if threads {
+            self.cond.notify_one();
+        }
+        if let Some((_, w)) = task {
+            w.wake();
+        }
     }
 
     /// Routes what `taken` holds (decoding chunks) when answers are awaited: answers go to

@@ -40,7 +40,8 @@ pub enum Status {
     InvalidMessageChannelGroup = 11,
     /// A response-role message has message_id 0.
     InvalidMessageId = 12,
-    /// The address could not be parsed or resolved.
+    /// The address could not be parsed or resolved (the expected forms are `tcp|host|port`
+    /// and `uds|path`). What to do: fix the address; it will not work on a retry.
     InvalidAddress = 13,
     /// The Unix-domain socket path does not exist.
     UdsPathNotFound = 14,
@@ -48,21 +49,32 @@ pub enum Status {
     NotificationDisabled = 15,
     /// The engine could not be woken up.
     NotificationFailed = 16,
-    /// The peer disconnected.
+    /// The peer closed the connection (end of stream): the reason on messages handed back at
+    /// that channel's close. What to do: reconnect if the conversation must go on.
     PeerDisconnected = 17,
     /// The connection failed (error or hang-up reported by the OS).
     CommunicationFailed = 18,
-    /// The message pool is empty: reading on a channel is paused until messages return.
+    /// Reading on a channel is paused: the application holds as many received frames as the
+    /// pool's `max` allows (frames still queued for the group count too). Routine flow
+    /// control when the receiver is slower than its peers: reading resumes by itself as
+    /// received messages are dropped (or posted). One Signal per pause, origin engine. What
+    /// to do: nothing, if the receive loop drops what it takes; if it keeps messages, drop
+    /// some, or give the engine a larger `PoolOptions::max`.
     PoolEmpty = 19,
     /// Memory could not be allocated.
     AllocationFailed = 20,
     /// A message put into a group's queue by `update_receiver`.
     ReceiverUpdate = 21,
-    /// The channel is closed; the final status of every channel.
+    /// The channel is closed. Every channel ends with one engine Signal of this status (after
+    /// everything handed back at its close); a message handed back with it was posted to a
+    /// channel that no longer exists. What to do: forget the channel number.
     ChannelClosed = 22,
-    /// The engine or the channel group is shutting down.
+    /// The engine or the channel group is shutting down: `wait_receive`/`receive` return it
+    /// once the group is destroyed, or the engine is gone and its queue is drained; messages
+    /// unsent at engine shutdown come back with it. What to do: stop using the group.
     ShutdownStarted = 23,
-    /// An outgoing connection could not be established.
+    /// An outgoing connection could not be established (refused, unreachable, out of
+    /// descriptors). What to do: check that the peer listens; retry later.
     ConnectFailed = 24,
     /// A listening socket could not be created.
     ListenFailed = 25,
@@ -79,7 +91,9 @@ pub enum Status {
     /// Any other failure, and every status byte above 32.
     UnknownError = 31,
     /// The channel's send queue is at its limit (`EngineOptions::send_limit`); the message
-    /// was not queued. Not in Zig tofu, whose send queues are unbounded.
+    /// was not queued and is handed back. What to do: post it again later, or use
+    /// `ChannelGroup::send_timeout` / `send`, which wait for room. Not in Zig tofu, whose send
+    /// queues are unbounded.
     SendQueueFull = 32,
 }
 
