@@ -1,4 +1,9 @@
-//! The engine-wide table of channel numbers: which numbers are live and which group owns them.
+//! A channel's send side and the engine-wide table of channel numbers.
+//!
+//! * [`Outbound`]: what posting threads queued for the reactor, small data frames encoded by
+//!   the posting thread itself; [`SendState`]: that queue, the send limit's counts, waiting
+//!   for room, and the [`Gate`] that lets a posting thread write an idle channel directly.
+//! * [`ChannelTable`]: which numbers are live and which group owns them.
 //!
 //! Numbers are drawn at random from 1..=65534, skipping live numbers and the 1024 most recently
 //! released ones (a FIFO quarantine), so a message posted to a channel that just closed is far

@@ -1,5 +1,7 @@
 //! [`ChannelGroup`]: the application's side of a set of channels: `post` (validation, the
-//! per-thread cache of send states, the direct-write path) and `wait_receive`.
+//! per-thread cache of send states, the direct-write path), `send`/`send_timeout` (waiting
+//! for room), `wait_receive`/`receive`, and `request`/`connect`/`listen` (answers awaited by
+//! message_id), with their futures and errors.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

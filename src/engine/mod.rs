@@ -1,4 +1,10 @@
-//! The engine (tofu's `Ampe`) and its channel groups: the application-facing half.
+//! The engine layer: threads and the state they share. The [`Engine`] handle (this file),
+//! [`ChannelGroup`] (`group.rs`), the state both sides share (`shared.rs`), the channel table,
+//! outbound queues and send gates (`channels.rs`), the awaited answers of requests
+//! (`replies.rs`), the pool and byte buffers (`pool.rs`), and the I/O thread (`reactor/`).
+//!
+//! **May use:** `proto`, `sys`, `util`, std's threads and locks. **Never:** a platform
+//! `#[cfg]` or `unsafe` (those live in `sys`). Only this file names the reactor, to start it.
 //!
 //! An [`Engine`] owns one I/O thread running the reactor, a message [`Pool`] and the channel
 //! table. Application threads talk to it through [`ChannelGroup`]s: `post` hands a message to

@@ -1,5 +1,6 @@
 //! The message pool: a LIFO stack of reusable message buffers shared by an engine's groups
-//! and its reactor.
+//! and its reactor, and the engine's spare byte buffers (`Buffers`: runs of encoded frames
+//! and chunks of received ones).
 //!
 //! A message taken from a pool remembers it and returns on drop (tofu's `defer ampe.put(&msg)`
 //! is simply the end of a scope). A returned message keeps the capacity of its buffers, so in

@@ -435,3 +435,33 @@ fn close_hands_back_unsent_then_later_posts_then_the_final_signal() {
     let (_, last) = close(&mut p, Side::B, Status::ChannelClosed, vec![]);
     assert_eq!(last.message_id(), 33, "B was opened with 0");
 }
+
+#[test]
+fn a_local_abort_hands_everything_back_and_leaves_the_peer_owed_a_frame() {
+    // A ByeSignal with A=1 (the default) is a local abort: the engine ends the connection at
+    // once with `close`, whatever is queued or half written; only the peer's socket learns
+    // of it (a reset), and its connection is left owing the rest of the frame.
+    let mut p = Pair::new(HEADER_LEN + 10);
+    hello(&mut p);
+    p.post(Side::A, msg(OpCode::Request, 1, &[1; 100]));
+    p.post(Side::A, msg(OpCode::Signal, 2, b""));
+    write(&mut p.a, &mut p.b, p.chunk);
+    p.b.read(p.now);
+    let (back, _) = close(&mut p, Side::A, Status::ChannelClosed, vec![]);
+    assert_eq!(ids(&back), [1, 2], "the half-written frame comes back too");
+    assert_eq!(back[0].body(), [1; 100]);
+    assert!(
+        p.a.conn
+            .close(
+                Status::ChannelClosed,
+                &mut std::iter::empty(),
+                5,
+                &mut Message::new
+            )
+            .len()
+            == 1,
+        "a second close hands back only the final Signal"
+    );
+    assert!(p.b.received.is_empty());
+    assert_eq!(p.b.conn.poll_timeout(), Some(p.now + TIMEOUT));
+}
