@@ -108,7 +108,7 @@ pub mod address {
     pub use crate::sys::net::UDS_PATH_MAX;
 }
 
-pub use address::Address;
+pub use address::{Address, AddressError};
 #[cfg(feature = "stream")]
 pub use engine::Messages;
 pub use engine::{

@@ -103,10 +103,12 @@ fn engine_dropped_first_with_traffic_in_flight() {
         let e = client
             .post(data(OpCode::Signal, c, 0, b"late"))
             .unwrap_err();
-        assert!(matches!(
+        assert_eq!(
             e.error,
-            Error::NotificationDisabled | Error::InvalidChannelNumber
-        ));
+            Error::NotificationDisabled,
+            "says the engine stopped"
+        );
+        assert_eq!(e.message.status(), tofu::Status::NotificationDisabled);
         assert_eq!(e.message.body(), b"late");
     });
 }

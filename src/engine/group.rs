@@ -67,15 +67,35 @@ impl ChannelGroup {
     /// validation errors, `InvalidChannelNumber` (no such live channel),
     /// `InvalidMessageChannelGroup` (another group's channel), `SendQueueFull` (the channel
     /// already holds [`SendLimit`](crate::SendLimit) worth of unsent messages), `NotificationDisabled`
-    /// (engine shut down), `ShutdownStarted` (this group destroyed), `AllocationFailed`
-    /// (no free channel number).
+    /// (the engine has stopped: any post, to a new or an existing channel), `ShutdownStarted`
+    /// (this group destroyed), `AllocationFailed` (no free channel number).
     pub fn post(&self, msg: Message) -> Result<Header, PostError> {
         self.post_with(msg, None)
     }
 
     /// [`post`](Self::post); a Hello or Welcome request with `expect` has its answer awaited
     /// from the moment its channel number is known, before the reactor can see it.
-    fn post_with(&self, mut msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
+    fn post_with(&self, msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
+        self.post_unexplained(msg, expect)
+            .map_err(|e| self.explain(e))
+    }
+
+    /// A post refused because its channel is gone, after the engine stopped: it says so
+    /// (`NotificationDisabled`, as a Hello or Welcome posted then gets) instead of naming the
+    /// channel, which the engine's stop took with it.
+    fn explain(&self, mut e: PostError) -> PostError {
+        if e.error == Error::InvalidChannelNumber && self.shared.shutdown.load(Ordering::SeqCst) {
+            e.error = Error::NotificationDisabled;
+            e.message.header.status = Status::NotificationDisabled;
+        }
+        e
+    }
+
+    fn post_unexplained(
+        &self,
+        mut msg: Message,
+        expect: Option<Expect>,
+    ) -> Result<Header, PostError> {
         if let Err(error) = msg.validate_for_post() {
             return Err(PostError {
                 error,

@@ -67,14 +67,41 @@ impl Address {
     }
 
     /// Checks the syntax: host at most 255 bytes, path shorter than [`SUN_PATH_LEN`], no `|`
-    /// or NUL in host or path, no space or tab at the end of a path. Errors are
-    /// `InvalidAddress`. (Limits of the platform are checked when the socket is created: see
-    /// [`SUN_PATH_LEN`].)
+    /// or NUL in host or path, no space or tab at the end of a path, no `host:port` in the
+    /// host. Errors are `InvalidAddress`; [`check`](Self::check) says what is wrong. (Limits
+    /// of the platform are checked when the socket is created: see [`SUN_PATH_LEN`].)
     pub fn validate(&self) -> Result<(), Error> {
+        self.check().map_err(Error::from)
+    }
+
+    /// [`validate`](Self::validate), with an error that names the part that is wrong.
+    ///
+    /// ```
+    /// use tofu::Address;
+    /// let e = Address::tcp("127.0.0.1:7099", 0).check().unwrap_err();
+    /// assert!(e.to_string().contains("give the port as the third part"), "{e}");
+    /// ```
+    pub fn check(&self) -> Result<(), AddressError> {
+        let bad = |problem: String| Err(AddressError::new(&self.to_string(), problem));
         match self {
             Address::Tcp { host, .. } => {
-                if host.len() > MAX_HOST_LEN || host.contains(['|', '\0', '\r', '\n']) {
-                    return Err(Error::InvalidAddress);
+                if host.len() > MAX_HOST_LEN {
+                    return bad(format!(
+                        "the host is {} bytes long; at most {MAX_HOST_LEN}",
+                        host.len()
+                    ));
+                }
+                if host.contains(['|', '\0', '\r', '\n']) {
+                    return bad(format!(
+                        "the host {host:?} contains '|', NUL or a line break"
+                    ));
+                }
+                // An IPv6 literal has two colons or more; one colon is `host:port`.
+                if host.matches(':').count() == 1 {
+                    return bad(format!(
+                        "the host {host:?} looks like host:port; give the port as the third \
+                         part (tcp|host|port)"
+                    ));
                 }
             }
             Address::Uds { path } => {
@@ -85,18 +112,79 @@ impl Address {
                 } else {
                     path.len() >= SUN_PATH_LEN
                 };
-                if too_long || path.contains(['|', '\0', '\r', '\n']) {
-                    return Err(Error::InvalidAddress);
+                if too_long {
+                    return bad(format!(
+                        "the path is {} bytes long; a Unix domain socket path has fewer than {SUN_PATH_LEN}",
+                        path.len()
+                    ));
+                }
+                if path.contains(['|', '\0', '\r', '\n']) {
+                    return bad(format!(
+                        "the path {path:?} contains '|', NUL or a line break"
+                    ));
                 }
                 // The path ends the header value, and header values are read back trimmed:
                 // a trailing space or tab would be lost on the way (`uds| ` would even turn
                 // into the empty "temporary path").
                 if path.ends_with([' ', '\t']) {
-                    return Err(Error::InvalidAddress);
+                    return bad(format!(
+                        "the path {path:?} ends in a space or tab, which a text header loses"
+                    ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Parses `tcp|host|port` or `uds|path`, with an error that names the expected form and
+    /// the part that is wrong (`str::parse` gives only `InvalidAddress`).
+    ///
+    /// ```
+    /// use tofu::Address;
+    /// assert_eq!(Address::parse("tcp|localhost|7099"), Ok(Address::tcp("localhost", 7099)));
+    /// let e = Address::parse("127.0.0.1:7099").unwrap_err();
+    /// assert!(e.to_string().contains("tcp|host|port"), "{e}");
+    /// ```
+    pub fn parse(s: &str) -> Result<Address, AddressError> {
+        let bad = |problem: &str| Err(AddressError::new(s, problem.to_string()));
+        if !s.contains('|') {
+            if s.contains("://") {
+                return bad("tofu addresses are not URLs");
+            }
+            return bad("there is no '|' between the parts");
+        }
+        let mut parts = s.split('|');
+        let proto = parts.next().unwrap_or("");
+        let second = parts.next().unwrap_or("");
+        let third = parts.next();
+        if parts.next().is_some() {
+            return bad("too many '|'");
+        }
+        let addr = match (proto, third) {
+            ("uds", None) => Address::uds(second),
+            ("uds", Some(_)) => return bad("uds takes one part after 'uds|': the path"),
+            ("tcp", None) => return bad("tcp needs a host and a port: tcp|host|port"),
+            ("tcp", Some(port)) => {
+                let port = match port.parse::<u16>() {
+                    Ok(p) if port.bytes().all(|b| b.is_ascii_digit()) => p,
+                    _ => {
+                        return Err(AddressError::new(
+                            s,
+                            format!("the port {port:?} is not a number from 0 to 65535"),
+                        ))
+                    }
+                };
+                Address::tcp(second, port)
+            }
+            _ => {
+                return Err(AddressError::new(
+                    s,
+                    format!("unknown protocol {proto:?}: tcp or uds"),
+                ))
+            }
+        };
+        addr.check().map_err(|e| AddressError::new(s, e.problem))?;
+        Ok(addr)
     }
 
     /// Makes `msg` a HelloRequest to this address: replaces its header with
@@ -173,28 +261,58 @@ impl Address {
 impl FromStr for Address {
     type Err = Error;
 
-    /// Parses `tcp|host|port` or `uds|path`. Anything else is `InvalidAddress`.
+    /// Parses `tcp|host|port` or `uds|path`. Anything else is `InvalidAddress`;
+    /// [`Address::parse`] says why.
     fn from_str(s: &str) -> Result<Address, Error> {
-        let mut parts = s.split('|');
-        let proto = parts.next().unwrap_or("");
-        let second = parts.next().ok_or(Error::InvalidAddress)?;
-        let third = parts.next();
-        if parts.next().is_some() {
-            return Err(Error::InvalidAddress);
+        Address::parse(s).map_err(Error::from)
+    }
+}
+
+impl From<&std::path::Path> for Address {
+    /// A Unix domain socket address for a path (not valid UTF-8 is replaced lossily).
+    fn from(path: &std::path::Path) -> Address {
+        Address::uds(path.to_string_lossy().into_owned())
+    }
+}
+
+/// Why a text or an [`Address`] is not a valid address: the input, and what is wrong with
+/// it, in words that name the expected form (`tcp|host|port` or `uds|path`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressError {
+    input: String,
+    problem: String,
+}
+
+impl AddressError {
+    fn new(input: &str, problem: String) -> AddressError {
+        AddressError {
+            input: input.to_string(),
+            problem,
         }
-        let addr = match (proto, third) {
-            ("uds", None) => Address::uds(second),
-            ("tcp", Some(port)) => {
-                if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(Error::InvalidAddress);
-                }
-                let port = port.parse::<u16>().map_err(|_| Error::InvalidAddress)?;
-                Address::tcp(second, port)
-            }
-            _ => return Err(Error::InvalidAddress),
-        };
-        addr.validate()?;
-        Ok(addr)
+    }
+
+    /// What is wrong, without the input.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a tofu address: {} (expected tcp|host|port or uds|path)",
+            self.input, self.problem
+        )
+    }
+}
+
+impl std::error::Error for AddressError {}
+
+impl From<AddressError> for Error {
+    /// Every address error is the status `InvalidAddress`.
+    fn from(_: AddressError) -> Error {
+        Error::InvalidAddress
     }
 }
 
@@ -315,6 +433,41 @@ mod tests {
         assert_eq!(
             Address::from_message(&m),
             Ok(Address::tcp("127.0.0.1", 40001))
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_expected_form_and_the_wrong_part() {
+        for (input, says) in [
+            ("127.0.0.1:7099", "no '|'"),
+            ("tcp://127.0.0.1:7099", "not URLs"),
+            ("tcp|h", "tcp|host|port"),
+            ("tcp|h|99999", "\"99999\" is not a number from 0 to 65535"),
+            ("tcp|h|-1", "\"-1\" is not a number"),
+            ("udp|h|1", "unknown protocol \"udp\""),
+            ("tcp|a|1|2", "too many '|'"),
+            ("uds|/a|b", "uds takes one part"),
+            ("tcp|127.0.0.1:80|1", "looks like host:port"),
+            ("uds|/tmp/s ", "ends in a space or tab"),
+        ] {
+            let e = Address::parse(input).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(says), "{input:?}: {text}");
+            assert!(
+                text.contains("expected tcp|host|port or uds|path"),
+                "{text}"
+            );
+            assert!(text.contains(&format!("{input:?}")), "{text}");
+            assert_eq!(input.parse::<Address>(), Err(Error::InvalidAddress));
+        }
+        // IPv6 literals keep their colons.
+        assert_eq!(
+            Address::parse("tcp|::1|7099"),
+            Ok(Address::tcp("::1", 7099))
+        );
+        assert_eq!(
+            Address::from(std::path::Path::new("/tmp/x")),
+            Address::uds("/tmp/x")
         );
     }
 

@@ -327,6 +327,14 @@ impl Listener {
     }
 }
 
+impl From<SocketAddr> for Address {
+    /// A TCP address for a socket address (an IPv6 host without brackets, as tofu writes it:
+    /// `tcp|::1|7099`).
+    fn from(a: SocketAddr) -> Address {
+        Address::tcp(a.ip().to_string(), a.port())
+    }
+}
+
 /// A connected (or connecting) data socket, non-blocking and close-on-exec,
 /// with `SO_LINGER {on, 0}`: dropping it resets the connection and discards
 /// unsent data, so flush before dropping when the data matters.
