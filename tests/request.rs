@@ -302,3 +302,50 @@ fn an_answer_that_came_for_a_dropped_request_goes_to_the_receive_loop() {
         server.destroy();
     });
 }
+
+#[test]
+fn failures_carry_the_os_words_in_a_local_header_that_is_never_sent() {
+    let e = Engine::with_defaults().unwrap();
+    let g = e.create_group().unwrap();
+    // A refused connect: the OS's words come with the refusal.
+    let port = free_tcp_port().unwrap();
+    let err = g.connect(&Address::tcp("127.0.0.1", port)).unwrap_err();
+    let RequestError::Refused(m) = err else {
+        panic!("{err:?}")
+    };
+    let why = m
+        .header_value(tofu::message::ERROR_TEXT)
+        .expect("the OS's words");
+    assert!(!why.is_empty());
+    // A listen on an address that is not local: the same.
+    let err = g.listen(&Address::tcp("192.0.2.1", 1)).unwrap_err();
+    let RequestError::Refused(m) = err else {
+        panic!("{err:?}")
+    };
+    assert!(m.header_value(tofu::message::ERROR_TEXT).is_some(), "{m:?}");
+    // A handed-back message posted again leaves its error text behind.
+    let se = Engine::with_defaults().unwrap();
+    let sg = se.create_group().unwrap();
+    let l = sg.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| echo(&sg));
+        let ch = g.connect(&l.address).unwrap();
+        let mut m = request(ch, b"again");
+        m.header.origin = tofu::Origin::Engine; // as the engine hands messages back
+        m.append_header(tofu::message::ERROR_TEXT, "old trouble")
+            .unwrap();
+        m.append_header("keep", "me").unwrap();
+        let r = g.request(m, Some(PATIENCE)).unwrap();
+        assert_eq!(
+            r.header_value("keep"),
+            Some("me"),
+            "the peer echoed the rest"
+        );
+        assert_eq!(
+            r.header_value(tofu::message::ERROR_TEXT),
+            None,
+            "never sent"
+        );
+        sg.destroy();
+    });
+}

@@ -75,7 +75,11 @@ impl ChannelGroup {
 
     /// [`post`](Self::post); a Hello or Welcome request with `expect` has its answer awaited
     /// from the moment its channel number is known, before the reactor can see it.
-    fn post_with(&self, msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
+    fn post_with(&self, mut msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
+        if msg.header.origin == Origin::Engine {
+            // Handed back by the engine and posted again: its error text is not for a peer.
+            notify::strip_error_text(&mut msg);
+        }
         self.post_unexplained(msg, expect)
             .map_err(|e| self.explain(e))
     }

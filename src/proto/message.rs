@@ -20,6 +20,11 @@ pub const CHANNEL_UNASSIGNED: u16 = 0;
 pub const CHANNEL_RESERVED: u16 = 65535;
 /// The largest text-header block and the largest body, in bytes.
 pub const MAX_SECTION_LEN: usize = u16::MAX as usize;
+/// Text header the engine adds to its own notifications with the OS's words for a failure
+/// (`~error:Connection refused (os error 111)`): on a refused Hello or Welcome, on messages
+/// handed back at a close caused by a socket error or a bad frame, and on that channel's
+/// final Signal. Local only: never sent (a handed-back message posted again loses it).
+pub const ERROR_TEXT: &str = "~error";
 /// Capacity a new message's buffers start with (tofu's 256).
 const INITIAL_CAPACITY: usize = 256;
 

@@ -2,7 +2,7 @@
 //! refused Hello or Welcome, and the engine's Signals (`ChannelClosed` at the end of every
 //! channel, `PoolEmpty` when reading pauses). Every one has origin engine and a status.
 
-use crate::proto::message::{Header, Message, OpCode, Origin};
+use crate::proto::message::{Header, Message, OpCode, Origin, ERROR_TEXT};
 use crate::proto::status::Status;
 
 /// Marks `m` as handed back by the engine: origin engine, status `status`; the rest of the
@@ -18,6 +18,28 @@ pub(crate) fn refusal(mut request: Message, reply: OpCode, status: Status) -> Me
     request.header.opcode = reply;
     mark_handed_back(&mut request, status);
     request
+}
+
+/// Adds the OS's (or the decoder's) words for a failure to a notification, as the local-only
+/// [`ERROR_TEXT`] header. A text too long for the header block is left out.
+pub(crate) fn add_error_text(m: &mut Message, why: &str) {
+    let _ = m.append_header(ERROR_TEXT, why);
+}
+
+/// Removes the [`ERROR_TEXT`] lines from a message the engine handed back and the
+/// application posts again: they are for the application, never for a peer.
+pub(crate) fn strip_error_text(m: &mut Message) {
+    let prefix = format!("{ERROR_TEXT}:");
+    let text = m.text_headers();
+    if !text.windows(prefix.len()).any(|w| w == prefix.as_bytes()) {
+        return;
+    }
+    let old = std::mem::take(m.text_headers_mut());
+    for line in old.split_inclusive(|&b| b == b'\n') {
+        if !line.starts_with(prefix.as_bytes()) {
+            m.text_headers_mut().extend_from_slice(line);
+        }
+    }
 }
 
 /// Turns `m` into a Signal from the engine on `channel` (its buffers are cleared).
@@ -52,6 +74,22 @@ mod tests {
         assert_eq!(s.status(), Status::ChannelClosed);
         assert_eq!((s.channel(), s.message_id()), (7, 42));
         assert!(s.text_headers().is_empty() && s.body().is_empty());
+    }
+
+    #[test]
+    fn error_text_is_added_and_stripped_leaving_the_rest() {
+        let mut m = Message::with_opcode(OpCode::Request);
+        m.append_header("a", "1").unwrap();
+        add_error_text(&mut m, "Connection refused (os error 111)");
+        m.append_header("b", "2").unwrap();
+        assert_eq!(
+            m.header_value(ERROR_TEXT),
+            Some("Connection refused (os error 111)")
+        );
+        strip_error_text(&mut m);
+        assert_eq!(m.text_headers(), b"a:1\r\nb:2\r\n");
+        strip_error_text(&mut m);
+        assert_eq!(m.text_headers(), b"a:1\r\nb:2\r\n", "nothing else goes");
     }
 
     #[test]

@@ -31,6 +31,7 @@ impl Reactor {
         let number = ch.number;
         ch.send
             .close_outbound(&mut self.writer.pending, pool.buffers());
+        let start = self.deliveries.len();
         let mut later = unpend(&mut self.writer.pending, pool, &mut self.writer.spent).into_iter();
         match &mut ch.kind {
             Kind::Io(io) => {
@@ -47,6 +48,11 @@ impl Reactor {
                 }
                 let closed = notify::channel_closed(pool.message(), number, l.opened_id);
                 self.deliveries.push(closed);
+            }
+        }
+        if let Some(why) = &ch.why {
+            for m in &mut self.deliveries[start..] {
+                notify::add_error_text(m, why);
             }
         }
         let group = Arc::clone(&ch.group);

@@ -133,7 +133,13 @@ impl Reactor {
             Ok(s) => s,
             Err((status, e)) => {
                 tracing::debug!(channel = number, address = %addr, error = %e, ?status, "connect failed");
-                return self.refuse(group, msg, OpCode::HelloResponse, status);
+                return self.refuse_because(
+                    group,
+                    msg,
+                    OpCode::HelloResponse,
+                    status,
+                    e.to_string(),
+                );
             }
         };
         let mut conn = Connection::new(msg.message_id(), self.frame_timeout);
@@ -168,7 +174,13 @@ impl Reactor {
             Ok(l) => l,
             Err((status, e)) => {
                 tracing::debug!(channel = number, address = %addr, error = %e, ?status, "listen failed");
-                return self.refuse(group, msg, OpCode::WelcomeResponse, status);
+                return self.refuse_because(
+                    group,
+                    msg,
+                    OpCode::WelcomeResponse,
+                    status,
+                    e.to_string(),
+                );
             }
         };
         tracing::debug!(channel = number, address = %listener.local_addr_string(), "listening");
@@ -201,10 +213,26 @@ impl Reactor {
         reply: OpCode,
         status: Status,
     ) {
+        self.refuse_because(group, msg, reply, status, String::new());
+    }
+
+    /// [`refuse`](Self::refuse), with the OS's words for why (see `ERROR_TEXT`) when there
+    /// are any.
+    pub(super) fn refuse_because(
+        &mut self,
+        group: Arc<GroupShared>,
+        msg: Message,
+        reply: OpCode,
+        status: Status,
+        why: String,
+    ) {
         let number = msg.channel();
         let mid = msg.message_id();
-        self.outbox
-            .push(&group, notify::refusal(msg, reply, status));
+        let mut refusal = notify::refusal(msg, reply, status);
+        if !why.is_empty() {
+            notify::add_error_text(&mut refusal, &why);
+        }
+        self.outbox.push(&group, refusal);
         // Posted to the channel meanwhile: it never opened.
         let send = self
             .shared
@@ -240,6 +268,7 @@ impl Reactor {
             registered: false,
             touched: false,
             closing: None,
+            why: None,
             kind,
         });
         let interest = ch.interest();

@@ -111,6 +111,8 @@ struct Channel {
     registered: bool,
     touched: bool,
     closing: Option<Status>,
+    /// The OS's (or the decoder's) words for why it is closing, for the application.
+    why: Option<String>,
     kind: Kind,
 }
 
@@ -361,7 +363,7 @@ impl Reactor {
                 Ok(false) => mark(&mut self.marked, ch, Status::ConnectFailed),
                 Err(e) => {
                     tracing::debug!(channel = number, error = %e, "connect failed");
-                    mark(&mut self.marked, ch, Status::ConnectFailed);
+                    mark_because(&mut self.marked, ch, Status::ConnectFailed, e.to_string());
                 }
             },
             Kind::Io(io) if io.starving => {
@@ -466,4 +468,12 @@ fn mark(marked: &mut Vec<u16>, ch: &mut Channel, reason: Status) {
         ch.closing = Some(reason);
         marked.push(ch.number);
     }
+}
+
+/// [`mark`], with the words for why (see `ERROR_TEXT`).
+fn mark_because(marked: &mut Vec<u16>, ch: &mut Channel, reason: Status, why: String) {
+    if ch.closing.is_none() {
+        ch.why = Some(why);
+    }
+    mark(marked, ch, reason);
 }

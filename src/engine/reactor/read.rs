@@ -106,6 +106,7 @@ impl Reactor {
         let pending = std::cell::Cell::new(0);
         let mut supply = || take_spare(spare, pool, pending.get());
         let mut outcome = None;
+        let mut why = None;
         let mut end = ReadEnd::Budget;
         for _ in 0..READS_PER_EVENT {
             let n = match io.stream.read(&mut self.read_buf) {
@@ -122,6 +123,7 @@ impl Reactor {
                 Err(e) => {
                     tracing::debug!(channel = number, error = %e, "receive failed");
                     outcome = Some(Status::RecvFailed);
+                    why = Some(e.to_string());
                     break;
                 }
             };
@@ -181,6 +183,7 @@ impl Reactor {
                 Err(e) => {
                     tracing::debug!(channel = number, error = %e, "peer sent an invalid frame");
                     outcome = Some(e.status());
+                    why = Some(e.to_string());
                     break;
                 }
             }
@@ -196,7 +199,10 @@ impl Reactor {
         }
         self.outbox.extend(&ch.group, &mut self.deliveries);
         if let Some(status) = outcome {
-            mark(&mut self.marked, ch, status);
+            match why {
+                Some(why) => mark_because(&mut self.marked, ch, status, why),
+                None => mark(&mut self.marked, ch, status),
+            }
             end = ReadEnd::Closed;
         }
         end

@@ -137,6 +137,7 @@ pub(super) fn write_queue(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<
                 tracing::debug!(channel = ch.number, error = %e, "send failed");
                 if ch.closing.is_none() {
                     ch.closing = Some(Status::SendFailed);
+                    ch.why = Some(e.to_string());
                 }
                 return;
             }
