@@ -39,6 +39,31 @@ impl std::fmt::Display for Transport {
     }
 }
 
+/// How the measured application thread receives: `wait_receive` (blocking), or the future
+/// of `ChannelGroup::receive` driven by a minimal executor on the same thread (async).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receiving {
+    Blocking,
+    Async,
+}
+
+impl Receiving {
+    /// The row label: the transport, with `/async` for the async receive path.
+    fn label(self, t: Transport) -> String {
+        match self {
+            Receiving::Blocking => t.to_string(),
+            Receiving::Async => format!("{t}/async"),
+        }
+    }
+
+    fn json(self) -> &'static str {
+        match self {
+            Receiving::Blocking => "blocking",
+            Receiving::Async => "async",
+        }
+    }
+}
+
 /// Median, min and max of a figure.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Spread {
@@ -87,6 +112,7 @@ pub struct Settings {
 /// One-stream result for one transport and payload.
 pub struct StreamRow {
     pub transport: Transport,
+    pub receiving: Receiving,
     pub payload: usize,
     pub raw: Spread,
     pub tofu: Spread,
@@ -101,6 +127,7 @@ pub struct StreamRow {
 /// Round-trip result (microseconds).
 pub struct RttRow {
     pub transport: Transport,
+    pub receiving: Receiving,
     pub pinned: bool,
     pub raw_p50: Spread,
     pub p50: Spread,
@@ -150,9 +177,21 @@ fn stream_count(payload: usize, quick: bool) -> u64 {
 
 pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
     let mut streams = Vec::new();
-    for t in transports() {
-        for &p in &s.payloads {
-            progress(&format!("one stream {t} {p} B"));
+    // The async receive path beside the blocking one, in the same run: 64 B only.
+    let cases: Vec<(Transport, usize, Receiving)> = transports()
+        .into_iter()
+        .flat_map(|t| {
+            let blocking = s.payloads.iter().map(move |&p| (t, p, Receiving::Blocking));
+            let asynch = s
+                .payloads
+                .contains(&64)
+                .then_some((t, 64, Receiving::Async));
+            blocking.chain(asynch)
+        })
+        .collect();
+    for (t, p, receiving) in cases {
+        {
+            progress(&format!("one stream {} {p} B", receiving.label(t)));
             let n = stream_count(p, s.quick);
             let raw = Spread::of(
                 (0..s.runs)
@@ -164,7 +203,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let mut cpu = Vec::new();
             for _ in 0..s.runs {
                 let before = os::cpu_time();
-                let (rate, allocs) = tofu_stream(s.backend, t, p, n, s.window_bytes)?;
+                let (rate, allocs) = tofu_stream(s.backend, t, p, n, s.window_bytes, receiving)?;
                 if let (Some(b), Some(a)) = (before, os::cpu_time()) {
                     cpu.push((a - b).as_nanos() as f64 / n as f64);
                 }
@@ -174,6 +213,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let cpu_ns_per_msg = (!cpu.is_empty()).then(|| Spread::of(cpu).median);
             streams.push(StreamRow {
                 transport: t,
+                receiving,
                 payload: p,
                 raw,
                 tofu: Spread::of(rates),
@@ -184,9 +224,15 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
     }
     let mut rtts = Vec::new();
     for t in transports().into_iter().filter(|_| s.round_trip) {
-        for pinned in [true, false] {
+        let cases = [
+            (true, Receiving::Blocking),
+            (false, Receiving::Blocking),
+            (true, Receiving::Async),
+        ];
+        for (pinned, receiving) in cases {
             progress(&format!(
-                "round trip {t} {}",
+                "round trip {} {}",
+                receiving.label(t),
                 if pinned { "pinned" } else { "free" }
             ));
             let n = if s.quick { 2_000 } else { 20_000 };
@@ -194,13 +240,14 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let (mut p50, mut p99, mut p999) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..s.runs {
                 raw.push(with_affinity(pinned, || raw_rtt(t, n))??);
-                let q = with_affinity(pinned, || tofu_rtt(s.backend, t, n))??;
+                let q = with_affinity(pinned, || tofu_rtt(s.backend, t, n, receiving))??;
                 p50.push(q[0]);
                 p99.push(q[1]);
                 p999.push(q[2]);
             }
             rtts.push(RttRow {
                 transport: t,
+                receiving,
                 pinned,
                 raw_p50: Spread::of(raw),
                 p50: Spread::of(p50),
@@ -438,6 +485,45 @@ fn next(g: &ChannelGroup) -> Result<Message, String> {
     }
 }
 
+/// The next message the way `receiving` says (PoolEmpty Signals skipped, as `next` does).
+fn next_with(g: &ChannelGroup, receiving: Receiving) -> Result<Message, String> {
+    if receiving == Receiving::Blocking {
+        return next(g);
+    }
+    loop {
+        match block_on(g.receive()) {
+            Ok(m) if m.status() == Status::PoolEmpty => continue,
+            Ok(m) => return Ok(m),
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    }
+}
+
+/// Runs a future to completion on this thread: the thread parks until the future's waker
+/// unparks it. The smallest executor there is; the async rows measure `receive()` under it.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    thread_local! {
+        // One waker per thread, made once: the executor allocates nothing per future.
+        static WAKER: std::task::Waker =
+            std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+    let waker = WAKER.with(Clone::clone);
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Listens with `server`, connects from `client`; returns (client channel, server channel).
 fn pair(
     server: &ChannelGroup,
@@ -477,6 +563,7 @@ fn tofu_stream(
     payload: usize,
     count: u64,
     window_bytes: usize,
+    receiving: Receiving,
 ) -> Result<(f64, f64), String> {
     let frame = HEADER_LEN + payload;
     let window = (window_bytes / frame).clamp(64, 16384) as u64;
@@ -493,7 +580,7 @@ fn tofu_stream(
         let receive = move || -> Result<f64, String> {
             let mut first = None;
             for i in 1..=count {
-                let m = next(rx)?;
+                let m = next_with(rx, receiving)?;
                 first.get_or_insert_with(Instant::now);
                 if m.opcode() != OpCode::Signal || m.status() != Status::Success {
                     return Err(format!("unexpected {:?} {}", m.opcode(), m.status()));
@@ -546,7 +633,12 @@ fn tofu_stream(
 }
 
 /// Round-trip quantiles (p50, p99, p99.9) in microseconds, one Request in flight.
-fn tofu_rtt(backend: Backend, t: Transport, count: u64) -> Result<[f64; 3], String> {
+fn tofu_rtt(
+    backend: Backend,
+    t: Transport,
+    count: u64,
+    receiving: Receiving,
+) -> Result<[f64; 3], String> {
     let ce = engine(backend, 64, 256)?;
     let se = engine(backend, 64, 256)?;
     let client = ce.create_group().map_err(|e| e.to_string())?;
@@ -575,7 +667,7 @@ fn tofu_rtt(backend: Backend, t: Transport, count: u64) -> Result<[f64; 3], Stri
         m.body_mut().resize(64, 1);
         let t0 = Instant::now();
         client.post(m).map_err(|e| e.error.to_string())?;
-        let r = next(&client)?;
+        let r = next_with(&client, receiving)?;
         samples.push(t0.elapsed());
         if r.message_id() != id {
             return Err("round trip out of order".into());
@@ -820,7 +912,7 @@ pub fn table(r: &Report) -> String {
     p(
         &mut o,
         format!(
-            "{:<5} {:>7} {:>28} {:>28} {:>7} {:>10} {:>11} {:>8}",
+            "{:<9} {:>7} {:>28} {:>28} {:>7} {:>10} {:>11} {:>8}",
             "", "payload", "raw limit", "tofu", "ratio", "tofu MB/s", "allocs/msg", "CPU ns"
         ),
     );
@@ -828,8 +920,8 @@ pub fn table(r: &Report) -> String {
         p(
             &mut o,
             format!(
-                "{:<5} {:>7} {:>28} {:>28} {:>7.2} {:>10.1} {:>11.3} {:>8}",
-                s.transport.to_string(),
+                "{:<9} {:>7} {:>28} {:>28} {:>7.2} {:>10.1} {:>11.3} {:>8}",
+                s.receiving.label(s.transport),
                 s.payload,
                 fmt_spread(&s.raw, 0),
                 fmt_spread(&s.tofu, 0),
@@ -849,7 +941,7 @@ pub fn table(r: &Report) -> String {
     p(
         &mut o,
         format!(
-            "{:<5} {:<7} {:>8} {:>24} {:>7} {:>24} {:>24}",
+            "{:<9} {:<7} {:>8} {:>24} {:>7} {:>24} {:>24}",
             "", "threads", "raw p50", "tofu p50", "ratio", "tofu p99", "tofu p99.9"
         ),
     );
@@ -857,8 +949,8 @@ pub fn table(r: &Report) -> String {
         p(
             &mut o,
             format!(
-                "{:<5} {:<7} {:>8.1} {:>24} {:>7.2} {:>24} {:>24}",
-                t.transport.to_string(),
+                "{:<9} {:<7} {:>8.1} {:>24} {:>7.2} {:>24} {:>24}",
+                t.receiving.label(t.transport),
                 if t.pinned { "pinned" } else { "free" },
                 t.raw_p50.median,
                 fmt_spread(&t.p50, 1),
@@ -884,7 +976,11 @@ pub fn table(r: &Report) -> String {
         let one = r
             .streams
             .iter()
-            .find(|s| s.transport == Transport::Tcp && s.payload == 64)
+            .find(|s| {
+                s.transport == Transport::Tcp
+                    && s.payload == 64
+                    && s.receiving == Receiving::Blocking
+            })
             .map_or(f64::NAN, |s| s.tofu.median);
         for m in &r.many {
             p(
@@ -927,8 +1023,9 @@ pub fn json(r: &Report) -> String {
         .iter()
         .map(|s| {
             format!(
-                "{{\"transport\":\"{}\",\"payload\":{},\"raw\":{},\"tofu\":{},\"ratio\":{:.4},\"allocs_per_msg\":{:.4},\"cpu_ns_per_msg\":{}}}",
+                "{{\"transport\":\"{}\",\"receive\":\"{}\",\"payload\":{},\"raw\":{},\"tofu\":{},\"ratio\":{:.4},\"allocs_per_msg\":{:.4},\"cpu_ns_per_msg\":{}}}",
                 s.transport,
+                s.receiving.json(),
                 s.payload,
                 s.raw.json(),
                 s.tofu.json(),
@@ -944,8 +1041,9 @@ pub fn json(r: &Report) -> String {
         .iter()
         .map(|t| {
             format!(
-                "{{\"transport\":\"{}\",\"pinned\":{},\"raw_p50_us\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+                "{{\"transport\":\"{}\",\"receive\":\"{}\",\"pinned\":{},\"raw_p50_us\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
                 t.transport,
+                t.receiving.json(),
                 t.pinned,
                 t.raw_p50.json(),
                 t.p50.json(),
@@ -992,7 +1090,12 @@ pub fn json(r: &Report) -> String {
 pub fn svg(r: &Report) -> String {
     let (w, h) = (880.0, 420.0);
     let (left, right, top, bottom) = (70.0, 20.0, 50.0, 70.0);
-    let rows: Vec<&StreamRow> = r.streams.iter().collect();
+    // The plot shows the blocking path at every payload (the async rows are 64 B only).
+    let rows: Vec<&StreamRow> = r
+        .streams
+        .iter()
+        .filter(|s| s.receiving == Receiving::Blocking)
+        .collect();
     let mbps = |rate: f64, payload: usize| rate * (payload + HEADER_LEN) as f64 / 1e6;
     let max = rows
         .iter()

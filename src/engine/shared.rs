@@ -286,6 +286,14 @@ impl Tasks {
     fn take(&mut self) -> Vec<(u64, Waker)> {
         std::mem::take(&mut self.wakers)
     }
+
+    /// Wakes every task now (under the mailbox lock: waking only schedules the task), keeping
+    /// the list's allocation, so the async path allocates nothing per delivery.
+    fn wake_all(&mut self) {
+        for (_, w) in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
 }
 
 fn wake_all(tasks: Vec<(u64, Waker)>) {
@@ -463,24 +471,13 @@ impl GroupShared {
             if let Poll::Ready(a) = self.answer_step(&mut mb, channel, id, None) {
                 return a;
             }
-            mb.waiters += 1;
-            mb = match deadline {
-                None => self.cond.wait(mb).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        mb.waiters -= 1;
-                        drop(mb);
-                        self.unexpect(channel, id);
-                        return None;
-                    }
-                    self.cond
-                        .wait_timeout(mb, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+            mb = match self.wait_mailbox(mb, deadline) {
+                Some(mb) => mb,
+                None => {
+                    self.unexpect(channel, id);
+                    return None;
                 }
             };
-            mb.waiters -= 1;
         }
     }
 
@@ -500,6 +497,32 @@ impl GroupShared {
             }
         }
         r
+    }
+
+    /// Sleeps on the mailbox (counted as a waiter) until woken or `deadline` (`None`: no
+    /// deadline) passes; `None` when it had passed, with the lock released.
+    fn wait_mailbox<'a>(
+        &self,
+        mut mb: MutexGuard<'a, Mailbox>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, Mailbox>> {
+        mb.waiters += 1;
+        mb = match deadline {
+            None => self.cond.wait(mb).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    mb.waiters -= 1;
+                    return None;
+                }
+                self.cond
+                    .wait_timeout(mb, d - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        mb.waiters -= 1;
+        Some(mb)
     }
 
     fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Inbound>> {
@@ -531,12 +554,11 @@ impl GroupShared {
         }
         mb.queue.extend(msgs.drain(..));
         let wake = mb.waiters > 0;
-        let tasks = mb.tasks.take();
+        mb.tasks.wake_all();
         drop(mb);
         if wake {
             self.cond.notify_all();
         }
-        wake_all(tasks);
     }
 
     pub(crate) fn deliver_if_open(&self, msg: Message) -> bool {
@@ -546,12 +568,11 @@ impl GroupShared {
         }
         mb.queue.push_back(Inbound::Msg(msg));
         let wake = mb.waiters > 0;
-        let tasks = mb.tasks.take();
+        mb.tasks.wake_all();
         drop(mb);
         if wake {
             self.cond.notify_one();
         }
-        wake_all(tasks);
         true
     }
 
@@ -669,22 +690,10 @@ impl GroupShared {
             }
             let deadline = *deadline
                 .get_or_insert_with(|| timeout.and_then(|t| Instant::now().checked_add(t)));
-            mb.waiters += 1;
-            mb = match deadline {
-                None => self.cond.wait(mb).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        mb.waiters -= 1;
-                        return Ok(None);
-                    }
-                    self.cond
-                        .wait_timeout(mb, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+            mb = match self.wait_mailbox(mb, deadline) {
+                Some(mb) => mb,
+                None => return Ok(None),
             };
-            mb.waiters -= 1;
         }
     }
 
