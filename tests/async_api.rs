@@ -135,7 +135,10 @@ fn tokio_multi_thread_many_tasks_share_one_group() {
             link.server.update_receiver(None).unwrap();
         }
         for t in tasks {
-            t.await.unwrap();
+            tokio::time::timeout(PATIENCE, t)
+                .await
+                .expect("every task got its end marker")
+                .unwrap();
         }
         let got = received.lock().unwrap();
         let unique: HashSet<u64> = got.iter().copied().collect();

@@ -286,14 +286,6 @@ impl Tasks {
     fn take(&mut self) -> Vec<(u64, Waker)> {
         std::mem::take(&mut self.wakers)
     }
-
-    /// Wakes every task now (under the mailbox lock: waking only schedules the task), keeping
-    /// the list's allocation, so the async path allocates nothing per delivery.
-    fn wake_all(&mut self) {
-        for (_, w) in self.wakers.drain(..) {
-            w.wake();
-        }
-    }
 }
 
 fn wake_all(tasks: Vec<(u64, Waker)>) {
@@ -554,11 +546,12 @@ impl GroupShared {
         }
         mb.queue.extend(msgs.drain(..));
         let wake = mb.waiters > 0;
-        mb.tasks.wake_all();
+        let tasks = mb.tasks.take();
         drop(mb);
         if wake {
             self.cond.notify_all();
         }
+        wake_all(tasks);
     }
 
     pub(crate) fn deliver_if_open(&self, msg: Message) -> bool {
@@ -568,11 +561,12 @@ impl GroupShared {
         }
         mb.queue.push_back(Inbound::Msg(msg));
         let wake = mb.waiters > 0;
-        mb.tasks.wake_all();
+        let tasks = mb.tasks.take();
         drop(mb);
         if wake {
             self.cond.notify_one();
         }
+        wake_all(tasks);
         true
     }
 
@@ -585,8 +579,22 @@ impl GroupShared {
         key: &mut Option<u64>,
         waker: &Waker,
     ) -> Poll<Result<Message, Error>> {
-        if let Some(m) = take_one(&mut self.lock_taken()) {
-            self.forget(key);
+        let fast = {
+            let mut taken = self.lock_taken();
+            take_one(&mut taken).map(|m| (m, !taken.is_empty()))
+        };
+        if let Some((m, more)) = fast {
+            let mut mb = self.lock();
+            if let Some(k) = key.take() {
+                mb.tasks.remove(k);
+            }
+            // Messages are left for others: wake one more waiting task, so none sleeps
+            // while there is something to take.
+            let next = if more { mb.tasks.wakers.pop() } else { None };
+            drop(mb);
+            if let Some((_, w)) = next {
+                w.wake();
+            }
             return Poll::Ready(Ok(m));
         }
         let mut mb = self.lock();

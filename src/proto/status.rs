@@ -16,43 +16,64 @@ use std::fmt;
 pub enum Status {
     /// Everything went as expected.
     Success = 0,
-    /// The feature is not implemented.
+    /// The feature is not implemented. What to do: nothing in this engine returns it today;
+    /// treat it as a failure of the request that got it.
     NotImplementedYet = 1,
-    /// A Hello/Welcome request carries no address header, or an address could not be formatted.
+    /// A Hello/Welcome request carries no address header, or an address could not be
+    /// formatted. What to do: build the request with `Address::format_connect` /
+    /// `format_listen` (or use `ChannelGroup::connect` / `listen`); `Address::check` says what
+    /// is wrong with the address.
     WrongAddress = 2,
-    /// The operation is not allowed in the current state.
+    /// The operation is not allowed in the current state. What to do: check the order of
+    /// your calls (for example, data before the channel exists).
     NotAllowed = 3,
-    /// No message was given.
+    /// No message was given (tofu's null handle; Rust's ownership rules it out). What to do:
+    /// nothing; kept for the status numbering.
     NullMessage = 4,
-    /// The message is not valid for this operation.
+    /// The message is not valid for this operation. What to do: check its opcode and header
+    /// against the operation.
     InvalidMessage = 5,
-    /// The opCode is not one of the ten defined values, or not valid here.
+    /// The opCode is not one of the ten defined values, or not valid here: posting a
+    /// WelcomeResponse (the engine makes those), or a peer sending an undefined opCode (its
+    /// channel closes). What to do: post a request or data opcode; a peer that sends garbage
+    /// is not a tofu peer.
     InvalidOpCode = 6,
-    /// The text-header block is longer than 65535 bytes.
+    /// The text-header block is longer than 65535 bytes. What to do: move data to the body,
+    /// or split the message (`more`).
     InvalidHeadersLen = 7,
-    /// The body is longer than 65535 bytes.
+    /// The body is longer than 65535 bytes. What to do: split the payload over several
+    /// messages with the `more` flag set on all but the last.
     InvalidBodyLen = 8,
-    /// The `more` flag is set on a message that is not Request, Response or Signal.
+    /// The `more` flag is set on a message that is not Request, Response or Signal. What to
+    /// do: clear it; only data messages come in parts.
     InvalidMoreUsage = 9,
-    /// The channel number is 0 where a channel is required, or names no live channel.
+    /// The channel number is 0 where a channel is required, or names no live channel (it
+    /// closed: its final Signal is on its way or was received). What to do: use the number
+    /// `post`/`connect` returned, and stop using it once its `ChannelClosed` Signal came.
     InvalidChannelNumber = 10,
-    /// The channel belongs to another channel group.
+    /// The channel belongs to another channel group. What to do: post through the group that
+    /// opened (or accepted) the channel.
     InvalidMessageChannelGroup = 11,
-    /// A response-role message has message_id 0.
+    /// A response-role message has message_id 0. What to do: answer with the request's id
+    /// (`Message::make_echo` keeps it).
     InvalidMessageId = 12,
     /// The address could not be parsed or resolved (the expected forms are `tcp|host|port`
     /// and `uds|path`). What to do: fix the address; it will not work on a retry.
     InvalidAddress = 13,
-    /// The Unix-domain socket path does not exist.
+    /// The Unix-domain socket path does not exist (nobody listens there). What to do: start
+    /// the listener first, or check the path.
     UdsPathNotFound = 14,
-    /// The engine no longer accepts messages (shutdown).
+    /// The engine no longer accepts messages: it has stopped, and every post is refused with
+    /// this. What to do: stop posting; make a new engine if work remains.
     NotificationDisabled = 15,
-    /// The engine could not be woken up.
+    /// The engine could not be woken up (its poller's waker failed; logged). What to do:
+    /// treat the engine as broken and drop it.
     NotificationFailed = 16,
     /// The peer closed the connection (end of stream): the reason on messages handed back at
     /// that channel's close. What to do: reconnect if the conversation must go on.
     PeerDisconnected = 17,
-    /// The connection failed (error or hang-up reported by the OS).
+    /// The connection failed (error or hang-up reported by the OS, or the poller could not
+    /// watch it). What to do: reconnect; the `~error` text header says what the OS said.
     CommunicationFailed = 18,
     /// Reading on a channel is paused: the application holds as many received frames as the
     /// pool's `max` allows (frames still queued for the group count too). Routine flow
@@ -61,9 +82,12 @@ pub enum Status {
     /// to do: nothing, if the receive loop drops what it takes; if it keeps messages, drop
     /// some, or give the engine a larger `PoolOptions::max`.
     PoolEmpty = 19,
-    /// Memory could not be allocated.
+    /// Memory, a channel number or the engine's thread could not be had (all 65534 channel
+    /// numbers in use, for example). What to do: close channels you no longer need; retry.
     AllocationFailed = 20,
-    /// A message put into a group's queue by `update_receiver`.
+    /// A message put into a group's queue by `update_receiver` (by the application, not a
+    /// peer). What to do: whatever your application meant by it, typically "wake up and look
+    /// at your state" or "stop".
     ReceiverUpdate = 21,
     /// The channel is closed. Every channel ends with one engine Signal of this status (after
     /// everything handed back at its close); a message handed back with it was posted to a
@@ -76,19 +100,29 @@ pub enum Status {
     /// An outgoing connection could not be established (refused, unreachable, out of
     /// descriptors). What to do: check that the peer listens; retry later.
     ConnectFailed = 24,
-    /// A listening socket could not be created.
+    /// A listening socket could not be created (the address is in use, permission denied,
+    /// ...). What to do: the `~error` text header says what the OS said; choose another
+    /// address or port.
     ListenFailed = 25,
-    /// A listener failed to accept.
+    /// A listener failed and closed (an error on the listening socket). What to do: listen
+    /// again. (Running out of descriptors only pauses accepting; it does not close the
+    /// listener.)
     AcceptFailed = 26,
-    /// Writing to the socket failed.
+    /// Writing to the socket failed (the peer reset the connection, for example): the reason
+    /// on the messages handed back at that close. What to do: reconnect and send them again.
     SendFailed = 27,
-    /// Reading from the socket failed, or the peer sent a frame that is not valid.
+    /// Reading from the socket failed, or the peer started a frame and did not finish it
+    /// within `EngineOptions::frame_timeout`. What to do: reconnect; a peer that keeps doing
+    /// it is broken or hostile.
     RecvFailed = 28,
-    /// A socket option could not be set.
+    /// A socket option could not be set. What to do: the log says which; usually a platform
+    /// limit.
     SetsockoptFailed = 29,
-    /// Application-level processing failed (for recipes).
+    /// Application-level processing failed (for recipes; `RequestError::status` also maps a
+    /// timed-out request to it). What to do: whatever the application's protocol says.
     ProcessingFailed = 30,
-    /// Any other failure, and every status byte above 32.
+    /// Any other failure, and every status byte above 32. What to do: treat it as a failure;
+    /// a byte above 32 came from a peer or an application that numbers statuses differently.
     UnknownError = 31,
     /// The channel's send queue is at its limit (`EngineOptions::send_limit`); the message
     /// was not queued and is handed back. What to do: post it again later, or use
