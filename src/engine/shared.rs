@@ -282,15 +282,31 @@ impl Tasks {
         }
     }
 
-    /// Takes every waker, to be woken once the lock is released.
+    /// Takes every waker, to be woken once the lock is released ([`wake_all`]). The list
+    /// left in its place is this thread's spare, so neither side allocates per delivery.
     fn take(&mut self) -> Vec<(u64, Waker)> {
-        std::mem::take(&mut self.wakers)
+        if self.wakers.is_empty() {
+            return Vec::new(); // allocates nothing
+        }
+        let spare = SPARE_WAKERS
+            .try_with(|s| s.take())
+            .unwrap_or_default();
+        std::mem::replace(&mut self.wakers, spare)
     }
 }
 
-fn wake_all(tasks: Vec<(u64, Waker)>) {
-    for (_, w) in tasks {
+thread_local! {
+    /// An emptied waker list kept by the thread that woke it, for its next [`Tasks::take`].
+    static SPARE_WAKERS: std::cell::Cell<Vec<(u64, Waker)>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Wakes the tasks [`Tasks::take`] took, outside the mailbox lock, and keeps the emptied list.
+fn wake_all(mut tasks: Vec<(u64, Waker)>) {
+    for (_, w) in tasks.drain(..) {
         w.wake();
+    }
+    if tasks.capacity() > 0 && tasks.capacity() <= 1024 {
+        let _ = SPARE_WAKERS.try_with(|s| s.set(tasks));
     }
 }
 
