@@ -288,9 +288,7 @@ impl Tasks {
         if self.wakers.is_empty() {
             return Vec::new(); // allocates nothing
         }
-        let spare = SPARE_WAKERS
-            .try_with(|s| s.take())
-            .unwrap_or_default();
+        let spare = SPARE_WAKERS.try_with(|s| s.take()).unwrap_or_default();
         std::mem::replace(&mut self.wakers, spare)
     }
 }
