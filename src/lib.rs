@@ -64,11 +64,10 @@
 //!
 //! **Flow control.** Sending: a channel holds at most [`SendLimit`] unsent messages;
 //! `post` then hands the message back with `SendQueueFull`, and [`ChannelGroup::send_timeout`]
-//! / [`ChannelGroup::send`] wait for room instead. Receiving: received frames the application
-//! has not dropped yet (those still queued for the group included) count against the pool's
-//! `max`; at the limit the engine stops reading that channel, delivers one `PoolEmpty` Signal,
-//! and resumes by itself as messages are dropped. It is routine when the receiver is slower
-//! than its peers; a receive loop that only counts messages can ignore it.
+//! / [`ChannelGroup::send`] wait for room instead. Receiving: once [`ReceiveLimit`] frames
+//! (65536, or 64 MiB) wait in the groups' queues, the engine stops reading and resumes by
+//! itself as the application receives; the peers' sends slow down instead of this process's
+//! memory growing. Nothing in the receive loop sees it, as with a bounded channel.
 //!
 //! **Threads and async.** [`Engine`] and [`ChannelGroup`] are `Send + Sync`: share a group with
 //! `Arc` or scoped threads; many threads may post and receive at once. Without a thread to
@@ -113,7 +112,7 @@ pub use address::{Address, AddressError};
 pub use engine::Messages;
 pub use engine::{
     ChannelGroup, Engine, EngineOptions, EngineStats, Listening, PostError, ReceiveFuture,
-    RequestError, RequestFuture, SendFuture, SendLimit,
+    ReceiveLimit, RequestError, RequestFuture, SendFuture, SendLimit,
 };
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};

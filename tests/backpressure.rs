@@ -1,95 +1,87 @@
-//! Pool starvation: reading pauses, one PoolEmpty Signal per episode, reading resumes.
+//! Receive-side flow control: reading pauses at the receive limit and resumes as the
+//! application receives; the send-side limit.
 
 mod common;
 use common::*;
 use std::time::Duration;
 use tofu::{OpCode, Origin, PoolOptions, Status};
 
+/// Frames wait in the group's queue up to the receive limit; then reading pauses (the rest
+/// stays in the sockets) and resumes as the application receives, in order, with nothing in
+/// between for the receive loop to skip.
 #[test]
-fn starvation_and_recovery() {
+fn reading_pauses_at_the_receive_limit_and_resumes_on_receive() {
     on_every_backend(|b| {
         for addr in transports() {
+            // The server's receive limit is 4 frames (see `engine_with_pool`).
             let link = linked(b, &addr, PoolOptions { initial: 4, max: 4 });
-            let (server, client, c, s) = (&link.server, &link.client, link.c, link.s);
+            let (server, client, c) = (&link.server, &link.client, link.c);
             const N: u64 = 40;
             for i in 1..=N {
                 client
                     .post(data(OpCode::Signal, c, i, &[i as u8; 100]))
                     .unwrap();
             }
-            // Hold every message: the pool empties and reading stops.
-            let mut held = Vec::new();
-            let mut pool_empty = 0;
-            while let Some(m) = server
-                .wait_receive(Some(Duration::from_millis(300)))
-                .unwrap()
-            {
-                if m.status() == Status::PoolEmpty {
-                    assert_eq!(
-                        (m.opcode(), m.origin(), m.channel(), m.message_id()),
-                        (OpCode::Signal, Origin::Engine, s, 0)
-                    );
-                    pool_empty += 1;
-                }
-                held.push(m);
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while link.se.pool().queued() < 4 {
+                assert!(std::time::Instant::now() < deadline, "frames never queued");
+                std::thread::sleep(Duration::from_millis(5));
             }
-            assert_eq!(pool_empty, 1, "one PoolEmpty Signal per starvation episode");
-            let got: Vec<u64> = held
-                .iter()
-                .filter(|m| m.status() == Status::Success)
-                .map(|m| m.message_id())
-                .collect();
-            assert!((got.len() as u64) < N, "reading paused");
-            // Give messages back: reading resumes and everything arrives in order.
-            drop(held);
-            let mut next = got.len() as u64 + 1;
-            while next <= N {
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(link.se.pool().queued(), 4, "reading paused at the limit");
+            for i in 1..=N {
                 let m = recv_any(server);
-                if m.status() == Status::PoolEmpty {
-                    continue;
-                }
-                assert_eq!(m.message_id(), next, "order kept across starvation");
-                next += 1;
+                assert_eq!(
+                    (m.opcode(), m.origin(), m.status(), m.message_id()),
+                    (OpCode::Signal, Origin::Application, Status::Success, i),
+                    "order kept across pauses, nothing in between"
+                );
             }
+            assert_eq!(link.se.pool().queued(), 0);
         }
     });
 }
 
-/// The pool refilled while the reactor was not looking (someone took the returned message
-/// straight back): reading still resumes once messages really come back.
+/// What the application keeps after receiving does not count: a receiver that holds every
+/// message still gets them all.
 #[test]
-fn refill_is_not_missed_when_the_pool_empties_again() {
+fn messages_kept_after_receive_do_not_pause_reading() {
     on_every_backend(|b| {
         let l = linked(b, &tcp_loopback(), PoolOptions { initial: 4, max: 4 });
         let (server, client, c) = (&l.server, &l.client, l.c);
-        const N: u64 = 40;
+        const N: u64 = 100;
         for i in 1..=N {
             client
                 .post(data(OpCode::Signal, c, i, &[1u8; 100]))
                 .unwrap();
         }
-        let mut held = Vec::new();
-        while let Some(m) = server
-            .wait_receive(Some(Duration::from_millis(300)))
-            .unwrap()
-        {
-            held.push(m);
-        }
-        // Return one and take it straight back: the pool is empty again.
-        drop(held.pop());
-        held.push(l.se.get(tofu::Allocation::Always).unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-        let got_before = held
+        let kept: Vec<_> = (1..=N).map(|_| recv_any(server)).collect();
+        assert!(kept
             .iter()
-            .filter(|m| m.status() == Status::Success)
-            .count() as u64;
-        drop(held);
-        let mut got = got_before;
-        while got < N {
-            let m = recv_any(server);
-            if m.status() == Status::Success {
-                got += 1;
-            }
+            .zip(1..=N)
+            .all(|(m, i)| m.message_id() == i && m.status() == Status::Success));
+    });
+}
+
+/// A receiver that takes one message now and then: reading pauses and resumes many times,
+/// and no wake-up is missed (each hand-over below the limit wakes the paused reactor).
+#[test]
+fn slow_receiver_resumes_after_every_pause() {
+    on_every_backend(|b| {
+        let l = linked(b, &tcp_loopback(), PoolOptions { initial: 2, max: 2 });
+        let (server, client, c) = (&l.server, &l.client, l.c);
+        const N: u64 = 30;
+        for i in 1..=N {
+            // Large frames are decoded by the reactor, small ones by the receiver: both.
+            let len = if i % 2 == 0 { 100 } else { 60_000 };
+            client
+                .post(data(OpCode::Signal, c, i, &vec![1u8; len]))
+                .unwrap();
+        }
+        for i in 1..=N {
+            std::thread::sleep(Duration::from_millis(10));
+            assert!(l.se.pool().queued() <= 2, "never above the limit");
+            assert_eq!(recv_any(server).message_id(), i);
         }
     });
 }
@@ -220,7 +212,7 @@ fn send_queue_limit() {
     });
 }
 
-/// Frames delivered to a group and never taken still count as held; destroying the group
+/// Frames delivered to a group and never taken still count as queued; destroying the group
 /// gives them back, so the engine's other groups keep receiving.
 #[test]
 fn frames_never_taken_are_released_when_their_group_goes() {
@@ -235,12 +227,12 @@ fn frames_never_taken_are_released_when_their_group_goes() {
         listen(&busy, &a2);
         let (c1, _) = connect(&client, &idle, &a1);
         let (c2, _) = connect(&client, &busy, &a2);
-        // `idle` never reads: it ends up holding the pool's maximum.
+        // `idle` never receives: its queue ends up at the receive limit.
         for i in 1..=100 {
             client.post(data(OpCode::Signal, c1, i, &[1; 20])).unwrap();
         }
         let deadline = std::time::Instant::now() + PATIENCE;
-        while se.pool().held() < 8 {
+        while se.pool().queued() < 8 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "idle group never filled"
@@ -249,7 +241,7 @@ fn frames_never_taken_are_released_when_their_group_goes() {
         }
         drop(idle);
         assert_eq!(
-            se.pool().held(),
+            se.pool().queued(),
             0,
             "undelivered frames released with their group"
         );
@@ -263,7 +255,7 @@ fn frames_never_taken_are_released_when_their_group_goes() {
     });
 }
 
-/// Many channels starve at once; as messages come back they resume one after another, and
+/// Many channels pause at once; as the application receives they resume one after another, and
 /// every channel's messages arrive complete and in order.
 #[test]
 fn many_starved_channels_all_resume() {
@@ -285,9 +277,6 @@ fn many_starved_channels_all_resume() {
         let mut got = 0;
         while got < CHANNELS as u64 * N {
             let m = recv_any(server);
-            if m.status() == Status::PoolEmpty {
-                continue;
-            }
             let want = next.entry(m.channel()).or_insert(1u64);
             assert_eq!(m.message_id(), *want, "order on channel {}", m.channel());
             *want += 1;

@@ -31,7 +31,7 @@ fn echo_service(server: &ChannelGroup) -> u64 {
                 m.make_echo().unwrap();
                 server.post(m).unwrap();
             }
-            _ => {} // PoolEmpty, closes: dropping returns the message to the pool
+            _ => {} // closes: dropping returns the message to the pool
         }
     }
 }

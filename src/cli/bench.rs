@@ -475,28 +475,19 @@ fn address(t: Transport) -> Result<Address, String> {
 }
 
 fn next(g: &ChannelGroup) -> Result<Message, String> {
-    loop {
-        match g.wait_receive(Some(Duration::from_secs(20))) {
-            Ok(Some(m)) if m.status() == Status::PoolEmpty => continue,
-            Ok(Some(m)) => return Ok(m),
-            Ok(None) => return Err("benchmark stalled (20 s without a message)".into()),
-            Err(e) => return Err(format!("receive: {e}")),
-        }
+    match g.wait_receive(Some(Duration::from_secs(20))) {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err("benchmark stalled (20 s without a message)".into()),
+        Err(e) => Err(format!("receive: {e}")),
     }
 }
 
-/// The next message the way `receiving` says (PoolEmpty Signals skipped, as `next` does).
+/// The next message the way `receiving` says.
 fn next_with(g: &ChannelGroup, receiving: Receiving) -> Result<Message, String> {
     if receiving == Receiving::Blocking {
         return next(g);
     }
-    loop {
-        match block_on(g.receive()) {
-            Ok(m) if m.status() == Status::PoolEmpty => continue,
-            Ok(m) => return Ok(m),
-            Err(e) => return Err(format!("receive: {e}")),
-        }
-    }
+    block_on(g.receive()).map_err(|e| format!("receive: {e}"))
 }
 
 /// Runs a future to completion on this thread: the thread parks until the future's waker

@@ -52,18 +52,13 @@ pub fn run(engine: &Engine, addr: &Address, o: &ClientOptions) -> Result<ClientS
         .channel;
     let started = Instant::now();
     let next = |what: &str| -> Result<Message, String> {
-        loop {
-            match g.wait_receive(Some(o.timeout)) {
-                Ok(Some(m)) if m.status() == Status::PoolEmpty => continue,
-                Ok(Some(m)) => return Ok(m),
-                Ok(None) => {
-                    return Err(format!(
-                        "timeout: no {what} from {addr} within {:?}",
-                        o.timeout
-                    ))
-                }
-                Err(e) => return Err(format!("receive failed: {e}")),
-            }
+        match g.wait_receive(Some(o.timeout)) {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(format!(
+                "timeout: no {what} from {addr} within {:?}",
+                o.timeout
+            )),
+            Err(e) => Err(format!("receive failed: {e}")),
         }
     };
     let m = next("HelloResponse")?;

@@ -93,7 +93,7 @@ pub fn serve(
                     println!("closed: channel {}", m.channel());
                 }
             }
-            _ => {} // dropped: returns to the pool (a PoolEmpty Signal refills it)
+            _ => {} // dropped: returns to the pool
         }
     }
     st

@@ -56,9 +56,14 @@ pub fn run(s: Settings) -> Result<(), String> {
         initial: 256,
         max: 2048,
     };
+    // Reading pauses at 2048 held frames, so the soak also runs through pauses and resumes.
     let opts = |backend| EngineOptions {
         pool,
         backend,
+        receive_limit: tofu::ReceiveLimit {
+            messages: 2048,
+            ..tofu::ReceiveLimit::default()
+        },
         ..EngineOptions::default()
     };
     let server_engine = Engine::new(opts(s.backend)).map_err(|e| e.to_string())?;
@@ -189,13 +194,10 @@ fn report(c: &Counters, started: Instant, heap: usize) {
 fn session(engine: &Engine, addr: &Address, rng: &mut Rng, c: &Counters) -> Result<(), String> {
     let g = engine.create_group().map_err(|e| e.to_string())?;
     let wait = Some(Duration::from_secs(20));
-    let next = || loop {
-        match g.wait_receive(wait) {
-            Ok(Some(m)) if m.status() == Status::PoolEmpty => continue,
-            Ok(Some(m)) => return Ok(m),
-            Ok(None) => return Err(format!("{addr}: no message for 20 s")),
-            Err(e) => return Err(format!("{addr}: {e}")),
-        }
+    let next = || match g.wait_receive(wait) {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(format!("{addr}: no message for 20 s")),
+        Err(e) => Err(format!("{addr}: {e}")),
     };
     let mut hello = engine.pool().message();
     addr.format_connect(&mut hello).map_err(|e| e.to_string())?;

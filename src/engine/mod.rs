@@ -58,6 +58,8 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// Per-channel bound on messages posted but not yet written.
     pub send_limit: SendLimit,
+    /// Engine-wide bound on received frames the application has not given back yet.
+    pub receive_limit: ReceiveLimit,
     /// A peer that starts a frame and then sends nothing for this long has its channel
     /// closed with `RecvFailed` (a slowloris peer cannot hold a channel forever). `None`
     /// waits forever, as Zig tofu does. Default: 30 s.
@@ -70,6 +72,7 @@ impl Default for EngineOptions {
             pool: PoolOptions::default(),
             backend: Backend::default(),
             send_limit: SendLimit::default(),
+            receive_limit: ReceiveLimit::default(),
             frame_timeout: Some(Duration::from_secs(30)),
         }
     }
@@ -101,6 +104,51 @@ impl Default for SendLimit {
     /// 65536 messages or 64 MiB per channel.
     fn default() -> SendLimit {
         SendLimit {
+            messages: 65_536,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// The receive-side high-water mark of an engine: once this many frames received from
+/// peers (or bytes of them) wait in its groups' queues, not yet taken by `wait_receive` /
+/// `receive`, the engine stops reading from its sockets, so the peers' send queues fill
+/// (their `post` meets `SendQueueFull`, their `send` waits) instead of this process's
+/// memory. Reading resumes by itself as the application receives. Like a bounded channel,
+/// it needs nothing from the receive loop: no message tells of the pause, and what the
+/// application keeps after receiving does not count.
+///
+/// What it costs: memory only while the application falls behind, at most `bytes` of
+/// frames plus about 100 bytes per frame decoded by the engine (large frames; small ones
+/// wait as bytes). Fifty threads streaming small Signals to one receive loop (see
+/// `examples/fanin.rs`, with 10 000 each) reach the default's 65536 frames (about 2 MiB)
+/// on a 2-CPU machine: the reactor copies frames out faster than one thread decodes them.
+/// Zig tofu paused when its pool (64 messages) ran dry and sent a `PoolEmpty` Signal each
+/// time.
+///
+/// ```
+/// use tofu::{EngineOptions, ReceiveLimit};
+/// // A small device: pause reading once 1 MiB of received frames is waiting.
+/// let options = EngineOptions {
+///     receive_limit: ReceiveLimit { messages: 4096, bytes: 1 << 20 },
+///     ..EngineOptions::default()
+/// };
+/// let engine = tofu::Engine::new(options)?;
+/// # Ok::<(), tofu::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveLimit {
+    /// Most received frames held (at least 1).
+    pub messages: usize,
+    /// Most bytes of received frames held (header, text headers, body; at least 1). A
+    /// frame is read whole even if it goes past this.
+    pub bytes: usize,
+}
+
+impl Default for ReceiveLimit {
+    /// 65536 frames or 64 MiB per engine.
+    fn default() -> ReceiveLimit {
+        ReceiveLimit {
             messages: 65_536,
             bytes: 64 << 20,
         }
@@ -146,7 +194,7 @@ impl Engine {
             tracing::debug!(error = %e, backend = %options.backend, "poller creation failed");
             Error::CommunicationFailed
         })?;
-        let pool = Pool::new(options.pool);
+        let pool = Pool::with_receive_limit(options.pool, options.receive_limit);
         let shared = Arc::new(Shared::new(pool.clone(), poller.waker(), &options));
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::engine::channels::Pending;
+use crate::engine::ReceiveLimit;
 use crate::proto::message::{Message, Recycle};
 use crate::util::padded::Padded;
 
@@ -113,6 +114,19 @@ impl Pool {
     /// A pool pre-filled with `options.initial` messages (after normalisation).
     pub fn new(options: PoolOptions) -> Pool {
         let options = options.normalized();
+        Pool::with_receive_limit(
+            options,
+            ReceiveLimit {
+                messages: usize::from(options.max),
+                bytes: usize::MAX,
+            },
+        )
+    }
+
+    /// A pool whose reactor stops reading once the application holds `limit` (see
+    /// [`ReceiveLimit`]); an engine's pool.
+    pub(crate) fn with_receive_limit(options: PoolOptions, limit: ReceiveLimit) -> Pool {
+        let options = options.normalized();
         let shared = Arc::new(PoolShared {
             free: Padded::new(Mutex::new(Free {
                 spares: Vec::with_capacity(options.max as usize),
@@ -123,7 +137,11 @@ impl Pool {
             empty_was_returned: AtomicBool::new(false),
             on_refill: OnceLock::new(),
             created: AtomicU64::new(0),
-            held: Padded::new(AtomicUsize::new(0)),
+            held: Padded::new(AtomicU64::new(0)),
+            limit: ReceiveLimit {
+                messages: limit.messages.max(1),
+                bytes: limit.bytes.max(1),
+            },
             buffers: Padded::new(Buffers::default()),
             closed: AtomicBool::new(false),
             count: AtomicUsize::new(0),
@@ -243,47 +261,64 @@ impl Pool {
     }
 
     /// A message to receive a frame into, for the reactor: from the pool, else newly
-    /// allocated as long as the application holds fewer than `max` received frames. `None`
-    /// means the application holds too many: reading pauses until it gives some back.
+    /// allocated as long as less than the receive limit waits in the groups' queues. `None`
+    /// means too much waits: reading pauses until the application receives.
     ///
-    /// Counting held frames rather than looking at the pool keeps an application that
+    /// Counting queued frames rather than looking at the pool keeps an application that
     /// allocates many messages for sending from starving its own receive path (two peers
     /// doing so would each stop reading, then each stop writing: a deadlock).
     ///
     /// `pending` counts frames decoded but not yet counted by [`hold_all`](Self::hold_all).
     pub(crate) fn for_receive(&self, batch: usize, out: &mut Vec<Message>, pending: usize) -> bool {
-        if self.take_batch(batch, out) > 0 {
-            return true;
+        if !self.may_receive(pending) {
+            return false;
         }
-        let max = self.shared.max;
-        if self.shared.held.load(Ordering::SeqCst) + pending >= max {
-            self.shared.empty_was_returned.store(true, Ordering::SeqCst);
-            // A frame released since the check above would have found the flag clear.
-            if self.shared.held.load(Ordering::SeqCst) + pending >= max {
-                return false;
-            }
+        if self.take_batch(batch, out) == 0 {
+            out.push(self.allocate());
         }
-        out.push(self.allocate());
         true
     }
 
-    /// Counts received frames of this pool as held by the application (one atomic update
-    /// for the whole batch); they are released when given back. Frames already counted or
-    /// from another pool are left alone.
-    pub(crate) fn hold_all(&self, msgs: &mut [Message]) {
-        let mut n = 0;
-        for m in msgs.iter_mut().filter(|m| !m.held && self.owns(m)) {
-            m.held = true;
-            n += 1;
+    /// True when a frame more may be queued (`pending` are about to be); otherwise the
+    /// next frame handed over wakes the reactor (the refill alert), and false.
+    pub(crate) fn may_receive(&self, pending: usize) -> bool {
+        if self.receive_room(pending) > 0 {
+            return true;
         }
-        if n > 0 {
-            self.shared.held.fetch_add(n, Ordering::SeqCst);
+        self.shared.empty_was_returned.store(true, Ordering::SeqCst);
+        // A frame handed over since the check above would have found the flag clear.
+        self.receive_room(pending) > 0
+    }
+
+    /// How many more received frames the application may hold (0 once it holds the
+    /// receive limit's messages or bytes); `pending` frames are about to be counted.
+    pub(crate) fn receive_room(&self, pending: usize) -> usize {
+        let (count, bytes) = unpack(self.shared.held.load(Ordering::SeqCst));
+        let limit = self.shared.limit;
+        if bytes >= limit.bytes {
+            return 0;
+        }
+        limit.messages.saturating_sub(count + pending)
+    }
+
+    /// Counts received frames of this pool as queued for the application (one atomic update
+    /// for the whole batch); each is released when a receive hands it over (or it is
+    /// dropped unreceived). Frames already counted or from another pool are left alone.
+    pub(crate) fn hold_all(&self, msgs: &mut [Message]) {
+        let mut add = 0;
+        for m in msgs.iter_mut().filter(|m| m.held == 0 && self.owns(m)) {
+            let len = crate::proto::wire::encoded_len(m);
+            m.held = len as u32; // at most MAX_FRAME_LEN
+            add += HELD_ONE + len as u64;
+        }
+        if add > 0 {
+            self.shared.held.fetch_add(add, Ordering::SeqCst);
         }
     }
 
-    /// True when [`for_receive`](Self::for_receive) would give a message now.
+    /// True when a frame more may be queued now.
     pub(crate) fn can_receive(&self) -> bool {
-        self.shared.held.load(Ordering::SeqCst) < self.shared.max || !self.is_empty()
+        self.receive_room(0) > 0
     }
 
     /// The pool's spare byte buffers.
@@ -291,11 +326,14 @@ impl Pool {
         &self.shared.buffers
     }
 
-    /// Counts `n` received frames as held by the application before they are messages
-    /// (delivered in a chunk the application decodes, see `Frames` in `src/engine/shared.rs`).
-    pub(crate) fn hold_n(&self, n: usize) {
+    /// Counts `n` received frames of `bytes` bytes in all as queued for the application before
+    /// they are messages (delivered in a chunk the application decodes, see `Frames` in
+    /// `src/engine/shared.rs`).
+    pub(crate) fn hold_n(&self, n: usize, bytes: usize) {
         if n > 0 {
-            self.shared.held.fetch_add(n, Ordering::SeqCst);
+            self.shared
+                .held
+                .fetch_add(n as u64 * HELD_ONE + bytes as u64, Ordering::SeqCst);
         }
     }
 
@@ -304,9 +342,15 @@ impl Pool {
         Arc::clone(&self.shared)
     }
 
-    /// Received frames the application holds now.
-    pub fn held(&self) -> usize {
-        self.shared.held.load(Ordering::SeqCst)
+    /// Frames received from peers that wait in the engine's group queues, not yet taken by
+    /// a receive (what the engine's `ReceiveLimit` bounds).
+    pub fn queued(&self) -> usize {
+        unpack(self.shared.held.load(Ordering::SeqCst)).0
+    }
+
+    /// Bytes of the frames [`queued`](Self::queued) counts.
+    pub fn queued_bytes(&self) -> usize {
+        unpack(self.shared.held.load(Ordering::SeqCst)).1
     }
 
     /// True when `msg` returns to this pool when dropped.
@@ -361,6 +405,20 @@ impl std::fmt::Debug for Pool {
             .field("max", &self.shared.max)
             .finish()
     }
+}
+
+/// The held count is kept above this bit of `PoolShared::held`, the held bytes below it
+/// (up to 1 TiB of bytes and 16 M frames: far beyond any receive limit in use).
+const HELD_SHIFT: u32 = 40;
+/// One held frame in `PoolShared::held`.
+const HELD_ONE: u64 = 1 << HELD_SHIFT;
+
+/// `PoolShared::held` as (frames, bytes).
+fn unpack(held: u64) -> (usize, usize) {
+    (
+        (held >> HELD_SHIFT) as usize,
+        (held & (HELD_ONE - 1)) as usize,
+    )
 }
 
 /// Capacity of a new byte buffer (it grows as it is filled).
@@ -565,8 +623,11 @@ pub(crate) struct PoolShared {
     empty_was_returned: AtomicBool,
     on_refill: OnceLock<Box<dyn Fn() + Send + Sync>>,
     created: AtomicU64,
-    /// Received frames the application holds (see `Pool::for_receive`).
-    held: Padded<AtomicUsize>,
+    /// Received frames queued for the application and their bytes, packed (see [`unpack`]
+    /// and `Pool::for_receive`): one atomic update per frame handed over.
+    held: Padded<AtomicU64>,
+    /// Reading pauses when the application holds this much.
+    limit: ReceiveLimit,
     /// Spare byte buffers.
     pub(crate) buffers: Padded<Buffers>,
     /// The last handle is gone (`Free::closed`, readable without the lock).
@@ -641,10 +702,11 @@ impl PoolShared {
         }
     }
 
-    /// `n` held frames were given back at once.
-    pub(crate) fn release_n(&self, n: usize) {
+    /// `n` held frames of `bytes` bytes in all were given back at once.
+    pub(crate) fn release_n(&self, n: usize, bytes: usize) {
         if n > 0 {
-            self.held.fetch_sub(n, Ordering::SeqCst);
+            self.held
+                .fetch_sub(n as u64 * HELD_ONE + bytes as u64, Ordering::SeqCst);
             self.after_refill();
         }
     }
@@ -682,8 +744,9 @@ impl Recycle for PoolShared {
         PoolShared::recycle(self, text, body);
     }
 
-    fn release(&self) {
-        self.held.fetch_sub(1, Ordering::SeqCst);
+    fn release(&self, bytes: u32) {
+        self.held
+            .fetch_sub(HELD_ONE + u64::from(bytes), Ordering::SeqCst);
         self.after_refill();
     }
 

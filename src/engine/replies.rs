@@ -71,7 +71,12 @@ impl Replies {
     /// Forgets the slot (an answer that comes later goes to the application); returns the
     /// answer if it came meanwhile, so that it is not lost either.
     pub(crate) fn remove(&mut self, channel: u16, id: u64) -> Option<Answer> {
-        self.slots.remove(&(channel, id)).and_then(|s| s.answer)
+        let answer = self.slots.remove(&(channel, id)).and_then(|s| s.answer);
+        match answer {
+            Some(Answer::Reply(m)) => Some(Answer::Reply(crate::engine::shared::handed(m))),
+            Some(Answer::Refused(m)) => Some(Answer::Refused(crate::engine::shared::handed(m))),
+            other => other,
+        }
     }
 
     /// The answer, if it came (the slot is then gone); else keeps `waker` to wake.
@@ -86,7 +91,12 @@ impl Replies {
             }
             return None;
         }
-        self.slots.remove(&(channel, id)).and_then(|s| s.answer)
+        let answer = self.slots.remove(&(channel, id)).and_then(|s| s.answer);
+        match answer {
+            Some(Answer::Reply(m)) => Some(Answer::Reply(crate::engine::shared::handed(m))),
+            Some(Answer::Refused(m)) => Some(Answer::Refused(crate::engine::shared::handed(m))),
+            other => other,
+        }
     }
 
     /// True when the slot exists (its answer may or may not have come).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::replies::{Answer, Expect, Replies};
 use super::{EngineOptions, SendLimit};
 use crate::engine::channels::ChannelTable;
-use crate::engine::pool::{Allocation, Pool};
+use crate::engine::pool::Pool;
 use crate::proto::message::{Message, OpCode, Origin};
 use crate::proto::notify;
 use crate::proto::status::{Error, Status};
@@ -593,6 +593,11 @@ impl GroupShared {
         key: &mut Option<u64>,
         waker: &Waker,
     ) -> Poll<Result<Message, Error>> {
+        self.poll_next(key, waker).map(|r| r.map(handed))
+    }
+
+    /// [`poll_receive`](Self::poll_receive) before the message is handed over.
+    fn poll_next(&self, key: &mut Option<u64>, waker: &Waker) -> Poll<Result<Message, Error>> {
         let fast = {
             let mut taken = self.lock_taken();
             take_one(&mut taken).map(|m| (m, !taken.is_empty()))
@@ -657,7 +662,14 @@ impl GroupShared {
         }
     }
 
+    /// The next message for a thread, waiting up to `timeout` (`None`: no limit);
+    /// `Ok(None)` when it passed, `ShutdownStarted` once the group or engine is gone.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
+        self.wait_next(timeout).map(|m| m.map(handed))
+    }
+
+    /// [`wait`](Self::wait) before the message is handed over.
+    fn wait_next(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
         // Fast path: a message an earlier call already moved out of the mailbox.
         if let Some(m) = take_one(&mut self.lock_taken()) {
             return Ok(Some(m));
@@ -745,6 +757,14 @@ impl GroupShared {
     }
 }
 
+/// A received message leaves the group's queue for the application: it no longer counts
+/// against the receive limit, which bounds what waits in queues, not what the application
+/// keeps (see `ReceiveLimit`).
+pub(crate) fn handed(mut m: Message) -> Message {
+    m.release_hold();
+    m
+}
+
 /// What a group's receive queue holds, in arrival order.
 pub(crate) enum Inbound {
     Msg(Message),
@@ -793,7 +813,7 @@ pub(crate) struct Frames {
 impl Frames {
     /// `count` whole frames in `bytes`, received on `channel`; counted as held at once.
     pub(crate) fn new(pool: &Pool, bytes: Vec<u8>, count: usize, channel: u16) -> Frames {
-        pool.hold_n(count);
+        pool.hold_n(count, bytes.len());
         Frames {
             bytes,
             pos: 0,
@@ -812,7 +832,7 @@ impl Frames {
         let mut m = self.home.message();
         crate::proto::wire::decode_own(&self.bytes[self.pos..self.pos + len], &mut m);
         m.header.channel = self.channel;
-        m.held = true; // counted at delivery; released when given back
+        m.held = len as u32; // counted at delivery; released when given back
         self.pos += len;
         self.left -= 1;
         Some(m)
@@ -821,14 +841,8 @@ impl Frames {
 
 impl Drop for Frames {
     fn drop(&mut self) {
-        self.home.release_n(self.left);
+        self.home
+            .release_n(self.left, self.bytes.len().saturating_sub(self.pos));
         self.home.buffers.put(std::mem::take(&mut self.bytes));
     }
-}
-
-/// Builds the `PoolEmpty` Signal for a starved channel. It comes from the pool's `Always`
-/// path, so the application dropping it adds a message to the pool.
-pub(crate) fn pool_empty_signal(pool: &Pool, channel: u16) -> Message {
-    let m = pool.get(Allocation::Always).unwrap_or_default();
-    notify::signal(m, Status::PoolEmpty, channel, 0)
 }

@@ -341,8 +341,9 @@ pub fn next_message_id() -> u64 {
 pub(crate) trait Recycle: Any + Send + Sync {
     /// Takes back the buffers of a dropped message (to keep or to free).
     fn recycle(self: Arc<Self>, text: Vec<u8>, body: Vec<u8>);
-    /// A received frame the application held was given back (dropped, pooled or posted).
-    fn release(&self);
+    /// A received frame of `bytes` bytes the application held was given back (dropped,
+    /// pooled or posted).
+    fn release(&self, bytes: u32);
     /// This home as `Any`, so its owner can take its own type back without a new reference.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
@@ -357,9 +358,10 @@ pub struct Message {
     text: Vec<u8>,
     body: Vec<u8>,
     pub(crate) home: Option<Arc<dyn Recycle>>,
-    /// A frame received from a peer that the application holds (counted by its pool: the
-    /// reactor stops reading when the application holds too many).
-    pub(crate) held: bool,
+    /// The length of a frame received from a peer that waits in a group's queue, 0 once
+    /// handed to the application (counted by its pool: the reactor stops reading when too
+    /// much waits).
+    pub(crate) held: u32,
 }
 
 impl Message {
@@ -377,7 +379,7 @@ impl Message {
             text,
             body,
             home: None,
-            held: false,
+            held: 0,
         }
     }
 
@@ -497,7 +499,7 @@ impl Message {
             text: self.text.clone(),
             body: self.body.clone(),
             home: None,
-            held: false,
+            held: 0,
         }
     }
 
@@ -563,10 +565,10 @@ impl Message {
 
     /// The application gave this message back (dropped, pooled or posted).
     pub(crate) fn release_hold(&mut self) {
-        if self.held {
-            self.held = false;
+        if self.held != 0 {
+            let bytes = std::mem::take(&mut self.held);
             if let Some(home) = &self.home {
-                home.release();
+                home.release(bytes);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! What the engine tells the application in messages of its own: a message handed back, a
 //! refused Hello or Welcome, and the engine's Signals (`ChannelClosed` at the end of every
-//! channel, `PoolEmpty` when reading pauses). Every one has origin engine and a status.
+//! channel). Every one has origin engine and a status.
 
 use crate::proto::message::{Header, Message, OpCode, Origin, ERROR_TEXT};
 use crate::proto::status::Status;

@@ -75,12 +75,10 @@ pub enum Status {
     /// The connection failed (error or hang-up reported by the OS, or the poller could not
     /// watch it). What to do: reconnect; the `~error` text header says what the OS said.
     CommunicationFailed = 18,
-    /// Reading on a channel is paused: the application holds as many received frames as the
-    /// pool's `max` allows (frames still queued for the group count too). Routine flow
-    /// control when the receiver is slower than its peers: reading resumes by itself as
-    /// received messages are dropped (or posted). One Signal per pause, origin engine. What
-    /// to do: nothing, if the receive loop drops what it takes; if it keeps messages, drop
-    /// some, or give the engine a larger `PoolOptions::max`.
+    /// The pool had no message to give: `Engine::get(Allocation::PoolOnly)` on an empty pool.
+    /// What to do: use `Allocation::Always`, or give messages back first. (Zig tofu also
+    /// sent it as a Signal when reading paused; this engine pauses reading silently, see
+    /// `ReceiveLimit`, so no receive loop meets it.)
     PoolEmpty = 19,
     /// Memory, a channel number or the engine's thread could not be had (all 65534 channel
     /// numbers in use, for example). What to do: close channels you no longer need; retry.

@@ -22,27 +22,31 @@ pub fn on_every_backend(scenario: impl Fn(Backend)) {
 }
 
 pub fn engine(backend: Backend) -> Engine {
-    engine_with_pool(backend, PoolOptions::DEFAULT)
-}
-
-pub fn engine_with_pool(backend: Backend, pool: PoolOptions) -> Engine {
     Engine::new(EngineOptions {
-        pool,
         backend,
         ..EngineOptions::default()
     })
     .expect("engine starts")
 }
 
-/// The next message other than a `PoolEmpty` Signal (which a burst larger than the pool
-/// legitimately produces), or a panic after [`PATIENCE`].
+/// An engine with `pool` whose receive limit is the pool's `max` frames, so that tests of
+/// reading paused and resumed need only a few messages.
+pub fn engine_with_pool(backend: Backend, pool: PoolOptions) -> Engine {
+    Engine::new(EngineOptions {
+        pool,
+        backend,
+        receive_limit: tofu::ReceiveLimit {
+            messages: usize::from(pool.normalized().max),
+            ..tofu::ReceiveLimit::default()
+        },
+        ..EngineOptions::default()
+    })
+    .expect("engine starts")
+}
+
+/// The next message, or a panic after [`PATIENCE`] (as [`recv_any`]).
 pub fn recv(group: &ChannelGroup) -> Message {
-    loop {
-        let m = recv_any(group);
-        if !(m.opcode() == OpCode::Signal && m.status() == Status::PoolEmpty) {
-            return m;
-        }
-    }
+    recv_any(group)
 }
 
 /// The next message, whatever it is, or a panic after [`PATIENCE`].

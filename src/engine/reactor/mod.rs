@@ -3,7 +3,7 @@
 //!
 //! One loop iteration:
 //! 1. take every queued command at once (posts, group destroys) and dispatch them;
-//! 2. retry channels starved of pool messages;
+//! 2. resume channels paused at the receive limit;
 //! 3. write what the posts queued (one `writev` per channel and batch; no wait for
 //!    writability unless the socket is full);
 //! 4. delete the channels marked for deletion in this iteration;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::channels::{unpend, Pending, SendState};
-use crate::engine::shared::{pool_empty_signal, Command, Frames, GroupShared, Inbound, Shared};
+use crate::engine::shared::{Command, Frames, GroupShared, Inbound, Shared};
 use crate::proto::address::Address;
 use crate::proto::connection::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP};
 use crate::proto::message::{Message, OpCode, Origin};
@@ -272,13 +272,12 @@ impl Reactor {
     fn sleep_timeout(&self) -> Option<Duration> {
         self.shared.sleeping.store(true, Ordering::SeqCst);
         if !self.starved.is_empty() {
-            // Ask the pool to wake us on its next refill, whoever emptied it meanwhile.
+            // Ask the pool to wake us when the next queued frame is handed over.
             self.shared.pool.arm_refill_alert();
         }
         let pending = !self.shared.lock_commands().queue.is_empty()
             || self.shared.shutdown.load(Ordering::SeqCst)
-            || (!self.starved.is_empty()
-                && (!self.spare.is_empty() || self.shared.pool.can_receive()));
+            || (!self.starved.is_empty() && self.shared.pool.can_receive());
         if pending {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Some(Duration::ZERO);

@@ -129,7 +129,7 @@ impl Reactor {
             };
             let out = RefCell::new((&mut *deliveries, &mut self.outbox));
             let group = &ch.group;
-            let allowed = || pool.max().saturating_sub(pool.held() + pending.get());
+            let allowed = || pool.receive_room(pending.get());
             // Small frames received whole go to the application as chunks it decodes itself
             // (see `Frames`), as many as it may still hold; after the messages before them.
             let mut take = |bytes: &[u8], k: usize| {
@@ -193,10 +193,6 @@ impl Reactor {
             self.partial.push(number);
         }
         pool.hold_all(&mut self.deliveries);
-        if end == ReadEnd::Starved {
-            // Not a received frame: not counted as held.
-            self.deliveries.push(pool_empty_signal(pool, number));
-        }
         self.outbox.extend(&ch.group, &mut self.deliveries);
         if let Some(status) = outcome {
             match why {
@@ -209,7 +205,7 @@ impl Reactor {
     }
 
     pub(super) fn retry_starved(&mut self) {
-        if self.starved.is_empty() || (self.spare.is_empty() && !self.shared.pool.can_receive()) {
+        if self.starved.is_empty() || !self.shared.pool.can_receive() {
             return;
         }
         // In order, until one starves again: then there is nothing to read into for the
@@ -271,13 +267,18 @@ pub(super) enum ReadEnd {
     Closed,
 }
 
-/// A message to receive into: a spare one, else from the pool (see `Pool::for_receive`).
+/// A message to receive into, while the receive limit allows: a spare one, else from the
+/// pool (see `Pool::for_receive`).
 pub(super) fn take_spare(
     spare: &mut Vec<Message>,
     pool: &crate::engine::pool::Pool,
     pending: usize,
 ) -> Option<Message> {
-    if spare.is_empty() && !pool.for_receive(REFILL_BATCH, spare, pending) {
+    if spare.is_empty() {
+        if !pool.for_receive(REFILL_BATCH, spare, pending) {
+            return None;
+        }
+    } else if !pool.may_receive(pending) {
         return None;
     }
     spare.pop()
