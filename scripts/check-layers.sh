@@ -5,7 +5,9 @@
 #   src/engine/  no platform #[cfg], no unsafe, no OS crates (libc, windows-sys, socket2);
 #                the reactor is named only by the engine's constructor (engine/mod.rs);
 #   src/sys/     no engine, no testing;
-#   src/util/    nothing of the crate.
+#   src/util/    nothing of the crate;
+#   src/recipes/ the public API only (what users can write: no crate::proto, engine, sys,
+#                util paths, no unsafe).
 # Comment lines and a file's unit tests (from its `#[cfg(test)]` on, tests come last; a whole
 # file under `#![cfg(test)]`) are not checked. Prints every violation and fails if there is
 # one.
@@ -38,6 +40,7 @@ check src/engine 'unsafe' '\bunsafe\b'
 check src/engine 'the OS crates (go through sys)' '\b(libc|windows_sys|socket2)::'
 check src/sys 'engine or testing' 'crate::(engine|testing)\b'
 check src/util 'the rest of the crate' 'crate::(proto|engine|sys|testing|fuzzing)\b'
+check src/recipes 'the internals (public API only)' 'crate::(proto|engine|sys|util|fuzzing)\b|pub\(crate\)|\bunsafe\b'
 
 # Nothing names the reactor but the engine's constructor (and the reactor itself).
 hits=$(grep -RnE 'reactor::|mod reactor' src --include='*.rs' |
@@ -51,4 +54,4 @@ if [ $bad -ne 0 ]; then
   echo "check-layers: FAILED"
   exit 1
 fi
-echo "check-layers: ok (proto, engine, sys, util)"
+echo "check-layers: ok (proto, engine, sys, util, recipes)"

@@ -92,6 +92,9 @@ mod proto;
 mod sys;
 mod util;
 
+// Built on the public API only, above all the layers.
+pub mod recipes;
+
 pub mod testing;
 
 // The public modules, where users have always found them.

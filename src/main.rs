@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use cli::client::{self, ClientOptions, ClientStats};
 use cli::{json_str, service};
+use tofu::recipes::Server;
 use tofu::Backend;
 use tofu::{Address, Engine, EngineOptions, PoolOptions};
 
@@ -276,13 +277,7 @@ fn demo(a: DemoArgs) -> Result<(), String> {
     let uds = cfg!(unix).then(|| Address::uds(tofu::testing::temp_uds_path().to_string_lossy()));
     addrs.extend(uds.clone());
 
-    let server = Arc::new(server_engine.create_group().map_err(|e| e.to_string())?);
-    let listeners = service::listen_all(&server_engine, &server, &addrs)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let service_thread = {
-        let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
-        std::thread::spawn(move || service::serve(&server, &listeners, true, None, &stop, false))
-    };
+    let server = service::echo_server(&server_engine, &addrs)?;
 
     let opts = ClientOptions {
         count: a.messages,
@@ -313,11 +308,7 @@ fn demo(a: DemoArgs) -> Result<(), String> {
             .collect()
     });
     let elapsed = started.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    let _ = server.update_receiver(None);
-    let served = service_thread
-        .join()
-        .map_err(|_| "service thread panicked".to_string())?;
+    let served = server.stop().stats;
 
     let mut rtts = Vec::new();
     let mut answered = 0;
@@ -396,21 +387,26 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             max: 4096,
         },
     )?;
-    let g = engine.create_group().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     }
-    let listeners = service::listen_all(&engine, &g, &a.addrs)?;
+    let service = service::Serve {
+        stats: service::ServeStats::default(),
+        echo: a.echo,
+        max_closed: a.max_conns,
+        log: !a.common.json,
+    };
+    let server = Server::start(&engine, &a.addrs, service).map_err(|e| e.to_string())?;
     if !a.common.json {
-        for addr in &a.addrs {
+        for addr in server.addresses() {
             println!("listening on {addr}");
         }
         let _ = std::io::stdout().flush();
     }
-    let st = service::serve(&g, &listeners, a.echo, a.max_conns, &stop, !a.common.json);
+    let st = service::run_until(server, &stop);
     if a.common.json {
         println!(
             "{{\"command\":\"serve\",\"connections\":{},\"closed\":{},\"echoed\":{}}}",

@@ -1,10 +1,12 @@
-//! The serving side: listen on addresses, answer Hello and Bye, optionally echo data.
+//! The serving side of `tofu serve`, `demo` and `soak`: a [`tofu::recipes::Server`] running
+//! this service (Hello and Bye are the server's; data is echoed when asked).
 
-use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tofu::{Address, ChannelGroup, Engine, Message, OpCode, Origin, Status};
+use tofu::recipes::{Server, Service};
+use tofu::{Address, ChannelGroup, Engine, Message, OpCode, Origin};
 
 /// What a service counted.
 #[derive(Debug, Default, Clone, Copy)]
@@ -14,94 +16,65 @@ pub struct ServeStats {
     pub echoed: u64,
 }
 
-/// Listens on every address; returns the listener channels or a message for people.
-pub fn listen_all(
-    engine: &Engine,
-    g: &ChannelGroup,
-    addrs: &[Address],
-) -> Result<HashSet<u16>, String> {
-    let mut listeners = HashSet::new();
-    for a in addrs {
-        let mut m = engine.pool().message();
-        a.format_listen(&mut m)
-            .map_err(|e| format!("bad address {a}: {e}"))?;
-        let ch = g
-            .post(m)
-            .map_err(|e| format!("cannot listen on {a}: {}", e.error))?
-            .channel;
-        loop {
-            let r = g
-                .wait_receive(Some(Duration::from_secs(10)))
-                .map_err(|e| format!("receive failed: {e}"))?
-                .ok_or_else(|| format!("no answer to listen on {a}"))?;
-            if r.channel() != ch {
-                continue;
-            }
-            if r.opcode() == OpCode::WelcomeResponse && r.status() == Status::Success {
-                listeners.insert(ch);
-                break;
-            }
-            return Err(format!("cannot listen on {a}: {}", r.status()));
-        }
-    }
-    Ok(listeners)
+/// Counts connections, echoes data if asked, logs if asked, and stops the server after
+/// `max_closed` closed connections.
+pub struct Serve {
+    pub stats: ServeStats,
+    pub echo: bool,
+    pub max_closed: Option<u64>,
+    pub log: bool,
 }
 
-/// Serves until `stop` is set, a `ReceiverUpdate` arrives, or `max_closed` connections closed.
-pub fn serve(
-    g: &ChannelGroup,
-    listeners: &HashSet<u16>,
-    echo: bool,
-    max_closed: Option<u64>,
-    stop: &AtomicBool,
-    log: bool,
-) -> ServeStats {
-    let mut st = ServeStats::default();
-    while !stop.load(Ordering::SeqCst) {
-        if max_closed.is_some_and(|n| st.closed >= n) {
-            break;
+impl Service for Serve {
+    fn on_message(&mut self, mut m: Message, group: &ChannelGroup) -> ControlFlow<()> {
+        let data = matches!(m.opcode(), OpCode::Request | OpCode::Signal);
+        if self.echo && data && m.origin() == Origin::Application && m.make_echo().is_ok() {
+            self.stats.echoed += 1;
+            // A failed post means the channel closed meanwhile; its close comes anyway.
+            let _ = group.post(m);
         }
-        let m: Message = match g.wait_receive(Some(Duration::from_millis(200))) {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(_) => break,
-        };
-        let op = m.opcode();
-        match (op, m.status(), m.origin()) {
-            (_, Status::ReceiverUpdate, _) => break,
-            (OpCode::HelloRequest, Status::Success, Origin::Application) => {
-                st.connections += 1;
-                if log {
-                    println!(
-                        "connected: channel {} ({})",
-                        m.channel(),
-                        m.header_value("~connect_to").unwrap_or("?")
-                    );
-                }
-                reply(g, m);
-            }
-            (OpCode::ByeRequest, Status::Success, Origin::Application) => reply(g, m),
-            (OpCode::Request | OpCode::Signal, Status::Success, Origin::Application) if echo => {
-                st.echoed += 1;
-                reply(g, m);
-            }
-            (OpCode::Signal, Status::ChannelClosed, Origin::Engine)
-                if !listeners.contains(&m.channel()) =>
-            {
-                st.closed += 1;
-                if log {
-                    println!("closed: channel {}", m.channel());
-                }
-            }
-            _ => {} // dropped: returns to the pool
+        ControlFlow::Continue(())
+    }
+
+    fn on_connect(&mut self, hello: &Message) -> ControlFlow<()> {
+        self.stats.connections += 1;
+        if self.log {
+            println!(
+                "connected: channel {} ({})",
+                hello.channel(),
+                hello.header_value("~connect_to").unwrap_or("?")
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_close(&mut self, channel: u16) -> ControlFlow<()> {
+        self.stats.closed += 1;
+        if self.log {
+            println!("closed: channel {channel}");
+        }
+        match self.max_closed {
+            Some(n) if self.stats.closed >= n => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
         }
     }
-    st
 }
 
-fn reply(g: &ChannelGroup, mut m: Message) {
-    if m.make_echo().is_ok() {
-        // A failed post means the channel closed meanwhile; its close is reported anyway.
-        let _ = g.post(m);
+/// Starts an echo server on every address (for `demo` and `soak`).
+pub fn echo_server(engine: &Engine, addrs: &[Address]) -> Result<Server<Serve>, String> {
+    let service = Serve {
+        stats: ServeStats::default(),
+        echo: true,
+        max_closed: None,
+        log: false,
+    };
+    Server::start(engine, addrs, service).map_err(|e| e.to_string())
+}
+
+/// Runs `server` until `stop` is set or the service stops it; returns what it counted.
+pub fn run_until(server: Server<Serve>, stop: &AtomicBool) -> ServeStats {
+    while !stop.load(Ordering::SeqCst) && !server.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
     }
+    server.stop().stats
 }

@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tofu::Backend;
@@ -75,13 +74,7 @@ pub fn run(s: Settings) -> Result<(), String> {
             tofu::testing::temp_uds_path().to_string_lossy(),
         ));
     }
-    let server = Arc::new(server_engine.create_group().map_err(|e| e.to_string())?);
-    let listeners = service::listen_all(&server_engine, &server, &addrs)?;
-    let stop_service = Arc::new(AtomicBool::new(false));
-    let service_thread = {
-        let (server, stop) = (Arc::clone(&server), Arc::clone(&stop_service));
-        std::thread::spawn(move || service::serve(&server, &listeners, true, None, &stop, false))
-    };
+    let server = service::echo_server(&server_engine, &addrs)?;
 
     let fds_start = os::open_fds();
     let counters = Counters::default();
@@ -133,9 +126,7 @@ pub fn run(s: Settings) -> Result<(), String> {
     let heap_end = super::alloc::live_bytes();
     report(&counters, started, heap_end);
     let fds_end = os::open_fds();
-    stop_service.store(true, Ordering::SeqCst);
-    let _ = server.update_receiver(None);
-    let _ = service_thread.join();
+    server.stop();
 
     let errors = counters.errors.load(Ordering::Relaxed);
     if errors > 0 {

@@ -1,0 +1,215 @@
+//! The recipes: a multi-homed server running a service, and a connector that reconnects.
+
+mod common;
+use common::*;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+use tofu::recipes::{Backoff, Connector, Echo, Event, Server, ServerError, Service};
+use tofu::{Address, ChannelGroup, Message, OpCode, Status};
+
+const T: Option<Duration> = Some(Duration::from_secs(10));
+
+fn request(group: &ChannelGroup, channel: u16, body: &[u8]) -> Message {
+    let mut m = Message::with_opcode(OpCode::Request);
+    m.header.channel = channel;
+    m.set_body(body);
+    group.request(m, T).expect("a Response")
+}
+
+/// Every address answers; Hello and Bye are answered by the server; the service counts what
+/// it saw and comes back from `stop`.
+#[test]
+fn server_listens_on_every_address_and_runs_the_service() {
+    on_every_backend(|b| {
+        let e = engine(b);
+        let mut addrs = vec![Address::tcp("127.0.0.1", 0), Address::tcp("127.0.0.1", 0)];
+        if uds_available() {
+            addrs.push(uds_temp());
+        }
+        let service = Echo {
+            stop_after_closed: Some(addrs.len() as u64),
+            ..Echo::default()
+        };
+        let server = Server::start(&e, &addrs, service).unwrap();
+        assert_eq!(server.addresses().len(), addrs.len());
+        assert!(server.addresses()[..2]
+            .iter()
+            .all(|a| matches!(a, Address::Tcp { port, .. } if *port != 0)));
+        let client = e.create_group().unwrap();
+        for (i, addr) in server.addresses().iter().enumerate() {
+            let ch = client.connect(addr).unwrap();
+            let r = request(&client, ch, format!("to {i}").as_bytes());
+            assert_eq!(
+                (r.opcode(), r.body()),
+                (OpCode::Response, format!("to {i}").as_bytes())
+            );
+            let mut bye = Message::with_opcode(OpCode::ByeRequest);
+            bye.header.channel = ch;
+            let r = client.request(bye, T).unwrap();
+            assert_eq!(r.opcode(), OpCode::ByeResponse);
+        }
+        // The server stops itself once every channel closed (`Echo::stop_after_closed`).
+        let echo = server.join();
+        let n = addrs.len() as u64;
+        assert_eq!((echo.connections, echo.echoed), (n, n));
+        assert_eq!(echo.closed, n, "one on_close per connection");
+    });
+}
+
+/// A service that says Break stops the server; its peers see their channels closed.
+#[test]
+fn a_service_can_stop_the_server() {
+    struct StopAfter(u32);
+    impl Service for StopAfter {
+        fn on_message(&mut self, mut m: Message, group: &ChannelGroup) -> ControlFlow<()> {
+            m.make_echo().unwrap();
+            let _ = group.post(m);
+            self.0 -= 1;
+            if self.0 == 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    on_every_backend(|b| {
+        let e = engine(b);
+        let server = Server::start(&e, &[Address::tcp("127.0.0.1", 0)], StopAfter(3)).unwrap();
+        let client = e.create_group().unwrap();
+        let ch = client.connect(&server.addresses()[0]).unwrap();
+        for i in 0..3u8 {
+            assert_eq!(request(&client, ch, &[i]).body(), [i]);
+        }
+        let left = server.join();
+        assert_eq!(left.0, 0);
+        // The server's group is gone: the client's channel closes.
+        let m = recv(&client);
+        expect_closed_signal(&m, ch);
+    });
+}
+
+/// A failed listen names the address and leaves nothing listening.
+#[test]
+fn a_failed_listen_names_the_address() {
+    let e = engine(tofu::Backend::default());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let busy = Address::tcp("127.0.0.1", port);
+    let err = Server::start(
+        &e,
+        &[Address::tcp("127.0.0.1", 0), busy.clone()],
+        Echo::default(),
+    )
+    .unwrap_err();
+    match &err {
+        ServerError::Listen { address, error } => {
+            assert_eq!(address, &busy);
+            assert_eq!(error.status(), Status::ListenFailed);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains(&busy.to_string()), "{err}");
+}
+
+/// Collects the connector's events until `stop` says so (or panics after PATIENCE).
+fn until(conn: &mut Connector, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = conn.receive(Some(left)).unwrap().expect("an event in time");
+        let done = stop(&e);
+        seen.push(e);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// Nothing listens at first: the Hello fails and is retried with growing waits; a server
+/// appears and the connector connects; the server goes away and comes back on the same port:
+/// the connector reports the loss and connects again, on a new channel.
+#[test]
+fn connector_retries_and_reconnects() {
+    on_every_backend(|b| {
+        let e = engine(b);
+        let port = tofu::testing::free_tcp_port().unwrap();
+        let addr = Address::tcp("127.0.0.1", port);
+        let backoff = Backoff {
+            first: Duration::from_millis(5),
+            max: Duration::from_millis(40),
+        };
+        let mut conn = Connector::new(&e, addr.clone(), backoff).unwrap();
+        let mut failures = Vec::new();
+        until(&mut conn, |ev| {
+            if let Event::Disconnected {
+                status, retry_in, ..
+            } = ev
+            {
+                failures.push((*status, *retry_in));
+            }
+            failures.len() == 4
+        });
+        // Windows may report a refused connect as CommunicationFailed (SPEC, test 1.5).
+        assert!(
+            failures
+                .iter()
+                .all(|(s, _)| matches!(s, Status::ConnectFailed | Status::CommunicationFailed)),
+            "{failures:?}"
+        );
+        let waits: Vec<_> = failures.iter().map(|f| f.1.as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40], "doubling up to the maximum");
+        assert_eq!(conn.channel(), None);
+
+        let server = Server::start(&e, std::slice::from_ref(&addr), Echo::default()).unwrap();
+        let seen = until(&mut conn, |ev| matches!(ev, Event::Connected { .. }));
+        let Some(Event::Connected { channel: first }) = seen.last() else {
+            unreachable!()
+        };
+        let first = *first;
+        assert_eq!(conn.channel(), Some(first));
+        assert_eq!(request(conn.group(), first, b"one").body(), b"one");
+
+        drop(server); // the listener and the channel close
+        let seen = until(&mut conn, |ev| matches!(ev, Event::Disconnected { .. }));
+        match seen.last() {
+            Some(Event::Disconnected { retry_in, .. }) => {
+                assert_eq!(*retry_in, Duration::from_millis(5), "backoff starts over")
+            }
+            _ => unreachable!(),
+        }
+        assert_eq!(conn.channel(), None);
+        let mut m = Message::with_opcode(OpCode::Signal);
+        m.set_body(b"while down");
+        let back = conn.post(m).unwrap_err();
+        assert_eq!(back.error, tofu::Error::ChannelClosed);
+        assert_eq!(back.message.body(), b"while down", "handed back intact");
+
+        let server = Server::start(&e, std::slice::from_ref(&addr), Echo::default()).unwrap();
+        let seen = until(&mut conn, |ev| matches!(ev, Event::Connected { .. }));
+        let Some(Event::Connected { channel: second }) = seen.last() else {
+            unreachable!()
+        };
+        assert_ne!(*second, first, "a new channel");
+        let mut s = Message::with_opcode(OpCode::Signal);
+        s.set_body(b"two");
+        conn.post(s).unwrap();
+        let echoed = until(&mut conn, |ev| matches!(ev, Event::Message(_)));
+        match echoed.last() {
+            Some(Event::Message(m)) => {
+                assert_eq!((m.opcode(), m.body()), (OpCode::Signal, &b"two"[..]))
+            }
+            _ => unreachable!(),
+        }
+        assert_eq!(server.stop().connections, 1);
+    });
+}
+
+/// A bad address is refused at once: no attempt could ever succeed.
+#[test]
+fn connector_refuses_a_bad_address() {
+    let e = engine(tofu::Backend::default());
+    let err =
+        Connector::new(&e, Address::tcp("127.0.0.1:7099", 0), Backoff::default()).unwrap_err();
+    assert_eq!(err, tofu::Error::InvalidAddress);
+}
