@@ -349,3 +349,45 @@ fn failures_carry_the_os_words_in_a_local_header_that_is_never_sent() {
         sg.destroy();
     });
 }
+
+/// `disconnect` returns once the peer's ByeResponse came, after every message the peer sent
+/// before it; the final Signal follows in the receive loop; a second `disconnect` on the
+/// closed channel fails at once instead of waiting.
+#[test]
+fn disconnect_waits_for_the_bye_response_after_the_peers_messages() {
+    on_every_backend(|b| {
+        let e = engine(b);
+        let server = tofu::recipes::Server::start(
+            &e,
+            &[Address::tcp("127.0.0.1", 0)],
+            tofu::recipes::Echo::default(),
+        )
+        .unwrap();
+        let client = e.create_group().unwrap();
+        let ch = client.connect(&server.addresses()[0]).unwrap();
+        for i in 1..=100u64 {
+            let m = Message::with_opcode(OpCode::Signal)
+                .on_channel(ch)
+                .with_body(&i.to_be_bytes());
+            client.send_timeout(m, None).unwrap();
+        }
+        client.disconnect(ch, Some(PATIENCE)).unwrap();
+        for i in 1..=100u64 {
+            let m = client.wait_receive(Some(Duration::ZERO)).unwrap();
+            let m = m.expect("every echo arrived before the ByeResponse");
+            assert_eq!(
+                (m.opcode(), m.body()),
+                (OpCode::Signal, &i.to_be_bytes()[..])
+            );
+        }
+        expect_closed_signal(&recv(&client), ch);
+        let again = client.disconnect(ch, Some(PATIENCE)).unwrap_err();
+        assert!(
+            matches!(
+                again.status(),
+                Status::ChannelClosed | Status::InvalidChannelNumber
+            ),
+            "{again:?}"
+        );
+    });
+}

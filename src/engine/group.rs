@@ -440,6 +440,30 @@ impl ChannelGroup {
         }
     }
 
+    /// Closes `channel` gracefully: sends a ByeRequest and waits up to `timeout` (`None`:
+    /// as long as it takes) for the peer's ByeResponse, which comes after every message the
+    /// peer sent before it. The channel's final Signal still reaches the receive loop.
+    /// Fails as [`request`](Self::request) does (`Closed` when the channel was already
+    /// closing or closed).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tofu::{Address, Engine};
+    /// # let engine = Engine::with_defaults()?;
+    /// let server = tofu::recipes::Server::start(
+    ///     &engine, &[Address::tcp("127.0.0.1", 0)], tofu::recipes::Echo::default())?;
+    /// let client = engine.create_group()?;
+    /// let ch = client.connect(&server.addresses()[0])?;
+    /// client.disconnect(ch, Some(Duration::from_secs(5)))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn disconnect(&self, channel: u16, timeout: Option<Duration>) -> Result<(), RequestError> {
+        let mut bye = self.shared.pool.message();
+        bye.header = Header::new(OpCode::ByeRequest);
+        bye.header.channel = channel;
+        self.request(bye, timeout).map(drop)
+    }
+
     /// Connects a new channel to `addr` and returns its number once the peer's HelloResponse
     /// says Success. The failure shapes of a connect (a HelloRequest handed back refused,
     /// a HelloResponse with a failure status from the engine or the peer) come back as one

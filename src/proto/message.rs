@@ -390,6 +390,24 @@ impl Message {
         m
     }
 
+    /// This message with `header.channel` set: the channel to post it to.
+    ///
+    /// ```
+    /// use tofu::{Message, OpCode};
+    /// let m = Message::with_opcode(OpCode::Signal).on_channel(7).with_body(b"hi");
+    /// assert_eq!((m.channel(), m.body()), (7, &b"hi"[..]));
+    /// ```
+    pub fn on_channel(mut self, channel: u16) -> Message {
+        self.header.channel = channel;
+        self
+    }
+
+    /// This message with a copy of `bytes` as its body (see [`set_body`](Self::set_body)).
+    pub fn with_body(mut self, bytes: &[u8]) -> Message {
+        self.set_body(bytes);
+        self
+    }
+
     /// Shortcut for `header.opcode`.
     pub fn opcode(&self) -> OpCode {
         self.header.opcode

@@ -252,7 +252,9 @@ impl Connector {
             let reason = m.header_value(ERROR_TEXT).map(str::to_owned);
             let (status, why) = self.why.take().unwrap_or((Status::ChannelClosed, None));
             let retry_in = self.backoff.delay(self.failures);
-            self.failures = self.failures.saturating_add(1);
+            if let Link::Connecting { .. } = self.link {
+                self.failures = self.failures.saturating_add(1); // a lost channel is not
+            }
             self.link = Link::Waiting {
                 until: Instant::now() + retry_in,
             };

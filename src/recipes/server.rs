@@ -56,6 +56,32 @@ pub trait Service: Send + 'static {
     }
 }
 
+/// A closure is a service that sees only the messages (Hello and Bye are still answered).
+///
+/// ```
+/// use std::ops::ControlFlow;
+/// use tofu::recipes::Server;
+/// use tofu::{Address, ChannelGroup, Engine, Message};
+///
+/// let engine = Engine::with_defaults()?;
+/// let mut seen = 0;
+/// let server = Server::start(&engine, &[Address::tcp("127.0.0.1", 0)], move |m: Message, _: &ChannelGroup| {
+///     seen += 1;
+///     println!("{seen}: {m:?}");
+///     ControlFlow::Continue(())
+/// })?;
+/// # drop(server);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<F> Service for F
+where
+    F: FnMut(Message, &ChannelGroup) -> ControlFlow<()> + Send + 'static,
+{
+    fn on_message(&mut self, msg: Message, group: &ChannelGroup) -> ControlFlow<()> {
+        self(msg, group)
+    }
+}
+
 /// tofu's `EchoService`: every Request comes back as a Response, every Signal as a Signal,
 /// with the same body; it counts what it saw.
 ///
