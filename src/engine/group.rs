@@ -29,6 +29,34 @@ use crate::proto::status::{Error, Status};
 /// Share a group between threads with `Arc` or scoped threads. [`destroy`](Self::destroy) (or
 /// drop) closes its channels abortively and wakes every blocked `wait_receive` with
 /// `ShutdownStarted`.
+///
+/// A receive loop: what comes in is the peers' messages, and the engine's reports (origin
+/// engine, the status says what happened).
+///
+/// ```
+/// use std::time::Duration;
+/// use tofu::{Address, Engine, Message, OpCode, Origin, Status};
+///
+/// let engine = Engine::with_defaults()?;
+/// let (server, client) = (engine.create_group()?, engine.create_group()?);
+/// let addr = server.listen(&Address::tcp("127.0.0.1", 0))?.address;
+/// std::thread::scope(|s| {
+///     s.spawn(|| client.connect(&addr).and_then(|ch| client.disconnect(ch, None)));
+///     loop {
+///         let mut m = server.wait_receive(Some(Duration::from_secs(10)))?.expect("in time");
+///         match (m.opcode(), m.origin(), m.status()) {
+///             (OpCode::HelloRequest | OpCode::ByeRequest, Origin::Application, _) => {
+///                 m.make_echo()?; // HelloResponse, ByeResponse
+///                 server.post(m)?;
+///             }
+///             (OpCode::Signal, Origin::Engine, Status::ChannelClosed) => break, // the end
+///             _ => {} // data, or a report this loop does not care about
+///         }
+///     }
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct ChannelGroup {
     group: Arc<GroupShared>,
     shared: Arc<Shared>,
@@ -610,6 +638,20 @@ impl std::fmt::Debug for ChannelGroup {
 
 /// What [`ChannelGroup::request`], [`connect`](ChannelGroup::connect) and
 /// [`listen`](ChannelGroup::listen) return instead of an answer.
+///
+/// ```
+/// use std::time::Duration;
+/// use tofu::{Engine, Message, OpCode, RequestError, Status};
+/// let engine = Engine::with_defaults()?;
+/// let group = engine.create_group()?;
+/// // A request on a channel that does not exist is refused at post.
+/// let req = Message::with_opcode(OpCode::Request).on_channel(4242);
+/// match group.request(req, Some(Duration::from_secs(1))) {
+///     Err(e @ RequestError::Post(_)) => assert_eq!(e.status(), Status::InvalidChannelNumber),
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub enum RequestError {
     /// `post` refused the message (it is handed back with the error).
@@ -666,6 +708,15 @@ impl std::error::Error for RequestError {}
 
 /// A listener made by [`ChannelGroup::listen`]: its channel and the address it is bound to
 /// (for port 0, the port the system chose).
+///
+/// ```
+/// let engine = tofu::Engine::with_defaults()?;
+/// let group = engine.create_group()?;
+/// let l = group.listen(&tofu::Address::tcp("127.0.0.1", 0))?;
+/// assert_ne!(l.port(), Some(0)); // the port the OS chose
+/// println!("listening on {} (channel {})", l.address, l.channel);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listening {
     /// The listener's channel (post a ByeSignal to it to stop listening).
@@ -703,6 +754,19 @@ fn answer(a: Option<Answer>) -> Result<Message, RequestError> {
 }
 
 /// The future of [`ChannelGroup::request_async`].
+///
+/// ```
+/// use tofu::recipes::{Echo, Server};
+/// use tofu::{Address, Engine, Message, OpCode};
+/// let engine = Engine::with_defaults()?;
+/// let server = Server::start(&engine, &[Address::tcp("127.0.0.1", 0)], Echo::default())?;
+/// let client = engine.create_group()?;
+/// let ch = client.connect(&server.addresses()[0])?;
+/// let req = Message::with_opcode(OpCode::Request).on_channel(ch).with_body(b"hi");
+/// let reply = futures_executor::block_on(client.request_async(req))?; // any executor
+/// assert_eq!(reply.body(), b"hi");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct RequestFuture<'a> {
     group: &'a GroupShared,
@@ -753,6 +817,15 @@ impl std::fmt::Debug for RequestFuture<'_> {
 
 /// The future of [`ChannelGroup::receive`]: the next message of the group, or
 /// `ShutdownStarted`. Cancellation-safe: dropping it while pending loses no message.
+///
+/// ```
+/// let engine = tofu::Engine::with_defaults()?;
+/// let group = engine.create_group()?;
+/// group.update_receiver(None)?; // something to receive
+/// let m = futures_executor::block_on(group.receive())?;
+/// assert_eq!(m.status(), tofu::Status::ReceiverUpdate);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct ReceiveFuture<'a> {
     group: &'a GroupShared,
@@ -784,6 +857,18 @@ impl std::fmt::Debug for ReceiveFuture<'_> {
 }
 
 /// The stream of [`ChannelGroup::messages`] (feature `stream`).
+///
+/// ```
+/// use futures_core::Stream;
+/// let engine = tofu::Engine::with_defaults()?;
+/// let group = engine.create_group()?;
+/// group.update_receiver(None)?;
+/// let mut messages = std::pin::pin!(group.messages());
+/// let next = std::future::poll_fn(|cx| messages.as_mut().poll_next(cx));
+/// let m = futures_executor::block_on(next).expect("the stream goes on while the group lives");
+/// assert_eq!(m.status(), tofu::Status::ReceiverUpdate);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[cfg(feature = "stream")]
 #[must_use = "streams do nothing unless polled"]
 pub struct Messages<'a> {
@@ -821,6 +906,23 @@ impl std::fmt::Debug for Messages<'_> {
 
 /// The future of [`ChannelGroup::send`]: posts its message, waiting while the channel's
 /// send queue is full.
+///
+/// ```
+/// use tofu::recipes::{Echo, Server};
+/// use tofu::{Address, Engine, Message, OpCode};
+/// let engine = Engine::with_defaults()?;
+/// let server = Server::start(&engine, &[Address::tcp("127.0.0.1", 0)], Echo::default())?;
+/// let client = engine.create_group()?;
+/// let ch = client.connect(&server.addresses()[0])?;
+/// futures_executor::block_on(async {
+///     for i in 0..1000u32 {
+///         let s = Message::with_opcode(OpCode::Signal).on_channel(ch).with_body(&i.to_be_bytes());
+///         client.send(s).await?; // waits while the send queue is full
+///     }
+///     Ok::<(), tofu::PostError>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct SendFuture<'a> {
     group: &'a ChannelGroup,

@@ -50,6 +50,18 @@ use crate::proto::status::Error;
 use crate::sys::poller::{Backend, Poller};
 
 /// Engine settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use tofu::{Backend, Engine, EngineOptions};
+/// let engine = Engine::new(EngineOptions {
+///     backend: Backend::Poll,                          // poll(2) or WSAPoll instead of the default
+///     frame_timeout: Some(Duration::from_secs(5)),     // a stalled half-frame closes its channel
+///     ..EngineOptions::default()
+/// })?;
+/// assert_eq!(engine.backend(), Backend::Poll);
+/// # Ok::<(), tofu::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Message pool sizes (tofu `initialPoolMsgs` / `maxPoolMsgs`).
@@ -84,6 +96,16 @@ impl Default for EngineOptions {
 /// accepted by an empty queue, whatever its size.
 ///
 /// Zig tofu has no such limit; a peer that stops reading made its queues grow forever.
+///
+/// ```
+/// use tofu::{EngineOptions, SendLimit};
+/// // At most 1000 unsent messages or 1 MiB per channel; `post` then says SendQueueFull.
+/// let options = EngineOptions {
+///     send_limit: SendLimit { messages: 1000, bytes: 1 << 20 },
+///     ..EngineOptions::default()
+/// };
+/// # let _ = options;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendLimit {
     /// Most messages queued per channel.
@@ -156,6 +178,16 @@ impl Default for ReceiveLimit {
 }
 
 /// A failed [`ChannelGroup::post`]: the error and the message, handed back to the caller.
+///
+/// ```
+/// use tofu::{Engine, Error, Message, OpCode};
+/// let engine = Engine::with_defaults()?;
+/// let group = engine.create_group()?;
+/// let err = group.post(Message::with_opcode(OpCode::Request).with_body(b"keep me")).unwrap_err();
+/// assert_eq!(err.error, Error::InvalidChannelNumber); // channel 0: not a channel
+/// assert_eq!(err.message.body(), b"keep me");         // handed back, to fix and post again
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct PostError {
     /// Why the post failed.
@@ -177,6 +209,16 @@ impl std::error::Error for PostError {}
 /// Several engines may live in one process. Dropping the engine stops its thread: every
 /// channel is closed abortively, unsent messages go back to their groups with
 /// `ShutdownStarted`, and groups still alive report `ShutdownStarted` once drained.
+///
+/// ```
+/// let engine = tofu::Engine::with_defaults()?; // its I/O thread runs from here
+/// let group = engine.create_group()?;
+/// let listening = group.listen(&tofu::Address::tcp("127.0.0.1", 0))?;
+/// println!("{} on {}", engine.backend(), listening.address);
+/// drop(group);
+/// drop(engine); // stops the thread, closes every channel
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[doc(alias = "Ampe")]
 #[doc(alias = "Reactor")]
 pub struct Engine {
@@ -268,6 +310,13 @@ impl Engine {
 }
 
 /// Reactor counters (see [`Engine::stats`]).
+///
+/// ```
+/// let engine = tofu::Engine::with_defaults()?;
+/// let s = engine.stats();
+/// println!("{} loop iterations, {} sleeps", s.iterations, s.sleeps);
+/// # Ok::<(), tofu::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
     /// Loop iterations so far.

@@ -20,6 +20,14 @@ use crate::util::padded::Padded;
 
 /// Pool sizes. `0` means "the default"; `max < initial` is raised to `initial`
 /// (tofu's normalisation, so `{1, 1}` stays `{1, 1}`).
+///
+/// ```
+/// use tofu::{EngineOptions, PoolOptions};
+/// // More spare messages kept for an engine that moves many at once.
+/// let options = EngineOptions { pool: PoolOptions { initial: 256, max: 4096 }, ..Default::default() };
+/// assert_eq!(PoolOptions { initial: 8, max: 2 }.normalized().max, 8);
+/// # let _ = options;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolOptions {
     /// Messages created up front (tofu `initialPoolMsgs`, default 16).
@@ -61,6 +69,15 @@ impl Default for PoolOptions {
 }
 
 /// How [`Pool::get`] may obtain a message (tofu's `AllocationStrategy`).
+///
+/// ```
+/// use tofu::{Allocation, Pool, PoolOptions};
+/// let pool = Pool::new(PoolOptions { initial: 1, max: 1 });
+/// let first = pool.get(Allocation::PoolOnly).expect("the one pre-filled message");
+/// assert!(pool.get(Allocation::PoolOnly).is_none(), "empty: no allocation");
+/// assert!(pool.get(Allocation::Always).is_some(), "allocated");
+/// drop(first); // back to the pool
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Allocation {
     /// Take a pooled message, or allocate a new one when the pool is empty.
@@ -79,6 +96,14 @@ pub enum Allocation {
 ///
 /// Once the last handle is dropped the pool frees what it holds, and messages still out are
 /// freed when they are dropped.
+///
+/// ```
+/// let engine = tofu::Engine::with_defaults()?;
+/// let mut m = engine.pool().message(); // reuses a pooled message's buffers
+/// m.set_body(b"hello");
+/// drop(m); // back to the pool, buffers kept
+/// # Ok::<(), tofu::Error>(())
+/// ```
 pub struct Pool {
     shared: Arc<PoolShared>,
 }

@@ -36,6 +36,17 @@ pub const MAX_HOST_LEN: usize = 255;
 pub const SUN_PATH_LEN: usize = 108;
 
 /// Where to connect or listen.
+///
+/// ```
+/// use tofu::Address;
+/// let a: Address = "tcp|127.0.0.1|7099".parse()?;
+/// assert_eq!(a, Address::tcp("127.0.0.1", 7099));
+/// assert_eq!(a.to_string(), "tcp|127.0.0.1|7099");
+/// let sock: std::net::SocketAddr = "[::1]:80".parse().unwrap();
+/// assert_eq!(Address::from(sock), Address::tcp("::1", 80));
+/// assert_eq!(Address::from(std::path::Path::new("/run/app.sock")), Address::uds("/run/app.sock"));
+/// # Ok::<(), tofu::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Address {
     /// A TCP endpoint: host (IP literal, DNS name, or empty for "all interfaces") and port.
@@ -277,6 +288,12 @@ impl From<&std::path::Path> for Address {
 
 /// Why a text or an [`Address`] is not a valid address: the input, and what is wrong with
 /// it, in words that name the expected form (`tcp|host|port` or `uds|path`).
+///
+/// ```
+/// let e = tofu::Address::parse("tcp://127.0.0.1:7099").unwrap_err();
+/// println!("{e}"); // says which form was expected and what is wrong
+/// assert_eq!(tofu::Error::from(e), tofu::Error::InvalidAddress);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddressError {
     input: String,

@@ -29,6 +29,14 @@ pub const ERROR_TEXT: &str = "~error";
 const INITIAL_CAPACITY: usize = 256;
 
 /// What a message asks for. The numeric values are the wire values (bits 0-3 of `proto`).
+///
+/// ```
+/// use tofu::{MessageType, OpCode, Role};
+/// assert_eq!(OpCode::HelloRequest.message_type(), MessageType::Hello);
+/// assert_eq!(OpCode::Request.role(), Role::Request);
+/// assert_eq!(OpCode::Request.echo(), Ok(OpCode::Response));
+/// assert_eq!(OpCode::try_from(5u8), Ok(OpCode::ByeRequest));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum OpCode {
@@ -56,6 +64,12 @@ pub enum OpCode {
 }
 
 /// The family an [`OpCode`] belongs to.
+///
+/// ```
+/// use tofu::{MessageType, OpCode};
+/// let regular = OpCode::ALL.iter().filter(|o| o.message_type() == MessageType::Regular);
+/// assert_eq!(regular.count(), 3); // Request, Response, Signal
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageType {
     /// Request, Response, Signal.
@@ -69,6 +83,12 @@ pub enum MessageType {
 }
 
 /// The role an [`OpCode`] plays.
+///
+/// ```
+/// use tofu::{OpCode, Role};
+/// assert_eq!(OpCode::ByeSignal.role(), Role::Signal);
+/// assert_eq!(OpCode::WelcomeResponse.role(), Role::Response);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Request, HelloRequest, ByeRequest, WelcomeRequest.
@@ -146,6 +166,13 @@ impl TryFrom<u8> for OpCode {
 }
 
 /// Who produced a message.
+///
+/// ```
+/// use tofu::{Message, OpCode, Origin};
+/// // What a receive loop checks to tell the engine's reports from the peer's messages.
+/// let m = Message::with_opcode(OpCode::Signal);
+/// assert_eq!(m.origin(), Origin::Application);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Origin {
     /// The local application (through `post` or `update_receiver`) or the remote peer.
@@ -159,6 +186,15 @@ pub enum Origin {
 ///
 /// The text-header and body lengths are not stored here: they are the lengths of the
 /// message's buffers, filled in when the message is encoded.
+///
+/// ```
+/// use tofu::{Header, OpCode, Status};
+/// let mut h = Header::new(OpCode::Response);
+/// h.channel = 3;
+/// h.message_id = 42;
+/// assert_eq!((h.status, h.more), (Status::Success, false));
+/// assert!(Header::new(OpCode::ByeSignal).oob, "a ByeSignal aborts locally by default");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[doc(alias = "BinaryHeader")]
 pub struct Header {
@@ -204,6 +240,13 @@ impl Default for Header {
 }
 
 /// Why a text header could not be appended.
+///
+/// ```
+/// use tofu::{Message, message::TextHeaderError};
+/// let mut m = Message::new();
+/// assert_eq!(m.append_header("bad:name", "x"), Err(TextHeaderError::BadName));
+/// assert_eq!(m.append_header("name", ""), Err(TextHeaderError::BadValue));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextHeaderError {
     /// The name is empty after trimming, or contains `:`, CR or LF.
@@ -224,6 +267,14 @@ impl fmt::Display for TextHeaderError {
 impl std::error::Error for TextHeaderError {}
 
 /// One parsed text header. Names are compared exactly (no case folding).
+///
+/// ```
+/// let mut m = tofu::Message::new();
+/// m.append_header("lang", "en")?;
+/// let h = m.headers().next().unwrap();
+/// assert_eq!((h.name_str(), h.value_str()), (Some("lang"), Some("en")));
+/// # Ok::<(), tofu::message::TextHeaderError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextHeader<'a> {
     /// The name, as written (not trimmed).
@@ -251,6 +302,14 @@ impl<'a> TextHeader<'a> {
 ///   and tabs; a line without `:` is a name with an empty value;
 /// * the last line may lack its CRLF;
 /// * a line with an empty name ends the iteration.
+///
+/// ```
+/// use tofu::TextHeaders;
+/// let block = b"a: 1\r\nb:2\r\nflag\r\n";
+/// let names: Vec<_> = TextHeaders::new(block).map(|h| h.name_str().unwrap()).collect();
+/// assert_eq!(names, ["a", "b", "flag"]);
+/// assert_eq!(TextHeaders::new(block).value_of("b"), Some(&b"2"[..]));
+/// ```
 #[derive(Clone, Debug)]
 #[doc(alias = "TextHeaderIterator")]
 pub struct TextHeaders<'a> {
@@ -352,6 +411,16 @@ pub(crate) trait Recycle: Any + Send + Sync {
 ///
 /// Messages are moved, never shared: `post` consumes one, `wait_receive` hands one over.
 /// A message that came from a [`Pool`](crate::Pool) returns to it on drop.
+///
+/// ```
+/// use tofu::{Message, OpCode};
+/// let mut m = Message::with_opcode(OpCode::Request).on_channel(1).with_body(b"payload");
+/// m.append_header("trace-id", "abc")?;
+/// assert_eq!(m.header_value("trace-id"), Some("abc"));
+/// m.make_echo()?; // the Response to it: same channel, message_id and headers
+/// assert_eq!((m.opcode(), m.body()), (OpCode::Response, &b"payload"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Message {
     /// The binary header.
     pub header: Header,

@@ -10,6 +10,13 @@ use std::fmt;
 ///
 /// `Success` (0) is the normal value. Every other value has an [`Error`] variant of the same
 /// name; [`Status::to_error`] and [`Error::status`] convert between the two.
+///
+/// ```
+/// use tofu::{Error, Status};
+/// assert_eq!(Status::Success.to_error(), Ok(()));
+/// assert_eq!(Status::ConnectFailed.to_error(), Err(Error::ConnectFailed));
+/// assert_eq!(Status::from(22u8), Status::ChannelClosed);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 #[doc(alias = "AmpeStatus")]
@@ -216,6 +223,13 @@ impl fmt::Display for Status {
 }
 
 /// Every failure the engine reports: one variant per non-success [`Status`], same names.
+///
+/// ```
+/// use tofu::{Error, Status};
+/// let e: Box<dyn std::error::Error> = Box::new(Error::PoolEmpty);
+/// println!("{e}");
+/// assert_eq!(Error::ChannelClosed.status(), Status::ChannelClosed);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[doc(alias = "AmpeError")]
 #[allow(missing_docs)] // Each variant is documented on the `Status` of the same name.

@@ -43,6 +43,15 @@ mod proto {
 }
 
 /// The 16-byte header exactly as on the wire, every bit kept (no validation).
+///
+/// ```
+/// use tofu::{Message, OpCode, wire::FrameHeader};
+/// let m = Message::with_opcode(OpCode::Signal).on_channel(9).with_body(b"hi");
+/// let h = FrameHeader::for_message(&m)?;
+/// assert_eq!((h.channel, h.bl, h.opcode_bits()), (9, 2, OpCode::Signal as u8));
+/// assert_eq!(FrameHeader::parse(&h.to_bytes()), h);
+/// # Ok::<(), tofu::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FrameHeader {
     /// Sender's local channel number.
@@ -145,6 +154,15 @@ pub fn encoded_len(msg: &Message) -> usize {
 }
 
 /// A frame the decoder refuses. The caller closes the channel; the stream cannot be resynchronised.
+///
+/// ```
+/// use tofu::wire::{Decoder, DecodeError};
+/// let mut frame = [0u8; 16];
+/// frame[2] = 0x0F; // opCode 15 is not defined
+/// let err = Decoder::decode_all(&frame).unwrap_err();
+/// assert_eq!(err, DecodeError::InvalidOpCode(15));
+/// assert_eq!(err.status(), tofu::Status::InvalidOpCode);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// The opCode bits hold 10..=15.
@@ -171,6 +189,15 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// What one [`Decoder::decode`] call did.
+///
+/// ```
+/// use tofu::{Message, OpCode, wire};
+/// let mut bytes = Vec::new();
+/// wire::encode(&Message::with_opcode(OpCode::Signal).with_body(b"x"), &mut bytes)?;
+/// let p = wire::Decoder::new().decode(&bytes, &mut || Some(Message::new()))?;
+/// assert_eq!((p.consumed, p.frame.map(|m| m.body().to_vec())), (bytes.len(), Some(b"x".to_vec())));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Progress {
     /// Bytes of the input consumed.
@@ -185,6 +212,23 @@ pub struct Progress {
 /// Received messages are made safe for the application: origin is forced to application,
 /// the status to success and the internal bits cleared, so a peer cannot forge engine
 /// notifications. The channel number is the sender's; the engine replaces it with its own.
+///
+/// ```
+/// use tofu::{Message, OpCode, wire};
+/// let mut stream = Vec::new();
+/// for body in [&b"one"[..], b"two"] {
+///     wire::encode(&Message::with_opcode(OpCode::Signal).with_body(body), &mut stream)?;
+/// }
+/// // Bytes may come in any pieces: here one at a time.
+/// let (mut decoder, mut got) = (wire::Decoder::new(), Vec::new());
+/// for byte in stream.chunks(1) {
+///     if let Some(m) = decoder.decode(byte, &mut || Some(Message::new()))?.frame {
+///         got.push(m.body().to_vec());
+///     }
+/// }
+/// assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct Decoder {
     header: [u8; HEADER_LEN],

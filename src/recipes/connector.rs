@@ -46,6 +46,19 @@ impl Default for Backoff {
 
 /// What [`Connector::receive`] reports: each change of the connection's state, and the
 /// messages for the application.
+///
+/// ```
+/// use tofu::recipes::Event;
+/// fn describe(e: &Event) -> String {
+///     match e {
+///         Event::Connecting { attempt } => format!("attempt {attempt}"),
+///         Event::Connected { channel } => format!("up on channel {channel}"),
+///         Event::Disconnected { status, retry_in, .. } => format!("{status}, again in {retry_in:?}"),
+///         Event::Message(m) => format!("{:?} from the peer", m.opcode()),
+///     }
+/// }
+/// assert_eq!(describe(&Event::Connected { channel: 7 }), "up on channel 7");
+/// ```
 #[derive(Debug)]
 pub enum Event {
     /// A HelloRequest was posted (`attempt` counts from 1 since the last connection).

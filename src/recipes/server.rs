@@ -134,6 +134,22 @@ impl Service for Echo {
 }
 
 /// Why [`Server::start`] failed.
+///
+/// ```
+/// use tofu::recipes::{Echo, Server, ServerError};
+/// use tofu::Address;
+/// let engine = tofu::Engine::with_defaults()?;
+/// let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let busy = Address::from(taken.local_addr()?);
+/// match Server::start(&engine, &[busy.clone()], Echo::default()) {
+///     Err(ServerError::Listen { address, error }) => {
+///         assert_eq!(address, busy);
+///         println!("{}", error.status()); // ListenFailed
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub enum ServerError {
     /// The engine could not give a group or a thread (it is shutting down, or out of

@@ -258,6 +258,14 @@ pub struct Event {
 }
 
 /// Which OS mechanism a Poller uses.
+///
+/// ```
+/// use tofu::Backend;
+/// assert!(Backend::available().contains(&Backend::default()));
+/// let b: Backend = "poll".parse()?;
+/// assert_eq!(b.to_string(), "poll");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// Linux `epoll`, level-triggered.
