@@ -8,6 +8,7 @@
 //! keeping its buffers' capacity, so steady-state messaging allocates nothing.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,8 +26,15 @@ pub const MAX_SECTION_LEN: usize = u16::MAX as usize;
 /// handed back at a close caused by a socket error or a bad frame, and on that channel's
 /// final Signal. Local only: never sent (a handed-back message posted again loses it).
 pub const ERROR_TEXT: &str = "~error";
-/// Capacity a new message's buffers start with (tofu's 256).
-const INITIAL_CAPACITY: usize = 256;
+/// Largest buffer kept as a thread's spare (a maximal text-header block or body).
+const SPARE_MAX: usize = MAX_SECTION_LEN;
+
+thread_local! {
+    /// The buffers of the last pool-less message dropped on this thread, taken by the next
+    /// [`Message::new`] here. Memory reuse only, per thread: no lock, no I/O; at most one
+    /// pair of buffers of at most [`SPARE_MAX`] bytes each per thread.
+    static SPARE: Cell<Option<(Vec<u8>, Vec<u8>)>> = const { Cell::new(None) };
+}
 
 /// What a message asks for. The numeric values are the wire values (bits 0-3 of `proto`).
 ///
@@ -435,11 +443,18 @@ pub struct Message {
 
 impl Message {
     /// A new message that belongs to no pool (a Request with default header, empty buffers).
+    ///
+    /// It reuses the buffers of the last pool-less message dropped on this thread, if any:
+    /// a loop that builds messages with `new` / `with_opcode` and posts them (small ones
+    /// are encoded and dropped at once, on the posting thread) allocates nothing per
+    /// message once running.
     pub fn new() -> Message {
-        Message::with_buffers(
-            Vec::with_capacity(INITIAL_CAPACITY),
-            Vec::with_capacity(INITIAL_CAPACITY),
-        )
+        match SPARE.try_with(Cell::take) {
+            Ok(Some((text, body))) => Message::with_buffers(text, body),
+            // Nothing is allocated until a buffer is written (tofu starts both at 256
+            // bytes): a body set once is allocated once, at its size.
+            _ => Message::with_buffers(Vec::new(), Vec::new()),
+        }
     }
 
     pub(crate) fn with_buffers(text: Vec<u8>, body: Vec<u8>) -> Message {
@@ -677,9 +692,16 @@ impl Default for Message {
 impl Drop for Message {
     fn drop(&mut self) {
         self.release_hold();
-        if let Some(home) = self.home.take() {
-            let (text, body) = self.take_buffers();
-            home.recycle(text, body);
+        let (mut text, mut body) = self.take_buffers();
+        match self.home.take() {
+            Some(home) => home.recycle(text, body),
+            None if text.capacity() <= SPARE_MAX && body.capacity() <= SPARE_MAX => {
+                text.clear();
+                body.clear();
+                // Replaces (and frees) an older spare; nothing when the thread is ending.
+                let _ = SPARE.try_with(|s| s.set(Some((text, body))));
+            }
+            None => {} // freed
         }
     }
 }
