@@ -79,7 +79,9 @@
 //! **Shutdown.** [`ChannelGroup::destroy`] (or drop) closes the group's channels abortively and
 //! wakes its waiters with `ShutdownStarted`; dropping the [`Engine`] stops its thread, closes
 //! every channel and hands unsent messages back with `ShutdownStarted`. For a graceful close,
-//! send a ByeRequest and wait for the ByeResponse (`request` does both).
+//! [`ChannelGroup::disconnect`] sends a ByeRequest and waits for the ByeResponse (after
+//! everything the peer sent before it); `request_async` with a ByeRequest does the same for
+//! tasks.
 //!
 //! The protocol core ([`message`], [`wire`], [`address`], [`status`]) does no I/O and can be
 //! tested and fuzzed without sockets.

@@ -211,5 +211,9 @@ fn connector_refuses_a_bad_address() {
     let e = engine(tofu::Backend::default());
     let err =
         Connector::new(&e, Address::tcp("127.0.0.1:7099", 0), Backoff::default()).unwrap_err();
-    assert_eq!(err, tofu::Error::InvalidAddress);
+    assert_eq!(err.status(), Status::InvalidAddress);
+    assert!(
+        err.to_string().contains("host:port"),
+        "says what is wrong: {err}"
+    );
 }

@@ -111,9 +111,9 @@ fn a_refused_connect_is_one_error_and_leaves_nothing_behind() {
         .connect(&Address::tcp("no-such-host.invalid", 1))
         .unwrap_err();
     assert_eq!(err.status(), Status::InvalidAddress, "{err}");
-    // An address that cannot even be formatted: refused at post.
+    // An address that cannot even be formatted: refused before anything is posted.
     let err = g.connect(&Address::tcp("a|b", 1)).unwrap_err();
-    assert!(matches!(err, RequestError::Post(_)), "{err:?}");
+    assert!(matches!(err, RequestError::Address(_)), "{err:?}");
     // The failed channels' final Signals were not delivered.
     assert!(g
         .wait_receive(Some(Duration::from_millis(200)))
@@ -390,4 +390,31 @@ fn disconnect_waits_for_the_bye_response_after_the_peers_messages() {
             "{again:?}"
         );
     });
+}
+
+/// `connect` and `listen` say what is wrong with an address before posting anything, and a
+/// refused connect or listen says where and what the OS said.
+#[test]
+fn connect_and_listen_errors_say_what_went_wrong() {
+    let e = engine(tofu::Backend::default());
+    let g = e.create_group().unwrap();
+    let err = g.connect(&Address::tcp("127.0.0.1:80", 0)).unwrap_err();
+    assert!(matches!(err, RequestError::Address(_)), "{err:?}");
+    assert!(err.to_string().contains("host:port"), "{err}");
+    assert_eq!(err.status(), Status::InvalidAddress);
+
+    let port = tofu::testing::free_tcp_port().unwrap();
+    let err = g.connect(&Address::tcp("127.0.0.1", port)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&format!("tcp|127.0.0.1|{port}")), "{text}");
+    assert!(text.contains('('), "the OS's words: {text}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = Address::from(taken.local_addr().unwrap());
+    let err = g.listen(&busy).unwrap_err();
+    assert_eq!(err.status(), Status::ListenFailed);
+    assert!(
+        err.to_string().contains(&format!("listen on {busy}")),
+        "{err}"
+    );
 }

@@ -15,7 +15,7 @@ use super::replies::{Answer, Expect};
 use super::shared::{Command, Completion, GroupShared, MailboxState, Shared};
 use super::PostError;
 use crate::engine::channels::{DirectWrite, Posted, SendState};
-use crate::proto::address::Address;
+use crate::proto::address::{Address, AddressError};
 use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
 use crate::proto::notify;
 use crate::proto::status::{Error, Status};
@@ -499,6 +499,7 @@ impl ChannelGroup {
     /// delivered: the channel never existed for the caller. Waits as long as the engine
     /// takes to answer (the OS's connect timeout at most).
     pub fn connect(&self, addr: &Address) -> Result<u16, RequestError> {
+        addr.check().map_err(RequestError::Address)?;
         let mut m = self.shared.pool.message();
         if let Err(e) = addr.format_connect(&mut m) {
             return Err(RequestError::Post(refused(Some(m), e)));
@@ -511,6 +512,7 @@ impl ChannelGroup {
     /// back as [`RequestError::Refused`] with the WelcomeResponse (its status says why), and
     /// the channel's final Signal is not delivered.
     pub fn listen(&self, addr: &Address) -> Result<Listening, RequestError> {
+        addr.check().map_err(RequestError::Address)?;
         let mut m = self.shared.pool.message();
         if let Err(e) = addr.format_listen(&mut m) {
             return Err(RequestError::Post(refused(Some(m), e)));
@@ -667,6 +669,9 @@ pub enum RequestError {
     TimedOut,
     /// `request` takes a Request or a ByeRequest; this was another opcode (nothing posted).
     NotARequest(OpCode),
+    /// `connect` or `listen` was given an address that can never work; the error says what
+    /// is wrong with it (nothing posted).
+    Address(AddressError),
 }
 
 impl RequestError {
@@ -679,6 +684,7 @@ impl RequestError {
             RequestError::Closed(s) => *s,
             RequestError::TimedOut => Status::ProcessingFailed,
             RequestError::NotARequest(_) => Status::InvalidOpCode,
+            RequestError::Address(_) => Status::InvalidAddress,
         }
     }
 }
@@ -687,19 +693,34 @@ impl std::fmt::Display for RequestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RequestError::Post(e) => write!(f, "{e}"),
-            RequestError::Refused(m) => write!(
-                f,
-                "refused: {:?} with status {:?} on channel {}",
-                m.opcode(),
-                m.status(),
-                m.channel()
-            ),
+            RequestError::Refused(m) => {
+                match m.opcode() {
+                    OpCode::HelloRequest | OpCode::HelloResponse => write!(
+                        f,
+                        "connect to {} failed: {}",
+                        m.header_value("~connect_to").unwrap_or("?"),
+                        m.status()
+                    )?,
+                    OpCode::WelcomeResponse => write!(
+                        f,
+                        "listen on {} failed: {}",
+                        m.header_value("~listen_on").unwrap_or("?"),
+                        m.status()
+                    )?,
+                    op => write!(f, "{op:?} refused: {}", m.status())?,
+                }
+                match m.header_value(crate::proto::message::ERROR_TEXT) {
+                    Some(why) => write!(f, " ({why})"),
+                    None => Ok(()),
+                }
+            }
             RequestError::Closed(s) => write!(f, "no answer: {s:?} before it came"),
             RequestError::TimedOut => write!(f, "no answer within the timeout"),
             RequestError::NotARequest(op) => write!(
                 f,
                 "request takes a Request or a ByeRequest, not a {op:?} (use post)"
             ),
+            RequestError::Address(e) => write!(f, "{e}"),
         }
     }
 }

@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use crate::message::ERROR_TEXT;
-use crate::{Address, ChannelGroup, Engine, Error, Message, OpCode, Origin, PostError, Status};
+use crate::{
+    Address, ChannelGroup, Engine, Error, Header, Message, OpCode, Origin, PostError, RequestError,
+    Status,
+};
 
 /// How long a [`Connector`] waits before the next attempt: `first` after the first failure,
 /// doubling with every failure in a row up to `max`; back to `first` once connected.
@@ -143,14 +146,23 @@ pub struct Connector {
 impl Connector {
     /// A connector with a group of `engine`; the first HelloRequest is posted at once.
     ///
-    /// Fails when `address` cannot be a connect address (`InvalidAddress`, with nothing
-    /// posted: no attempt could ever succeed), or the engine gives no group.
-    pub fn new(engine: &Engine, address: Address, backoff: Backoff) -> Result<Connector, Error> {
-        address
-            .format_connect(&mut Message::new())
-            .map_err(|_| Error::InvalidAddress)?;
+    /// Fails with [`RequestError::Address`] when `address` can never be connected to (it
+    /// says what is wrong; nothing is posted), and with `Closed(ShutdownStarted)` when the
+    /// engine is shutting down.
+    pub fn new(
+        engine: &Engine,
+        address: Address,
+        backoff: Backoff,
+    ) -> Result<Connector, RequestError> {
+        address.check().map_err(RequestError::Address)?;
+        if let Err(e) = address.format_connect(&mut Message::new()) {
+            return Err(RequestError::Closed(e.status())); // a listen-only address
+        }
+        let group = engine
+            .create_group()
+            .map_err(|e| RequestError::Closed(e.status()))?;
         let mut c = Connector {
-            group: engine.create_group()?,
+            group,
             address,
             backoff,
             link: Link::Waiting {
@@ -160,7 +172,7 @@ impl Connector {
             why: None,
             ready: None,
         };
-        c.ready = Some(c.attempt()?);
+        c.ready = Some(c.attempt().map_err(|e| RequestError::Closed(e.status()))?);
         Ok(c)
     }
 
@@ -209,11 +221,11 @@ impl Connector {
     /// Posts `msg` on the connected channel (its channel number is set here). Without a
     /// connection the message comes back with `ChannelClosed`: wait for
     /// `Event::Connected`.
-    pub fn post(&self, mut msg: Message) -> Result<u16, PostError> {
+    pub fn post(&self, mut msg: Message) -> Result<Header, PostError> {
         match self.link {
             Link::Connected { channel } => {
                 msg.header.channel = channel;
-                self.group.post(msg).map(|m| m.channel)
+                self.group.post(msg)
             }
             _ => Err(PostError {
                 error: Error::ChannelClosed,

@@ -265,9 +265,10 @@ impl<S: Service> Server<S> {
         &self.listeners
     }
 
-    /// The server's group: post through it from other threads (to a connected peer's
-    /// channel, for example). Receiving from it steals the service's messages.
-    pub fn group(&self) -> &ChannelGroup {
+    /// The server's group: post through it (to a connected peer's channel, for example);
+    /// clone the `Arc` to post from another thread. Receiving from it steals the service's
+    /// messages.
+    pub fn group(&self) -> &Arc<ChannelGroup> {
         &self.group
     }
 

@@ -99,13 +99,12 @@ mod create {
     }
 }
 
-/// Lets a second listener bind the same address and port: `SO_REUSEADDR`
-/// and, where the system has it, `SO_REUSEPORT`.
+/// `SO_REUSEADDR`: a listener may bind a port that connections of an earlier
+/// one still hold in TIME_WAIT (a restarted server), but not a port another
+/// socket listens on. No `SO_REUSEPORT` (Zig tofu sets it, so a second
+/// listener on the same port silently shared the connections).
 pub fn set_reuse(socket: &Socket) -> io::Result<()> {
-    socket.set_reuse_address(true)?;
-    #[cfg(not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))]
-    socket.set_reuse_port(true)?;
-    Ok(())
+    socket.set_reuse_address(true)
 }
 
 /// Whether a failed `accept(2)` only concerned the one pending

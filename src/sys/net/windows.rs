@@ -39,10 +39,11 @@ pub fn accept(listener: &Socket) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Lets a second listener bind the same address and port: on Windows
-/// `SO_REUSEADDR` alone does (there is no `SO_REUSEPORT`).
-pub fn set_reuse(socket: &Socket) -> io::Result<()> {
-    socket.set_reuse_address(true)
+/// Nothing: on Windows `SO_REUSEADDR` would let a second listener bind a
+/// port in use (and TIME_WAIT does not block a listener's bind), so a port
+/// in use fails the bind, as on Unix.
+pub fn set_reuse(_socket: &Socket) -> io::Result<()> {
+    Ok(())
 }
 
 /// Whether a failed `accept` only concerned the one pending connection,
