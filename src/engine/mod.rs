@@ -54,12 +54,14 @@ use crate::sys::poller::{Backend, Poller};
 /// ```
 /// use std::time::Duration;
 /// use tofu::{Backend, Engine, EngineOptions};
+/// // The last backend of this platform: poll(2) on Linux, where epoll is the default.
+/// let backend = *Backend::available().last().expect("at least one");
 /// let engine = Engine::new(EngineOptions {
-///     backend: Backend::Poll,                          // poll(2) or WSAPoll instead of the default
-///     frame_timeout: Some(Duration::from_secs(5)),     // a stalled half-frame closes its channel
+///     backend,
+///     frame_timeout: Some(Duration::from_secs(5)), // a stalled half-frame closes its channel
 ///     ..EngineOptions::default()
 /// })?;
-/// assert_eq!(engine.backend(), Backend::Poll);
+/// assert_eq!(engine.backend(), backend);
 /// # Ok::<(), tofu::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -262,8 +262,8 @@ pub struct Event {
 /// ```
 /// use tofu::Backend;
 /// assert!(Backend::available().contains(&Backend::default()));
-/// let b: Backend = "poll".parse()?;
-/// assert_eq!(b.to_string(), "poll");
+/// let b: Backend = Backend::default().name().parse()?; // "epoll" on Linux, "iocp" on Windows
+/// assert_eq!(b, Backend::default());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
