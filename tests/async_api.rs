@@ -381,3 +381,56 @@ fn messages_as_a_stream_end_when_the_group_is_destroyed() {
     link.server.destroy();
     assert!(next().is_none(), "the stream ends with the group");
 }
+
+/// Listen, connect, a request and a graceful close, all awaited on a current-thread runtime
+/// (no thread blocks while the OS connects); a refused connect is one error and leaves
+/// nothing in the receive loop.
+#[test]
+fn listen_connect_and_disconnect_async() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let e = Engine::with_defaults().unwrap();
+    let (server, client) = (e.create_group().unwrap(), e.create_group().unwrap());
+    let l = rt
+        .block_on(server.listen_async(&tofu::Address::tcp("127.0.0.1", 0)))
+        .unwrap();
+    assert_ne!(l.port(), Some(0));
+    std::thread::scope(|s| {
+        // The server answers the Hello, the Request and the Bye.
+        s.spawn(|| {
+            for _ in 0..3 {
+                let mut m = recv(&server);
+                m.make_echo().unwrap();
+                server.post(m).unwrap();
+            }
+        });
+        let ch = rt.block_on(async {
+            let ch = client.connect_async(&l.address).await.unwrap();
+            let req = tofu::Message::with_opcode(OpCode::Request)
+                .on_channel(ch)
+                .with_body(b"async");
+            let reply = client.request_async(req).await.unwrap();
+            assert_eq!(reply.body(), b"async");
+            client.disconnect_async(ch).await.unwrap();
+            ch
+        });
+        expect_closed_signal(&recv(&client), ch);
+    });
+    let port = tofu::testing::free_tcp_port().unwrap();
+    let err = rt
+        .block_on(client.connect_async(&tofu::Address::tcp("127.0.0.1", port)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.status(),
+            Status::ConnectFailed | Status::CommunicationFailed
+        ),
+        "{err}"
+    );
+    assert!(client
+        .wait_receive(Some(Duration::from_millis(200)))
+        .unwrap()
+        .is_none());
+}

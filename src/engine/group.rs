@@ -499,12 +499,85 @@ impl ChannelGroup {
     /// delivered: the channel never existed for the caller. Waits as long as the engine
     /// takes to answer (the OS's connect timeout at most).
     pub fn connect(&self, addr: &Address) -> Result<u16, RequestError> {
+        let (channel, id) = self.open_address(addr, Expect::Hello)?;
+        answer(self.group.await_answer(channel, id, None)).map(|_| channel)
+    }
+
+    /// The async form of [`connect`](Self::connect) (no thread blocks while the OS connects).
+    /// Dropping the future stops waiting; a connection that still succeeds is then the
+    /// receive loop's (its HelloResponse and, later, its final Signal arrive there).
+    ///
+    /// ```
+    /// use tofu::recipes::{Echo, Server};
+    /// use tofu::{Address, Engine};
+    /// let engine = Engine::with_defaults()?;
+    /// let server = Server::start(&engine, &[Address::tcp("127.0.0.1", 0)], Echo::default())?;
+    /// let client = engine.create_group()?;
+    /// futures_executor::block_on(async {
+    ///     let ch = client.connect_async(&server.addresses()[0]).await?;
+    ///     client.disconnect_async(ch).await
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connect_async(
+        &self,
+        addr: &Address,
+    ) -> impl Future<Output = Result<u16, RequestError>> + '_ {
+        let fut = self.open_future(addr, Expect::Hello);
+        async move { fut.await.map(|reply| reply.channel()) }
+    }
+
+    /// The async form of [`listen`](Self::listen).
+    pub fn listen_async(
+        &self,
+        addr: &Address,
+    ) -> impl Future<Output = Result<Listening, RequestError>> + '_ {
+        let fut = self.open_future(addr, Expect::Welcome);
+        let asked = addr.clone();
+        async move {
+            let reply = fut.await?;
+            let address = Address::from_message(&reply).unwrap_or(asked);
+            Ok(Listening {
+                channel: reply.channel(),
+                address,
+            })
+        }
+    }
+
+    /// The async form of [`disconnect`](Self::disconnect), without a timeout (wrap it in
+    /// your runtime's).
+    pub fn disconnect_async(
+        &self,
+        channel: u16,
+    ) -> impl Future<Output = Result<(), RequestError>> + '_ {
+        let mut bye = self.shared.pool.message();
+        bye.header = Header::new(OpCode::ByeRequest);
+        bye.header.channel = channel;
+        let fut = self.request_async(bye);
+        async move { fut.await.map(drop) }
+    }
+
+    /// Posts the HelloRequest or WelcomeRequest for `addr`; (channel, message_id) to await.
+    fn open_address(&self, addr: &Address, expect: Expect) -> Result<(u16, u64), RequestError> {
         addr.check().map_err(RequestError::Address)?;
         let mut m = self.shared.pool.message();
-        if let Err(e) = addr.format_connect(&mut m) {
+        let formatted = match expect {
+            Expect::Welcome => addr.format_listen(&mut m),
+            _ => addr.format_connect(&mut m),
+        };
+        if let Err(e) = formatted {
             return Err(RequestError::Post(refused(Some(m), e)));
         }
-        self.open_and_await(m, Expect::Hello)
+        self.post_expecting(m, expect)
+    }
+
+    /// [`open_address`](Self::open_address), answered as a future.
+    fn open_future(&self, addr: &Address, expect: Expect) -> RequestFuture<'_> {
+        RequestFuture {
+            group: &self.group,
+            posted: self.open_address(addr, expect),
+            key: None,
+        }
     }
 
     /// Listens on `addr` and returns the listener once the engine's WelcomeResponse says
@@ -512,20 +585,10 @@ impl ChannelGroup {
     /// back as [`RequestError::Refused`] with the WelcomeResponse (its status says why), and
     /// the channel's final Signal is not delivered.
     pub fn listen(&self, addr: &Address) -> Result<Listening, RequestError> {
-        addr.check().map_err(RequestError::Address)?;
-        let mut m = self.shared.pool.message();
-        if let Err(e) = addr.format_listen(&mut m) {
-            return Err(RequestError::Post(refused(Some(m), e)));
-        }
-        let (channel, id) = self.post_expecting(m, Expect::Welcome)?;
+        let (channel, id) = self.open_address(addr, Expect::Welcome)?;
         let reply = answer(self.group.await_answer(channel, id, None))?;
         let address = Address::from_message(&reply).unwrap_or_else(|_| addr.clone());
         Ok(Listening { channel, address })
-    }
-
-    fn open_and_await(&self, msg: Message, expect: Expect) -> Result<u16, RequestError> {
-        let (channel, id) = self.post_expecting(msg, expect)?;
-        answer(self.group.await_answer(channel, id, None)).map(|_| channel)
     }
 
     /// Posts `msg`, awaiting its answer from before the post (it may come before `post`
