@@ -638,15 +638,7 @@ mod tests {
         #[cfg(unix)]
         assert!(is_cloexec(first.raw()));
         // A port in use is refused, not shared.
-        let (status, e) = bind_err(&tcp("127.0.0.1", port));
-        assert_eq!(status, Status::ListenFailed, "{e}");
-        assert!(
-            matches!(
-                e.kind(),
-                io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
-            ),
-            "{e:?}"
-        );
+        assert_port_in_use(port);
         // Once the first is gone the port binds again.
         drop(first);
         Listener::bind(&tcp("127.0.0.1", port)).unwrap();
@@ -741,26 +733,21 @@ mod tests {
         // InvalidAddress.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = std_listener.local_addr().unwrap().port();
-        #[cfg(unix)]
-        {
-            let (status, e) = bind_err(&tcp("127.0.0.1", port));
-            assert_eq!(status, Status::ListenFailed);
-            assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
-        }
-        // Windows: SO_REUSEADDR may bind over a socket without
-        // SO_EXCLUSIVEADDRUSE; Wine 8 refuses with WSAEACCES. A refusal must
-        // still be ListenFailed.
-        #[cfg(windows)]
-        if let Err((status, e)) = Listener::bind(&tcp("127.0.0.1", port)) {
-            assert_eq!(status, Status::ListenFailed, "{e}");
-            assert!(
-                matches!(
-                    e.kind(),
-                    io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
-                ),
-                "{e:?}"
-            );
-        }
+        assert_port_in_use(port);
+    }
+
+    /// A listen on `port` fails with `ListenFailed`, "address in use" (Wine 8 says
+    /// `WSAEACCES`, permission denied, instead).
+    fn assert_port_in_use(port: u16) {
+        let (status, e) = bind_err(&tcp("127.0.0.1", port));
+        assert_eq!(status, Status::ListenFailed, "{e}");
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+            ),
+            "{e:?}"
+        );
     }
 
     // ---- accept / connect / streams -----------------------------------
