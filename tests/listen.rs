@@ -47,16 +47,25 @@ fn listen_uds_and_duplicate_path() {
         let g2 = e2.create_group().unwrap();
         let l1 = listen(&g1, &addr);
         assert!(std::path::Path::new(path).exists());
-        let l2 = listen(&g2, &addr); // the path is unlinked and bound again
-                                     // Closing the listener removes its socket file.
-        g2.post(data(OpCode::ByeSignal, l2, 0, b"")).unwrap();
-        expect(&recv(&g2), OpCode::ByeSignal, Status::ChannelClosed);
-        expect_closed_signal(&recv(&g2), l2);
+        // A live listener's path is refused (Zig tofu unlinked it and took it over).
+        let err = g2.listen(&addr).unwrap_err();
+        assert_eq!(err.status(), Status::ListenFailed, "{err}");
+        // Closing the listener removes its socket file; then the path is free again.
+        g1.post(data(OpCode::ByeSignal, l1, 0, b"")).unwrap();
+        let m = recv(&g1);
+        // The refused listen's probe connection may have reached g1's listener first.
+        let m = if m.opcode() == OpCode::Signal && m.channel() != l1 {
+            recv(&g1)
+        } else {
+            m
+        };
+        expect(&m, OpCode::ByeSignal, Status::ChannelClosed);
+        expect_closed_signal(&recv(&g1), l1);
         assert!(
             !std::path::Path::new(path).exists(),
             "UDS path removed after close"
         );
-        let _ = l1;
+        listen(&g2, &addr);
     });
 }
 

@@ -197,8 +197,9 @@ impl Listener {
     /// Unix domain socket: an empty path binds a fresh
     /// [`temp_uds_path`](crate::testing::temp_uds_path) (see
     /// [`Listener::local_addr_string`]). A filesystem path that holds a
-    /// socket file is unlinked first, so a second listener on the same path
-    /// succeeds (and takes over new connections); a path that holds anything
+    /// socket file nobody listens on is unlinked first (a stale file of a
+    /// process that died); a live listener's path fails with `ListenFailed`
+    /// (`EADDRINUSE`) as a TCP port in use does; a path that holds anything
     /// else is left alone and the bind fails. `"@name"` (Linux) binds the
     /// abstract name `name`; a second listener on the same abstract name
     /// fails with `ListenFailed`.
@@ -873,20 +874,20 @@ mod tests {
         assert_eq!(first.local_addr_string(), path_string(&path));
         assert!(is_nonblocking(first.raw()));
         assert!(is_cloexec(first.raw()));
-        // A second listener on the same path replaces the socket file...
-        let second = Listener::bind(&addr).unwrap();
-        assert!(std::fs::symlink_metadata(&path).is_ok());
-        // ... and takes the new connections.
-        let (client, server) = pair(&second, &addr);
-        assert!(first.accept().unwrap().is_none());
+        // A second listener on the same path is refused: the first one lives.
+        let (status, e) = bind_err(&addr);
+        assert_eq!(status, Status::ListenFailed, "{e}");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        // The refusal's probe connection reached the first listener; it still takes
+        // connections.
+        let start = Instant::now();
+        while first.accept().unwrap().is_none() {
+            assert!(start.elapsed() < DEADLINE, "no probe connection");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (client, server) = pair(&first, &addr);
         round_trip(&client, &server);
-        // Dropping the first must not remove the second's file.
         drop(first);
-        assert!(
-            std::fs::symlink_metadata(&path).is_ok(),
-            "first removed second's file"
-        );
-        drop(second);
         assert!(
             std::fs::symlink_metadata(&path).is_err(),
             "socket file left behind"

@@ -143,8 +143,8 @@ fn file_id(path: &Path) -> Option<FileId> {
 }
 
 /// The socket file a listener bound: dropping it removes the file, unless it
-/// has been replaced by another socket file since (as a second listener on
-/// the same path does).
+/// has been replaced by another socket file since (a listener bound after
+/// this one's file was removed by hand, say).
 #[derive(Debug)]
 pub(super) struct SocketFile {
     path: PathBuf,
@@ -176,14 +176,22 @@ impl Drop for SocketFile {
     }
 }
 
-/// Removes a stale socket file at `path` before binding it. Anything that is
-/// not a socket (a regular file, a directory, ...) is left alone, so that
-/// binding fails instead of destroying user data.
+/// Removes a stale socket file at `path` before binding it: a socket file
+/// nobody listens on (a connect is refused). A live listener's file is left
+/// alone, so the bind fails with `EADDRINUSE` (a probe connection reaches that
+/// listener and is closed at once); anything that is not a socket (a regular
+/// file, a directory, ...) is left alone too, so binding fails instead of
+/// destroying user data.
 #[cfg(unix)]
 pub(super) fn remove_stale_socket(path: &Path) {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
+        let stale = meta.file_type().is_socket()
+            && matches!(
+                std::os::unix::net::UnixStream::connect(path),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            );
+        if stale {
             let _ = std::fs::remove_file(path);
         }
     }
