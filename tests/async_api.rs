@@ -11,6 +11,14 @@ use tofu::{ChannelGroup, Engine, EngineOptions, Error, OpCode, PoolOptions, Send
 
 const N: u64 = 500;
 
+/// A tokio current-thread runtime with timers.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
 /// Receives `n` Signals with status Success, returns their message_ids in arrival order;
 /// any other message fails the test.
 async fn signals(group: &ChannelGroup, n: u64) -> Vec<u64> {
@@ -74,10 +82,7 @@ fn tokio_current_thread() {
         &tcp_loopback(),
         PoolOptions::default(),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(stream_both_ways_async(&link));
 }
 
@@ -172,10 +177,7 @@ fn a_cancelled_receive_loses_nothing() {
         &tcp_loopback(),
         PoolOptions::default(),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         for round in 1..=20u64 {
             // A receive that waits, then is dropped by the timeout.
@@ -320,10 +322,7 @@ fn send_timeout_waits_for_room_and_gives_up_at_the_timeout() {
 #[test]
 fn async_send_waits_for_room() {
     let (_e, g, c, peer, id) = full_queue();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         // Pending while the queue is full.
         let r = tokio::time::timeout(
@@ -387,10 +386,7 @@ fn messages_as_a_stream_end_when_the_group_is_destroyed() {
 /// nothing in the receive loop.
 #[test]
 fn listen_connect_and_disconnect_async() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let e = Engine::with_defaults().unwrap();
     let (server, client) = (e.create_group().unwrap(), e.create_group().unwrap());
     let l = rt

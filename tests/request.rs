@@ -35,6 +35,33 @@ fn echo(g: &ChannelGroup) {
     }
 }
 
+/// Two engines: a server group that listens and runs [`echo`] on a thread of its own, and a
+/// client group connected to it. `f` gets the client group and its channel. The
+/// server group is destroyed when `f` returns or panics, so a failing test fails instead of
+/// waiting forever for the echo thread.
+fn with_echo_peer(f: impl FnOnce(&Arc<ChannelGroup>, u16)) {
+    struct Destroy(Arc<ChannelGroup>);
+    impl Drop for Destroy {
+        fn drop(&mut self) {
+            self.0.destroy();
+        }
+    }
+    let (se, ce) = (
+        Engine::with_defaults().unwrap(),
+        Engine::with_defaults().unwrap(),
+    );
+    let server = Arc::new(se.create_group().unwrap());
+    let client = Arc::new(ce.create_group().unwrap());
+    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+    let guard = Destroy(Arc::clone(&server));
+    std::thread::scope(|s| {
+        s.spawn(|| echo(&server));
+        let _guard = guard;
+        let ch = client.connect(&l.address).unwrap();
+        f(&client, ch);
+    });
+}
+
 fn request(ch: u16, body: &[u8]) -> Message {
     let mut m = Message::with_opcode(OpCode::Request);
     m.header.channel = ch;
@@ -180,21 +207,13 @@ fn many_threads_each_get_their_own_answer_while_other_messages_go_to_the_receive
 
 #[test]
 fn no_answer_when_the_channel_closes_or_in_time() {
-    let (se, ce) = (
-        Engine::with_defaults().unwrap(),
-        Engine::with_defaults().unwrap(),
-    );
-    let (server, client) = (se.create_group().unwrap(), ce.create_group().unwrap());
-    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| echo(&server));
-        let ch = client.connect(&l.address).unwrap();
+    with_echo_peer(|client, ch| {
         // Too slow: TimedOut, and the late answer goes to the receive loop.
         let err = client
             .request(request(ch, b"late"), Some(Duration::from_millis(50)))
             .unwrap_err();
         assert!(matches!(err, RequestError::TimedOut), "{err:?}");
-        let m = recv(&client);
+        let m = recv(client);
         assert_eq!((m.opcode(), m.body()), (OpCode::Response, &b"late"[..]));
         // The peer closes the channel instead of answering: Closed, at once.
         let err = client
@@ -213,22 +232,12 @@ fn no_answer_when_the_channel_closes_or_in_time() {
             .request(request(ch, b"x"), Some(PATIENCE))
             .unwrap_err();
         assert!(matches!(err, RequestError::Post(_)), "{err:?}");
-        server.destroy();
     });
 }
 
 #[test]
 fn async_requests_from_many_tasks() {
-    let (se, ce) = (
-        Engine::with_defaults().unwrap(),
-        Engine::with_defaults().unwrap(),
-    );
-    let server = se.create_group().unwrap();
-    let client = Arc::new(ce.create_group().unwrap());
-    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| echo(&server));
-        let ch = client.connect(&l.address).unwrap();
+    with_echo_peer(|client, ch| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_time()
@@ -237,7 +246,7 @@ fn async_requests_from_many_tasks() {
         rt.block_on(async {
             let mut tasks = Vec::new();
             for t in 0..16u32 {
-                let client = Arc::clone(&client);
+                let client = Arc::clone(client);
                 tasks.push(tokio::spawn(async move {
                     for i in 0..50u32 {
                         let body = format!("{t}/{i}");
@@ -265,21 +274,12 @@ fn async_requests_from_many_tasks() {
                 .unwrap();
             assert_eq!(m.body(), b"late");
         });
-        server.destroy();
     });
 }
 
 #[test]
 fn an_answer_that_came_for_a_dropped_request_goes_to_the_receive_loop() {
-    let (se, ce) = (
-        Engine::with_defaults().unwrap(),
-        Engine::with_defaults().unwrap(),
-    );
-    let (server, client) = (se.create_group().unwrap(), ce.create_group().unwrap());
-    let l = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| echo(&server));
-        let ch = client.connect(&l.address).unwrap();
+    with_echo_peer(|client, ch| {
         let mut fut = Box::pin(client.request_async(request(ch, b"kept")));
         // Poll once: the request is posted and awaited.
         struct Nobody;
@@ -297,9 +297,8 @@ fn an_answer_that_came_for_a_dropped_request_goes_to_the_receive_loop() {
             .is_none());
         // The request is dropped before it took its answer: the answer is not lost.
         drop(fut);
-        let m = recv(&client);
+        let m = recv(client);
         assert_eq!((m.opcode(), m.body()), (OpCode::Response, &b"kept"[..]));
-        server.destroy();
     });
 }
 

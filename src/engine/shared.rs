@@ -409,6 +409,23 @@ impl GroupShared {
         answered || wake.len() > before
     }
 
+    /// Moves what the reactor delivered into `taken` (the whole queue when `taken` is empty)
+    /// and routes it: answers go to their requests, whose threads and tasks are woken.
+    fn drain_mailbox(&self, mb: &mut Mailbox, taken: &mut VecDeque<Inbound>) {
+        if taken.is_empty() {
+            std::mem::swap(taken, &mut mb.queue);
+        } else {
+            taken.extend(mb.queue.drain(..));
+        }
+        let mut answers = Vec::new();
+        if self.route(taken, &mut answers) {
+            self.cond.notify_all(); // a thread awaiting its answer
+        }
+        for w in answers {
+            w.wake();
+        }
+    }
+
     /// One step of awaiting the answer to (`channel`, `id`): routes what the mailbox holds,
     /// then `Ready` with the answer (`None`: the slot is gone), or `Pending` with `waker`
     /// (for a task) kept until something may have changed. Threads pass no waker and wait
@@ -622,14 +639,7 @@ impl GroupShared {
         }
         let m = {
             let mut taken = self.lock_taken();
-            taken.extend(mb.queue.drain(..));
-            let mut answers = Vec::new();
-            if self.route(&mut taken, &mut answers) {
-                self.cond.notify_all(); // a thread awaiting its answer
-            }
-            for w in answers {
-                w.wake();
-            }
+            self.drain_mailbox(&mut mb, &mut taken);
             take_one(&mut taken)
         };
         if let Some(m) = m {
@@ -686,18 +696,7 @@ impl GroupShared {
                 // Take everything at once: the next calls find it in `taken` without
                 // touching the mailbox the reactor delivers to.
                 let mut taken = self.lock_taken();
-                if taken.is_empty() {
-                    std::mem::swap(&mut *taken, &mut mb.queue);
-                } else {
-                    taken.extend(mb.queue.drain(..));
-                }
-                let mut answers = Vec::new();
-                if self.route(&mut taken, &mut answers) {
-                    self.cond.notify_all(); // a thread awaiting its answer
-                }
-                for w in answers {
-                    w.wake();
-                }
+                self.drain_mailbox(&mut mb, &mut taken);
                 let Some(m) = take_one(&mut taken) else {
                     continue; // everything was an answer for someone else
                 };

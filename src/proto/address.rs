@@ -42,7 +42,7 @@ pub const SUN_PATH_LEN: usize = 108;
 /// let a: Address = "tcp|127.0.0.1|7099".parse()?; // or an AddressError saying what is wrong
 /// assert_eq!(a, Address::tcp("127.0.0.1", 7099));
 /// assert_eq!(a.to_string(), "tcp|127.0.0.1|7099");
-/// let sock: std::net::SocketAddr = "[::1]:80".parse().unwrap();
+/// let sock: core::net::SocketAddr = "[::1]:80".parse().unwrap(); // a value, no socket
 /// assert_eq!(Address::from(sock), Address::tcp("::1", 80));
 /// assert_eq!(Address::from(std::path::Path::new("/run/app.sock")), Address::uds("/run/app.sock"));
 /// # Ok::<(), tofu::AddressError>(())
