@@ -83,6 +83,13 @@
 //! everything the peer sent before it); `request_async` with a ByeRequest does the same for
 //! tasks.
 //!
+//! **Between machines.** With the `tls` feature, `tls|host|port` addresses run the same
+//! frames over TLS (rustls): give the engine a rustls `ServerConfig` and/or `ClientConfig`
+//! in [`EngineOptions`] (`tls_server`, `tls_client`; [`rustls`] is re-exported so the
+//! versions match). Mutual TLS is rustls's client verifier; a server sees the verified
+//! client's names in the `~peer_identity` header of its HelloRequest
+//! ([`message::PEER_IDENTITY`]). A failed handshake closes the channel with `TlsFailed`.
+//!
 //! The protocol core ([`message`], [`wire`], [`address`], [`status`]) does no I/O and can be
 //! tested and fuzzed without sockets.
 #![deny(missing_docs)]
@@ -103,7 +110,7 @@ pub mod testing;
 pub use engine::pool;
 pub use proto::{message, status, wire};
 
-/// Addresses, in tofu's text syntax: `tcp|<host>|<port>` and `uds|<path>`.
+/// Addresses, in tofu's text syntax: `tcp|<host>|<port>`, `tls|<host>|<port>` and `uds|<path>`.
 ///
 /// The syntax and its validation live in the protocol core; the Unix domain socket path limit
 /// of this platform ([`UDS_PATH_MAX`](crate::address::UDS_PATH_MAX)) is an OS fact and comes from the socket layer.
@@ -123,6 +130,11 @@ pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeader
 pub use pool::{Allocation, Pool, PoolOptions};
 pub use status::{Error, Status};
 pub use sys::poller::Backend;
+
+/// The rustls crate this build uses (feature `tls`), for [`EngineOptions::tls_server`] and
+/// [`EngineOptions::tls_client`].
+#[cfg(feature = "tls")]
+pub use rustls;
 
 // Internals for the fuzz targets in `fuzz/`; not an API (see the module docs).
 #[cfg(feature = "fuzzing")]

@@ -16,7 +16,7 @@ use super::shared::{Command, Completion, GroupShared, MailboxState, Shared};
 use super::PostError;
 use crate::engine::channels::{DirectWrite, Posted, SendState};
 use crate::proto::address::{Address, AddressError};
-use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED};
+use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED, PEER_IDENTITY};
 use crate::proto::notify;
 use crate::proto::status::{Error, Status};
 
@@ -107,6 +107,11 @@ impl ChannelGroup {
         if msg.header.origin == Origin::Engine {
             // Handed back by the engine and posted again: its error text is not for a peer.
             notify::strip_error_text(&mut msg);
+        }
+        if msg.header.opcode == OpCode::HelloResponse {
+            // Often the received HelloRequest turned around: the client's TLS identity the
+            // engine added is not for the peer.
+            notify::strip_header(&mut msg, PEER_IDENTITY);
         }
         self.post_unexplained(msg, expect)
             .map_err(|e| self.explain(e))
@@ -248,6 +253,14 @@ impl ChannelGroup {
 
     /// A Hello or Welcome request: a new channel number, then the reactor opens the channel.
     fn open(&self, mut msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
+        if let Some(why) = self.tls_missing(&msg) {
+            notify::add_error_text(&mut msg, &why);
+            msg.header.status = Status::InvalidAddress;
+            return Err(PostError {
+                error: Error::InvalidAddress,
+                message: msg,
+            });
+        }
         let allocated = {
             let mut table = self.shared.lock_table();
             let ch = table.allocate(self.group.id);
@@ -273,6 +286,18 @@ impl ChannelGroup {
             self.group.unexpect(ch, id);
         }
         r
+    }
+
+    /// Why a Hello or Welcome to a `tls|` address cannot be served by this engine (no TLS
+    /// config for that side, or no `tls` feature), if it cannot.
+    fn tls_missing(&self, msg: &Message) -> Option<String> {
+        let addr = Address::from_message(msg).ok()?;
+        if !addr.is_tls() {
+            return None;
+        }
+        self.shared
+            .tls
+            .missing(msg.opcode() == OpCode::WelcomeRequest)
     }
 
     /// Queues a message for the reactor as a command.
@@ -812,10 +837,7 @@ pub struct Listening {
 impl Listening {
     /// The TCP port, for a TCP listener.
     pub fn port(&self) -> Option<u16> {
-        match &self.address {
-            Address::Tcp { port, .. } => Some(*port),
-            Address::Uds { .. } => None,
-        }
+        self.address.port()
     }
 }
 

@@ -32,6 +32,7 @@ pub mod pool;
 mod reactor;
 mod replies;
 pub(crate) mod shared;
+pub(crate) mod tls;
 
 #[cfg(feature = "stream")]
 pub use group::Messages;
@@ -45,7 +46,7 @@ use std::time::Duration;
 
 use crate::engine::pool::{Allocation, Pool, PoolOptions};
 use crate::engine::reactor::Reactor;
-use crate::proto::message::Message;
+use crate::proto::message::{Message, Origin};
 use crate::proto::status::Error;
 use crate::sys::poller::{Backend, Poller};
 
@@ -64,7 +65,7 @@ use crate::sys::poller::{Backend, Poller};
 /// assert_eq!(engine.backend(), backend);
 /// # Ok::<(), tofu::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// Message pool sizes (tofu `initialPoolMsgs` / `maxPoolMsgs`).
     pub pool: PoolOptions,
@@ -78,6 +79,17 @@ pub struct EngineOptions {
     /// closed with `RecvFailed` (a slowloris peer cannot hold a channel forever). `None`
     /// waits forever, as Zig tofu does. Default: 30 s.
     pub frame_timeout: Option<Duration>,
+    /// The server side of `tls|` listeners (feature `tls`): certificate chain, key, and
+    /// whether clients must present a certificate (a rustls client verifier; mutual TLS).
+    /// `None`, the default: a listen on a `tls|` address is refused at post. The handshake
+    /// of an accepted connection must end within `frame_timeout`.
+    #[cfg(feature = "tls")]
+    pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The client side of `tls|` connects (feature `tls`): the root certificates the server
+    /// is checked against (its name is the address's host part), and a client certificate
+    /// for mutual TLS. `None`, the default: a connect to a `tls|` address is refused at post.
+    #[cfg(feature = "tls")]
+    pub tls_client: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for EngineOptions {
@@ -88,6 +100,10 @@ impl Default for EngineOptions {
             send_limit: SendLimit::default(),
             receive_limit: ReceiveLimit::default(),
             frame_timeout: Some(Duration::from_secs(30)),
+            #[cfg(feature = "tls")]
+            tls_server: None,
+            #[cfg(feature = "tls")]
+            tls_client: None,
         }
     }
 }
@@ -200,7 +216,14 @@ pub struct PostError {
 
 impl std::fmt::Display for PostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "post failed: {}", self.error)
+        write!(f, "post failed: {}", self.error)?;
+        match self.message.header_value(crate::proto::message::ERROR_TEXT) {
+            // Why, in more words (a `tls|` address without a TLS config, for example).
+            Some(why) if self.message.header.origin == Origin::Application => {
+                write!(f, ": {why}")
+            }
+            _ => Ok(()),
+        }
     }
 }
 

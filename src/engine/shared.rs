@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) handovers: AtomicU64,
     pub(crate) send_limit: SendLimit,
     pub(crate) frame_timeout: Option<Duration>,
+    /// Configurations of `tls|` channels.
+    pub(crate) tls: crate::engine::tls::Configs,
 }
 
 impl Shared {
@@ -115,6 +117,12 @@ impl Shared {
             sleeps: AtomicU64::new(0),
             send_limit: options.send_limit,
             frame_timeout: options.frame_timeout,
+            tls: crate::engine::tls::Configs {
+                #[cfg(feature = "tls")]
+                server: options.tls_server.clone(),
+                #[cfg(feature = "tls")]
+                client: options.tls_client.clone(),
+            },
         }
     }
 

@@ -1,4 +1,4 @@
-//! Addresses, in tofu's text syntax: `tcp|<host>|<port>` and `uds|<path>`.
+//! Addresses, in tofu's text syntax: `tcp|<host>|<port>`, `tls|<host>|<port>` and `uds|<path>`.
 //!
 //! A HelloRequest carries the address to connect to in its `~connect_to` text header; a
 //! WelcomeRequest carries the address to listen on in `~listen_on`. Both headers travel to the
@@ -9,6 +9,8 @@
 //! * On Linux a UDS path starting with `@` names an abstract socket (`@name`); elsewhere the
 //!   socket layer refuses it when the socket is created.
 //! * An empty UDS listen path makes the engine choose a temporary path.
+//! * `tls|host|port` is TCP with TLS over it (feature `tls`): the same host and port rules;
+//!   a client checks the server's certificate against the host part.
 //!
 //! Unlike Zig tofu, malformed values (four or more `|` parts, an unknown protocol token, an
 //! over-long host or path, a `|` inside a host or path) are errors, never truncation or UB.
@@ -56,6 +58,15 @@ pub enum Address {
         /// Port number.
         port: u16,
     },
+    /// TCP with TLS (rustls) over it, feature `tls`: host and port as for [`Address::Tcp`];
+    /// a client checks the server's certificate against `host` (a DNS name or an IP literal).
+    /// The frames inside are tofu's; only the byte stream is encrypted. Zig tofu has no TLS.
+    Tls {
+        /// Host name or IP literal; empty means all IPv4 interfaces (listeners only).
+        host: String,
+        /// Port number.
+        port: u16,
+    },
     /// A Unix-domain stream socket: a filesystem path, or `@name` for a Linux abstract name.
     Uds {
         /// The path; empty (listeners only) means "choose a temporary path".
@@ -69,6 +80,33 @@ impl Address {
         Address::Tcp {
             host: host.into(),
             port,
+        }
+    }
+
+    /// A TLS address (TCP with TLS over it; see [`Address::Tls`]).
+    ///
+    /// ```
+    /// let a = tofu::Address::tls("example.com", 7443);
+    /// assert_eq!(a.to_string(), "tls|example.com|7443");
+    /// assert_eq!("tls|example.com|7443".parse(), Ok(a));
+    /// ```
+    pub fn tls(host: impl Into<String>, port: u16) -> Address {
+        Address::Tls {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// True for a `tls|` address.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Address::Tls { .. })
+    }
+
+    /// The TCP port of a `tcp|` or `tls|` address.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Address::Tcp { port, .. } | Address::Tls { port, .. } => Some(*port),
+            Address::Uds { .. } => None,
         }
     }
 
@@ -95,7 +133,7 @@ impl Address {
     pub fn check(&self) -> Result<(), AddressError> {
         let bad = |problem: String| Err(AddressError::new(&self.to_string(), problem));
         match self {
-            Address::Tcp { host, .. } => {
+            Address::Tcp { host, .. } | Address::Tls { host, .. } => {
                 if host.len() > MAX_HOST_LEN {
                     return bad(format!(
                         "the host is {} bytes long; at most {MAX_HOST_LEN}",
@@ -111,7 +149,8 @@ impl Address {
                 if host.matches(':').count() == 1 {
                     return bad(format!(
                         "the host {host:?} looks like host:port; give the port as the third \
-                         part (tcp|host|port)"
+                         part ({}|host|port)",
+                        if self.is_tls() { "tls" } else { "tcp" }
                     ));
                 }
             }
@@ -175,7 +214,8 @@ impl Address {
             ("uds", None) => Address::uds(second),
             ("uds", Some(_)) => return bad("uds takes one part after 'uds|': the path"),
             ("tcp", None) => return bad("tcp needs a host and a port: tcp|host|port"),
-            ("tcp", Some(port)) => {
+            ("tls", None) => return bad("tls needs a host and a port: tls|host|port"),
+            ("tcp" | "tls", Some(port)) => {
                 let port = match port.parse::<u16>() {
                     Ok(p) if port.bytes().all(|b| b.is_ascii_digit()) => p,
                     _ => {
@@ -185,12 +225,16 @@ impl Address {
                         ))
                     }
                 };
-                Address::tcp(second, port)
+                if proto == "tls" {
+                    Address::tls(second, port)
+                } else {
+                    Address::tcp(second, port)
+                }
             }
             _ => {
                 return Err(AddressError::new(
                     s,
-                    format!("unknown protocol {proto:?}: tcp or uds"),
+                    format!("unknown protocol {proto:?}: tcp, tls or uds"),
                 ))
             }
         };
@@ -317,7 +361,7 @@ impl fmt::Display for AddressError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} is not a tofu address: {} (expected tcp|host|port or uds|path)",
+            "{:?} is not a tofu address: {} (expected tcp|host|port, tls|host|port or uds|path)",
             self.input, self.problem
         )
     }
@@ -333,10 +377,11 @@ impl From<AddressError> for Error {
 }
 
 impl fmt::Display for Address {
-    /// The header value: `tcp|host|port` or `uds|path`.
+    /// The header value: `tcp|host|port`, `tls|host|port` or `uds|path`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Tcp { host, port } => write!(f, "tcp|{host}|{port}"),
+            Address::Tls { host, port } => write!(f, "tls|{host}|{port}"),
             Address::Uds { path } => write!(f, "uds|{path}"),
         }
     }
@@ -470,7 +515,7 @@ mod tests {
             let text = e.to_string();
             assert!(text.contains(says), "{input:?}: {text}");
             assert!(
-                text.contains("expected tcp|host|port or uds|path"),
+                text.contains("expected tcp|host|port, tls|host|port or uds|path"),
                 "{text}"
             );
             assert!(text.contains(&format!("{input:?}")), "{text}");

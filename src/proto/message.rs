@@ -26,6 +26,19 @@ pub const MAX_SECTION_LEN: usize = u16::MAX as usize;
 /// handed back at a close caused by a socket error or a bad frame, and on that channel's
 /// final Signal. Local only: never sent (a handed-back message posted again loses it).
 pub const ERROR_TEXT: &str = "~error";
+/// Text header a TLS server adds to the HelloRequest of a client that presented a verified
+/// certificate (mutual TLS, feature `tls`): `CN=<subject common name>` and `DNS=<name>` for
+/// each DNS subject alternative name, separated by `, `. Local only: a received one is
+/// replaced, and a HelloResponse posted back loses it.
+///
+/// ```
+/// # let mut hello = tofu::Message::with_opcode(tofu::OpCode::HelloRequest);
+/// # hello.append_header(tofu::message::PEER_IDENTITY, "CN=node-1, DNS=node-1.example").unwrap();
+/// if let Some(who) = hello.header_value(tofu::message::PEER_IDENTITY) {
+///     assert!(who.contains("CN=node-1"));
+/// }
+/// ```
+pub const PEER_IDENTITY: &str = "~peer_identity";
 /// Largest buffer kept as a thread's spare (a maximal text-header block or body).
 const SPARE_MAX: usize = MAX_SECTION_LEN;
 

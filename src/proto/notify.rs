@@ -26,10 +26,21 @@ pub(crate) fn add_error_text(m: &mut Message, why: &str) {
     let _ = m.append_header(ERROR_TEXT, why);
 }
 
+/// Appends a `name:value` text header (a local-only one the engine adds); a value too long
+/// for the header block is left out.
+pub(crate) fn add_header(m: &mut Message, name: &str, value: &str) {
+    let _ = m.append_header(name, value);
+}
+
 /// Removes the [`ERROR_TEXT`] lines from a message the engine handed back and the
 /// application posts again: they are for the application, never for a peer.
 pub(crate) fn strip_error_text(m: &mut Message) {
-    let prefix = format!("{ERROR_TEXT}:");
+    strip_header(m, ERROR_TEXT);
+}
+
+/// Removes every `name:` line from `m`'s text headers (a local-only header).
+pub(crate) fn strip_header(m: &mut Message, name: &str) {
+    let prefix = format!("{name}:");
     let text = m.text_headers();
     if !text.windows(prefix.len()).any(|w| w == prefix.as_bytes()) {
         return;

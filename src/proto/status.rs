@@ -126,19 +126,26 @@ pub enum Status {
     /// Application-level processing failed (for recipes; `RequestError::status` also maps a
     /// timed-out request to it). What to do: whatever the application's protocol says.
     ProcessingFailed = 30,
-    /// Any other failure, and every status byte above 32. What to do: treat it as a failure;
-    /// a byte above 32 came from a peer or an application that numbers statuses differently.
+    /// Any other failure, and every status byte above 33. What to do: treat it as a failure;
+    /// a byte above 33 came from a peer or an application that numbers statuses differently.
     UnknownError = 31,
     /// The channel's send queue is at its limit (`EngineOptions::send_limit`); the message
     /// was not queued and is handed back. What to do: post it again later, or use
     /// `ChannelGroup::send_timeout` / `send`, which wait for room. Not in Zig tofu, whose send
     /// queues are unbounded.
     SendQueueFull = 32,
+    /// The TLS session of a `tls|` channel failed: the handshake (unknown certificate
+    /// authority, a name that does not match, an expired certificate, no client certificate
+    /// where one is required, a peer that does not speak TLS) or a record later on. The
+    /// channel closes; the `~error` text header carries rustls's words. What to do: fix the
+    /// certificates or the configuration (`EngineOptions::tls_client` / `tls_server`); a
+    /// retry fails the same way. Not in Zig tofu, which has no TLS.
+    TlsFailed = 33,
 }
 
 impl Status {
     /// Every status, in numeric order.
-    pub const ALL: [Status; 33] = [
+    pub const ALL: [Status; 34] = [
         Status::Success,
         Status::NotImplementedYet,
         Status::WrongAddress,
@@ -172,9 +179,10 @@ impl Status {
         Status::ProcessingFailed,
         Status::UnknownError,
         Status::SendQueueFull,
+        Status::TlsFailed,
     ];
 
-    /// Converts a raw status byte; bytes above 32 give [`Status::UnknownError`].
+    /// Converts a raw status byte; bytes above 33 give [`Status::UnknownError`].
     #[doc(alias = "raw_to_status")]
     pub const fn from_u8(raw: u8) -> Status {
         if (raw as usize) < Status::ALL.len() {
@@ -266,6 +274,7 @@ pub enum Error {
     ProcessingFailed,
     UnknownError,
     SendQueueFull,
+    TlsFailed,
 }
 
 impl Error {
@@ -305,6 +314,7 @@ impl Error {
             Error::ProcessingFailed => Status::ProcessingFailed,
             Error::UnknownError => Status::UnknownError,
             Error::SendQueueFull => Status::SendQueueFull,
+            Error::TlsFailed => Status::TlsFailed,
         }
     }
 
@@ -344,10 +354,11 @@ impl Error {
             Status::ProcessingFailed => Error::ProcessingFailed,
             Status::UnknownError => Error::UnknownError,
             Status::SendQueueFull => Error::SendQueueFull,
+            Status::TlsFailed => Error::TlsFailed,
         })
     }
 
-    /// The error of a raw status byte; `None` for 0, `UnknownError` for bytes above 32.
+    /// The error of a raw status byte; `None` for 0, `UnknownError` for bytes above 33.
     pub const fn from_u8(raw: u8) -> Option<Error> {
         Error::from_status(Status::from_u8(raw))
     }
@@ -389,6 +400,7 @@ impl Error {
             Error::ProcessingFailed => "processing failed",
             Error::UnknownError => "unknown error",
             Error::SendQueueFull => "the channel's send queue is full; retry after it drains",
+            Error::TlsFailed => "the TLS session failed (handshake or record); see the ~error text",
         }
     }
 }
@@ -429,7 +441,7 @@ mod tests {
     fn every_byte_converts_without_panic() {
         for b in 0..=255u8 {
             let s = Status::from(b);
-            if b <= 32 {
+            if b <= 33 {
                 assert_eq!(u8::from(s), b);
             } else {
                 assert_eq!(s, Status::UnknownError);

@@ -142,26 +142,40 @@ impl Reactor {
                 );
             }
         };
+        let session = match &addr {
+            Address::Tls { host, .. } => {
+                // The handshake starts once connected and must end within the frame timeout.
+                let deadline = self.frame_timeout.map(|t| Instant::now() + t);
+                match Session::client(&self.shared.tls, host, deadline) {
+                    Ok(s) => Some(s),
+                    Err(why) => {
+                        return self.refuse_because(
+                            group,
+                            msg,
+                            OpCode::HelloResponse,
+                            Status::InvalidAddress,
+                            why,
+                        )
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut conn = Connection::new(msg.message_id(), self.frame_timeout);
         if let Err((e, msg)) = conn.enqueue(msg) {
             return self.refuse(group, msg, OpCode::HelloResponse, e.status());
         }
         tracing::debug!(channel = number, address = %addr, connected, "connecting");
-        let io = Io {
-            stream: Arc::new(stream),
-            conn,
-            connected,
-            write_blocked: false,
-            starving: false,
-            scheduled: connected,
-            hangup: false,
-            in_partial: false,
-            socket_shared: false,
-        };
+        let mut io = Io::new(stream, conn, connected, session);
+        io.scheduled = connected;
+        let in_handshake = io.tls.is_some() && self.frame_timeout.is_some();
         if connected {
             self.to_write.push(number);
         }
         self.insert(number, group, Kind::Io(Box::new(io)));
+        if in_handshake {
+            self.watch_deadline(number);
+        }
     }
 
     pub(super) fn open_listener(&mut self, group: Arc<GroupShared>, mut msg: Message) {
@@ -170,6 +184,19 @@ impl Reactor {
             Ok(a) => a,
             Err(e) => return self.refuse(group, msg, OpCode::WelcomeResponse, e.status()),
         };
+        if let Some(why) = addr
+            .is_tls()
+            .then(|| self.shared.tls.missing(true))
+            .flatten()
+        {
+            return self.refuse_because(
+                group,
+                msg,
+                OpCode::WelcomeResponse,
+                Status::InvalidAddress,
+                why,
+            );
+        }
         let listener = match Listener::bind(&addr) {
             Ok(l) => l,
             Err((status, e)) => {
@@ -188,6 +215,7 @@ impl Reactor {
             listener,
             opened_id: msg.message_id(),
             paused: false,
+            tls: addr.is_tls(),
         };
         // Success comes back with origin application (tofu's behaviour), and with where the
         // listener is bound: the real port for port 0, the chosen path for an empty one.

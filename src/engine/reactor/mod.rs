@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 
 use crate::engine::channels::{unpend, Pending, SendState};
 use crate::engine::shared::{Command, Frames, GroupShared, Inbound, Shared};
+use crate::engine::tls::Session;
 use crate::proto::address::Address;
 use crate::proto::connection::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP};
-use crate::proto::message::{Message, OpCode, Origin};
+use crate::proto::message::{Message, OpCode, Origin, PEER_IDENTITY};
 use crate::proto::notify;
 use crate::proto::status::Status;
-use crate::proto::wire::encoded_len;
+use crate::proto::wire::{encoded_len, DecodeError};
 use crate::sys::net::{Listener, Stream};
 use crate::sys::poller::{Event, Poller, RawSocket, Token, Triggers};
 use crate::util::intmap::IntMap;
@@ -127,6 +128,8 @@ struct ListenerState {
     opened_id: u64,
     /// Backing off after an accept failure such as EMFILE: no ACCEPT interest meanwhile.
     paused: bool,
+    /// A `tls|` listener: every accepted connection gets a server session.
+    tls: bool,
 }
 
 struct Io {
@@ -143,6 +146,61 @@ struct Io {
     in_partial: bool,
     /// `stream` was given to the channel's `SendState` for direct writes.
     socket_shared: bool,
+    /// The TLS session of a `tls|` channel, between the socket and `conn`. Such a channel
+    /// never gives its socket for direct writes: only the reactor may drive the session.
+    tls: Option<Box<Session>>,
+    /// An accepted channel whose peer's first frame is not yet delivered: that frame gets
+    /// the local-only headers fixed (see `read`).
+    first_in: bool,
+    /// A TLS client's verified names, for its first frame (see `PEER_IDENTITY`).
+    identity: Option<String>,
+}
+
+impl Io {
+    /// A data channel's state around its socket and protocol core.
+    fn new(stream: Stream, conn: Connection, connected: bool, tls: Option<Session>) -> Io {
+        Io {
+            stream: Arc::new(stream),
+            conn,
+            connected,
+            write_blocked: false,
+            starving: false,
+            scheduled: false,
+            hangup: false,
+            in_partial: false,
+            socket_shared: false,
+            tls: tls.map(Box::new),
+            first_in: false,
+            identity: None,
+        }
+    }
+
+    /// When the channel must have made progress: the end of its frame timeout while its
+    /// peer owes the rest of a frame, and the end of a TLS handshake.
+    fn deadline(&self) -> Option<Instant> {
+        let handshake = self.tls.as_ref().and_then(|s| s.deadline());
+        match (self.conn.poll_timeout(), handshake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes wait to be written: frames in `conn`, or records the TLS session made.
+    fn wants_write(&mut self) -> bool {
+        self.conn.wants_send() || self.tls.as_ref().is_some_and(|s| s.wants_write())
+    }
+}
+
+/// A TLS channel with something to write now: records the session made (a handshake
+/// answer), or frames that waited for the handshake to end.
+fn io_wants_tls_write(ch: &mut Channel) -> bool {
+    let Kind::Io(io) = &mut ch.kind else {
+        return false;
+    };
+    let Some(s) = io.tls.as_ref() else {
+        return false;
+    };
+    !io.write_blocked && (s.wants_write() || (!s.is_handshaking() && io.conn.wants_send()))
 }
 
 impl Channel {
@@ -160,7 +218,7 @@ impl Channel {
             Kind::Io(io) if !io.connected => Triggers::CONNECT,
             Kind::Io(io) => {
                 let mut t = Triggers::NONE;
-                if io.write_blocked && io.conn.wants_send() {
+                if io.write_blocked && io.wants_write() {
                     t |= Triggers::SEND;
                 }
                 if !io.starving && !io.conn.bye_received() {
@@ -289,7 +347,7 @@ impl Reactor {
             .partial
             .iter()
             .filter_map(|n| match &self.channels.get(n)?.kind {
-                Kind::Io(io) => io.conn.poll_timeout(),
+                Kind::Io(io) => io.deadline(),
                 Kind::Listener(_) => None,
             })
             .min();
@@ -443,6 +501,9 @@ impl Channel {
         let Kind::Io(io) = &mut self.kind else { return };
         if !io.connected || io.write_blocked || io.hangup || self.closing.is_some() {
             return;
+        }
+        if io.tls.is_some() {
+            return; // only the reactor drives a TLS session
         }
         if !io.conn.is_idle() {
             return;

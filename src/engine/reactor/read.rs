@@ -2,6 +2,8 @@
 //! (small whole frames handed to the application as bytes), pausing a channel the pool
 //! cannot serve and resuming it, and the frame timeout.
 
+use std::cell::Cell;
+
 use super::*;
 
 impl Reactor {
@@ -24,9 +26,22 @@ impl Reactor {
                 self.partial.swap_remove(i);
                 continue;
             };
-            if io.conn.poll_timeout().is_none() || ch.closing.is_some() {
+            if io.deadline().is_none() || ch.closing.is_some() {
                 io.in_partial = false;
                 self.partial.swap_remove(i);
+                continue;
+            }
+            if io
+                .tls
+                .as_ref()
+                .and_then(|s| s.deadline())
+                .is_some_and(|at| at <= now)
+            {
+                tracing::debug!(channel = number, "TLS handshake timed out");
+                io.in_partial = false;
+                self.partial.swap_remove(i);
+                let why = "TLS handshake not completed within the frame timeout".to_string();
+                mark_because(&mut self.marked, ch, Status::TlsFailed, why);
                 continue;
             }
             if let Some(status) = io.conn.handle_timeout(now) {
@@ -40,12 +55,26 @@ impl Reactor {
         }
     }
 
+    /// Lists a channel with a deadline (a frame timeout or a TLS handshake) for
+    /// `expire_partial`.
+    pub(super) fn watch_deadline(&mut self, number: u16) {
+        if let Some(ch) = self.channels.get_mut(&number) {
+            if let Kind::Io(io) = &mut ch.kind {
+                if !io.in_partial && io.deadline().is_some() {
+                    io.in_partial = true;
+                    self.partial.push(number);
+                }
+            }
+        }
+    }
+
     pub(super) fn accept(&mut self, number: u16) {
         for _ in 0..ACCEPTS_PER_EVENT {
             let Some(ch) = self.channels.get(&number) else {
                 return;
             };
             let Kind::Listener(l) = &ch.kind else { return };
+            let tls = l.tls;
             let stream = match l.listener.accept() {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
@@ -71,24 +100,36 @@ impl Reactor {
                 );
                 continue;
             };
-            tracing::debug!(listener = number, channel = new, peer = %stream.peer_string(), "accepted");
-            let io = Io {
-                stream: Arc::new(stream),
-                conn: Connection::new(0, self.frame_timeout),
-                connected: true,
-                write_blocked: false,
-                starving: false,
-                scheduled: false,
-                hangup: false,
-                in_partial: false,
-                socket_shared: false,
+            tracing::debug!(listener = number, channel = new, peer = %stream.peer_string(), tls, "accepted");
+            let session = if tls {
+                let deadline = self.frame_timeout.map(|t| Instant::now() + t);
+                match Session::server(&self.shared.tls, deadline) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        // The config is checked at listen: this does not happen.
+                        tracing::warn!(listener = number, error = %e, "TLS session not made; connection dropped");
+                        self.shared.lock_table().release(new);
+                        continue;
+                    }
+                }
+            } else {
+                None
             };
+            let conn = Connection::new(0, self.frame_timeout);
+            let mut io = Io::new(stream, conn, true, session);
+            io.first_in = true;
+            let in_handshake = io.tls.is_some() && self.frame_timeout.is_some();
             self.insert(new, group, Kind::Io(Box::new(io)));
+            if in_handshake {
+                self.watch_deadline(new);
+            }
         }
     }
 
     /// Reads and decodes until the socket is drained, the per-event budget is spent, the
-    /// pool runs dry, or the channel must close.
+    /// pool runs dry, or the channel must close. A TLS channel's bytes go through its
+    /// session first (see `engine/tls.rs`); what the session wants to send (handshake
+    /// records, the Hello it held back) is written before returning.
     pub(super) fn read(&mut self, number: u16) -> ReadEnd {
         let Some(ch) = self.channels.get_mut(&number) else {
             return ReadEnd::NotRead;
@@ -99,17 +140,70 @@ impl Reactor {
         if io.starving || io.conn.bye_received() {
             return ReadEnd::NotRead;
         }
+        let Io {
+            stream,
+            conn,
+            tls,
+            hangup,
+            first_in,
+            identity,
+            starving,
+            in_partial,
+            ..
+        } = &mut **io;
         let pool = &self.shared.pool;
-        let deliveries = &mut self.deliveries;
         let spare = &mut self.spare;
         // Frames decoded and not yet counted as held (counted per batch by `hold_all`).
         let pending = std::cell::Cell::new(0);
         let mut supply = || take_spare(spare, pool, pending.get());
+        let out = RefCell::new((&mut self.deliveries, &mut self.outbox));
+        let group = &ch.group;
+        let allowed = || pool.receive_room(pending.get());
+        // Small frames received whole go to the application as chunks it decodes itself
+        // (see `Frames`), as many as it may still hold; after the messages before them.
+        let mut take = |bytes: &[u8], k: usize| {
+            let (d, o) = &mut *out.borrow_mut();
+            pool.hold_all(d);
+            pending.set(0);
+            o.extend(group, d);
+            let mut chunk = pool.buffers().get();
+            chunk.reserve(bytes.len());
+            chunk.extend_from_slice(bytes);
+            o.push_frames(group, Frames::new(pool, chunk, k, number));
+        };
+        // True until the peer's first frame on an accepted channel is delivered.
+        let first = Cell::new(*first_in);
+        // A TLS client's verified names, once the handshake has ended, for that frame.
+        let who = Cell::new(identity.take());
+        let mut deliver = |mut m: Message| {
+            m.header.channel = number;
+            if first.replace(false) {
+                // The peer's first frame on an accepted channel: local-only headers are not
+                // the peer's to send; a TLS client's verified names are added.
+                notify::strip_header(&mut m, PEER_IDENTITY);
+                if let Some(who) = who.take() {
+                    notify::add_header(&mut m, PEER_IDENTITY, &who);
+                }
+            }
+            pending.set(pending.get() + 1);
+            out.borrow_mut().0.push(m);
+        };
+        let now = self.now;
+        // Decodes plaintext; the first frame of an accepted channel is decoded here (never
+        // handed over whole) so that `deliver` sees it.
+        let mut decode = |conn: &mut Connection, bytes: &[u8], first: bool| {
+            let whole = (!first).then(|| Whole {
+                max_len: WHOLE_MAX,
+                allowed: &allowed,
+                take: &mut take,
+            });
+            conn.handle_read(bytes, now, &mut supply, &mut deliver, whole)
+        };
         let mut outcome = None;
         let mut why = None;
         let mut end = ReadEnd::Budget;
         for _ in 0..READS_PER_EVENT {
-            let n = match io.stream.read(&mut self.read_buf) {
+            let n = match stream.read(&mut self.read_buf) {
                 Ok(0) => {
                     outcome = Some(Status::PeerDisconnected);
                     break;
@@ -127,42 +221,24 @@ impl Reactor {
                     break;
                 }
             };
-            let out = RefCell::new((&mut *deliveries, &mut self.outbox));
-            let group = &ch.group;
-            let allowed = || pool.receive_room(pending.get());
-            // Small frames received whole go to the application as chunks it decodes itself
-            // (see `Frames`), as many as it may still hold; after the messages before them.
-            let mut take = |bytes: &[u8], k: usize| {
-                let (d, o) = &mut *out.borrow_mut();
-                pool.hold_all(d);
-                pending.set(0);
-                o.extend(group, d);
-                let mut chunk = pool.buffers().get();
-                chunk.reserve(bytes.len());
-                chunk.extend_from_slice(bytes);
-                o.push_frames(group, Frames::new(pool, chunk, k, number));
-            };
-            let whole = Whole {
-                max_len: WHOLE_MAX,
-                allowed: &allowed,
-                take: &mut take,
-            };
-            let r = io.conn.handle_read(
-                &self.read_buf[..n],
-                self.now,
-                &mut supply,
-                &mut |mut m| {
-                    m.header.channel = number;
-                    pending.set(pending.get() + 1);
-                    out.borrow_mut().0.push(m);
+            let input = &self.read_buf[..n];
+            let r = match tls.as_deref_mut() {
+                None => decode(conn, input, first.get()),
+                Some(session) => match decrypt(session, conn, input, (&first, &who), &mut decode) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(channel = number, error = %e, "TLS failed");
+                        outcome = Some(Status::TlsFailed);
+                        why = Some(e);
+                        break;
+                    }
                 },
-                Some(whole),
-            );
+            };
             match r {
                 // A short read almost always means the socket is drained; level-triggered
                 // readiness (or a re-armed one-shot poll) reports any rest. After a hang-up,
                 // read on to the end of stream to learn how it ended.
-                Ok(RecvStop::Drained) if n < self.read_buf.len() && !io.hangup => {
+                Ok(RecvStop::Drained) if n < self.read_buf.len() && !*hangup => {
                     end = ReadEnd::WouldBlock;
                     break;
                 }
@@ -170,7 +246,7 @@ impl Reactor {
                 Ok(RecvStop::Starved) => {
                     // Read interest is dropped until messages come back (see reconcile).
                     tracing::debug!(channel = number, "pool empty: reading paused");
-                    io.starving = true;
+                    *starving = true;
                     self.starved.push(number);
                     end = ReadEnd::Starved;
                     break;
@@ -188,10 +264,16 @@ impl Reactor {
                 }
             }
         }
-        if !io.in_partial && io.conn.poll_timeout().is_some() {
-            io.in_partial = true;
+        if outcome.is_none() && tls.as_ref().is_some_and(|s| s.peer_closed()) {
+            outcome = Some(Status::PeerDisconnected);
+        }
+        *first_in = first.get();
+        *identity = who.take();
+        if !*in_partial && conn.poll_timeout().is_some() {
+            *in_partial = true;
             self.partial.push(number);
         }
+        drop(out);
         pool.hold_all(&mut self.deliveries);
         self.outbox.extend(&ch.group, &mut self.deliveries);
         if let Some(status) = outcome {
@@ -199,7 +281,14 @@ impl Reactor {
                 Some(why) => mark_because(&mut self.marked, ch, status, why),
                 None => mark(&mut self.marked, ch, status),
             }
-            end = ReadEnd::Closed;
+            return ReadEnd::Closed;
+        }
+        if io_wants_tls_write(ch) {
+            // Handshake records to answer, or the handshake ended and the Hello may go.
+            write_channel(ch, &mut self.writer, self.shared.pool.buffers());
+            if ch.closing.is_some() {
+                return ReadEnd::Closed;
+            }
         }
         end
     }
@@ -255,6 +344,44 @@ impl Reactor {
             self.starved.push(starved[i]);
         }
     }
+}
+
+/// Feeds the ciphertext `input` to a TLS session and decodes the plaintext it yields. All of
+/// `input` is taken (the read buffer is shared): after a starvation the decoder stashes the
+/// rest. Stops at a ByeResponse or a bad frame (the channel closes), and at the peer's
+/// close_notify (nothing after it counts). `Err` is a TLS failure, in rustls's words. A
+/// server's session gives the client's verified names to `who` when the handshake ends,
+/// before the first frame is decoded.
+fn decrypt(
+    session: &mut Session,
+    conn: &mut Connection,
+    mut input: &[u8],
+    (first, who): (&Cell<bool>, &Cell<Option<String>>),
+    decode: &mut dyn FnMut(&mut Connection, &[u8], bool) -> Result<RecvStop, DecodeError>,
+) -> Result<Result<RecvStop, DecodeError>, String> {
+    let mut stop = RecvStop::Drained;
+    while !input.is_empty() {
+        if session.feed(&mut input)? == 0 {
+            break;
+        }
+        if !session.is_handshaking() {
+            if let Some(names) = session.take_identity() {
+                who.set(Some(names));
+            }
+        }
+        while let Some(plain) = session.plaintext() {
+            let k = plain.len();
+            // `first` changes as frames are delivered: read it for every piece.
+            let r = decode(conn, plain, first.get());
+            session.consume(k);
+            match r {
+                Ok(RecvStop::Drained) => {}
+                Ok(RecvStop::Starved) => stop = RecvStop::Starved,
+                other => return Ok(other),
+            }
+        }
+    }
+    Ok(Ok(stop))
 }
 
 /// How a [`Reactor::read`] ended.

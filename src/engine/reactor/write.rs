@@ -111,6 +111,16 @@ pub(super) fn write_queue(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<
     if !io.connected {
         return;
     }
+    if io.tls.is_some() {
+        if let Err((status, why)) = write_tls(io, stage, sent) {
+            tracing::debug!(channel = ch.number, error = %why, "send failed");
+            if ch.closing.is_none() {
+                ch.closing = Some(status);
+                ch.why = Some(why);
+            }
+        }
+        return;
+    }
     loop {
         if !io.conn.wants_send() {
             io.write_blocked = false;
@@ -141,6 +151,45 @@ pub(super) fn write_queue(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<
                 }
                 return;
             }
+        }
+    }
+}
+
+/// [`write_queue`] for a TLS channel: what the session holds goes out first; then frames are
+/// encrypted (gathered as for plain TCP, so small frames share records) and written, until
+/// the socket is full or nothing is left. No frame goes before the handshake has ended.
+fn write_tls(
+    io: &mut Io,
+    stage: &mut Vec<u8>,
+    sent: &mut Vec<Message>,
+) -> Result<(), (Status, String)> {
+    let Some(session) = io.tls.as_deref_mut() else {
+        return Ok(());
+    };
+    loop {
+        while session.wants_write() {
+            match session.write_tls(&io.stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    io.write_blocked = true;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((Status::SendFailed, e.to_string())),
+            }
+        }
+        if session.is_handshaking() || !io.conn.wants_send() {
+            io.write_blocked = false;
+            return Ok(());
+        }
+        let mut iov = [IoSlice::new(&[]); IOV_LEN];
+        let n = io.conn.gather(stage, &mut iov);
+        let taken = session
+            .write_plain(&iov[..n])
+            .map_err(|e| (Status::TlsFailed, e))?;
+        io.conn.advance(taken, sent);
+        if taken == 0 && !session.wants_write() {
+            return Err((Status::TlsFailed, "TLS session took no data".to_string()));
         }
     }
 }

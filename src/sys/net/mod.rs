@@ -216,7 +216,10 @@ impl Listener {
     ///   (`EADDRINUSE`, `EACCES`, a missing directory, ...) or `listen(2)`.
     pub fn bind(addr: &Address) -> Result<Listener, NetError> {
         match addr {
-            Address::Tcp { host, port } => Self::bind_tcp(host, *port),
+            // TLS runs over TCP: the socket is the same (the engine adds the session).
+            Address::Tcp { host, port } | Address::Tls { host, port } => {
+                Self::bind_tcp(host, *port)
+            }
             Address::Uds { path } => Self::bind_uds(path),
         }
     }
@@ -300,12 +303,15 @@ impl Listener {
     /// path. The host and a given path stay as requested.
     pub fn local_address(&self, requested: &Address) -> Address {
         match (requested, &self.kind) {
-            (Address::Tcp { host, port }, ListenerKind::Tcp) => {
+            (Address::Tcp { .. } | Address::Tls { .. }, ListenerKind::Tcp) => {
+                let mut a = requested.clone();
                 let bound = self.socket.local_addr().ok().and_then(|a| a.as_socket());
-                Address::Tcp {
-                    host: host.clone(),
-                    port: bound.map_or(*port, |a| a.port()),
+                if let (Address::Tcp { port, .. } | Address::Tls { port, .. }, Some(b)) =
+                    (&mut a, bound)
+                {
+                    *port = b.port();
                 }
+                a
             }
             (Address::Uds { path }, ListenerKind::Uds(Some(file))) if path.is_empty() => {
                 Address::Uds {
@@ -380,7 +386,7 @@ impl Stream {
     ///   retry later) and for TCP that no local port is free.
     pub fn connect(addr: &Address) -> Result<(Stream, bool), NetError> {
         let (target, kind) = match addr {
-            Address::Tcp { host, port } => {
+            Address::Tcp { host, port } | Address::Tls { host, port } => {
                 (resolve_tcp(host, *port, false)?.into(), StreamKind::Tcp)
             }
             Address::Uds { path } => (
