@@ -3,7 +3,7 @@
 //! gets the ByeResponse. Also with both ends sending ByeRequest at once.
 //!
 //! 10^6 messages per stream in an optimised build (`cargo test --release --test lossless`,
-//! which `.ci/run` runs), 10^5 in a debug build.
+//! which `.ci/run` runs, with the `tls` feature: then over `tls|` too), 10^5 in a debug build.
 
 mod common;
 use common::*;
@@ -93,13 +93,39 @@ fn engines(b: tofu::Backend) -> (Engine, Engine) {
         initial: 1024,
         max: 8192,
     };
+    #[cfg(feature = "tls")]
+    {
+        let pki = common::tls::Pki::new();
+        let options = || tofu::EngineOptions {
+            pool,
+            receive_limit: tofu::ReceiveLimit {
+                messages: 8192,
+                ..tofu::ReceiveLimit::default()
+            },
+            ..pki.options(b)
+        };
+        (
+            Engine::new(options()).unwrap(),
+            Engine::new(options()).unwrap(),
+        )
+    }
+    #[cfg(not(feature = "tls"))]
     (engine_with_pool(b, pool), engine_with_pool(b, pool))
+}
+
+/// TCP, UDS where there is AF_UNIX, and with the `tls` feature TLS.
+fn addresses() -> Vec<tofu::Address> {
+    #[allow(unused_mut)]
+    let mut v = transports();
+    #[cfg(feature = "tls")]
+    v.push(tls_loopback());
+    v
 }
 
 #[test]
 fn stream_then_bye_loses_nothing() {
     on_every_backend(|b| {
-        for addr in transports() {
+        for addr in addresses() {
             let (se, re) = engines(b);
             let sender = se.create_group().unwrap();
             let receiver = Arc::new(re.create_group().unwrap());
@@ -121,7 +147,7 @@ fn stream_then_bye_loses_nothing() {
 #[test]
 fn both_ends_stream_then_bye_at_once() {
     on_every_backend(|b| {
-        for addr in transports() {
+        for addr in addresses() {
             let (e1, e2) = engines(b);
             let a = Arc::new(e1.create_group().unwrap());
             let z = Arc::new(e2.create_group().unwrap());

@@ -6,6 +6,8 @@ pub mod client;
 pub mod os;
 pub mod service;
 pub mod soak;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// Escapes a string for JSON output.
 pub fn json_str(s: &str) -> String {

@@ -56,14 +56,20 @@ pub fn run(s: Settings) -> Result<(), String> {
         max: 2048,
     };
     // Reading pauses at 2048 held frames, so the soak also runs through pauses and resumes.
-    let opts = |backend| EngineOptions {
-        pool,
-        backend,
-        receive_limit: tofu::ReceiveLimit {
-            messages: 2048,
-            ..tofu::ReceiveLimit::default()
-        },
-        ..EngineOptions::default()
+    let opts = |backend| {
+        let o = EngineOptions {
+            pool,
+            backend,
+            receive_limit: tofu::ReceiveLimit {
+                messages: 2048,
+                ..tofu::ReceiveLimit::default()
+            },
+            ..EngineOptions::default()
+        };
+        // Built with TLS: every session may also run over tls|, with mutual authentication.
+        #[cfg(feature = "tls")]
+        let o = super::tls::with_demo_pki(o, true);
+        o
     };
     let server_engine = Engine::new(opts(s.backend)).map_err(|e| e.to_string())?;
     let client_engine = Engine::new(opts(s.backend)).map_err(|e| e.to_string())?;
@@ -74,6 +80,11 @@ pub fn run(s: Settings) -> Result<(), String> {
             tofu::testing::temp_uds_path().to_string_lossy(),
         ));
     }
+    #[cfg(feature = "tls")]
+    addrs.push(Address::tls(
+        "127.0.0.1",
+        tofu::testing::free_tcp_port().map_err(|e| e.to_string())?,
+    ));
     let server = service::echo_server(&server_engine, &addrs)?;
 
     let fds_start = os::open_fds();

@@ -485,6 +485,12 @@ impl Connection {
         if !input.is_empty() {
             self.last_input = Some(now);
         }
+        if !self.stash.is_empty() {
+            // Starved with bytes kept for `resume`: these come after them. (A TLS channel
+            // feeds every piece of plaintext it decrypted, starved or not.)
+            self.stash.extend_from_slice(input);
+            return Ok(RecvStop::Starved);
+        }
         self.decode_input(input, supply, deliver, whole)
     }
 
@@ -1161,6 +1167,44 @@ mod tests {
             .unwrap();
         assert_eq!(stop, RecvStop::Drained);
         assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn bytes_fed_while_starved_queue_behind_the_stash() {
+        // A TLS channel feeds every decrypted piece, also after a starvation: the later
+        // piece must not be decoded before the stashed bytes, even when messages are back.
+        let mut wire = Vec::new();
+        for id in 1..=4 {
+            crate::proto::wire::encode(&msg(OpCode::Signal, id, &[id as u8; 3]), &mut wire)
+                .unwrap();
+        }
+        let half = wire.len() / 2 + 5; // in the middle of frame 3
+        let mut c = Connection::default();
+        let mut got = Vec::new();
+        let mut one = 1;
+        let stop = c
+            .receive(
+                &wire[..half],
+                &mut || (std::mem::take(&mut one) == 1).then(Message::new),
+                &mut |m| got.push((m.message_id(), m.body().to_vec())),
+            )
+            .unwrap();
+        assert_eq!(stop, RecvStop::Starved);
+        let stop = c
+            .receive(&wire[half..], &mut || Some(Message::new()), &mut |m| {
+                got.push((m.message_id(), m.body().to_vec()))
+            })
+            .unwrap();
+        assert_eq!(stop, RecvStop::Starved, "kept behind the stash");
+        assert_eq!(got.len(), 1);
+        let stop = c
+            .resume(&mut || Some(Message::new()), &mut |m| {
+                got.push((m.message_id(), m.body().to_vec()))
+            })
+            .unwrap();
+        assert_eq!(stop, RecvStop::Drained);
+        let want: Vec<(u64, Vec<u8>)> = (1..=4).map(|id| (id, vec![id as u8; 3])).collect();
+        assert_eq!(got, want, "in order, bodies intact");
     }
 
     #[test]

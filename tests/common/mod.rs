@@ -221,3 +221,13 @@ pub fn listening(backend: Backend, addr: &Address, server_pool: PoolOptions) -> 
         ce,
     }
 }
+
+/// Certificates and rustls configurations for the TLS tests (feature `tls`).
+#[cfg(feature = "tls")]
+pub mod tls;
+
+/// A `tls|` address on a fresh loopback port (the test certificates name 127.0.0.1).
+#[cfg(feature = "tls")]
+pub fn tls_loopback() -> Address {
+    Address::tls("127.0.0.1", free_tcp_port().expect("free port"))
+}

@@ -192,7 +192,7 @@ impl Reactor {
         // Decodes plaintext; the first frame of an accepted channel is decoded here (never
         // handed over whole) so that `deliver` sees it.
         let mut decode = |conn: &mut Connection, bytes: &[u8], first: bool| {
-            let whole = (!first).then(|| Whole {
+            let whole = (!first).then_some(Whole {
                 max_len: WHOLE_MAX,
                 allowed: &allowed,
                 take: &mut take,
@@ -228,6 +228,8 @@ impl Reactor {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::debug!(channel = number, error = %e, "TLS failed");
+                        // Best effort: the alert rustls made tells the peer why.
+                        let _ = session.write_tls(stream);
                         outcome = Some(Status::TlsFailed);
                         why = Some(e);
                         break;
@@ -273,7 +275,6 @@ impl Reactor {
             *in_partial = true;
             self.partial.push(number);
         }
-        drop(out);
         pool.hold_all(&mut self.deliveries);
         self.outbox.extend(&ch.group, &mut self.deliveries);
         if let Some(status) = outcome {
@@ -357,7 +358,7 @@ fn decrypt(
     conn: &mut Connection,
     mut input: &[u8],
     (first, who): (&Cell<bool>, &Cell<Option<String>>),
-    decode: &mut dyn FnMut(&mut Connection, &[u8], bool) -> Result<RecvStop, DecodeError>,
+    decode: &mut Decode<'_>,
 ) -> Result<Result<RecvStop, DecodeError>, String> {
     let mut stop = RecvStop::Drained;
     while !input.is_empty() {
@@ -383,6 +384,9 @@ fn decrypt(
     }
     Ok(Ok(stop))
 }
+
+/// Decodes plaintext into a channel's connection: (connection, bytes, first frame pending).
+type Decode<'a> = dyn FnMut(&mut Connection, &[u8], bool) -> Result<RecvStop, DecodeError> + 'a;
 
 /// How a [`Reactor::read`] ended.
 #[derive(Clone, Copy, PartialEq, Eq)]

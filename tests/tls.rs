@@ -1,0 +1,529 @@
+//! `tls|` channels (feature `tls`): every flow of the plain transport over TLS on every backend,
+//! mutual TLS and the peer identity, each handshake failure as a status with the listener
+//! still serving, a TLS record error mid-stream, hostile handshakes, and a third-party TLS
+//! client (openssl s_client) exchanging a tofu frame. Certificates are made at test time.
+#![cfg(feature = "tls")]
+
+mod common;
+use common::tls::{client_config, server_config, Ca, Pki};
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tofu::message::{ERROR_TEXT, PEER_IDENTITY};
+use tofu::rustls;
+use tofu::{
+    Address, ChannelGroup, Engine, EngineOptions, Error, Message, OpCode, Origin, SendLimit, Status,
+};
+
+/// A server and a client engine sharing one PKI; the server listens on a fresh `tls|` port.
+struct Pair {
+    server: ChannelGroup,
+    client: ChannelGroup,
+    addr: Address,
+    _se: Engine,
+    _ce: Engine,
+}
+
+fn pair_with(server: EngineOptions, client: EngineOptions) -> Pair {
+    let se = Engine::new(server).unwrap();
+    let ce = Engine::new(client).unwrap();
+    let (s, c) = (se.create_group().unwrap(), ce.create_group().unwrap());
+    let addr = tls_loopback();
+    listen(&s, &addr);
+    Pair {
+        server: s,
+        client: c,
+        addr,
+        _se: se,
+        _ce: ce,
+    }
+}
+
+fn pair(pki: &Pki, backend: tofu::Backend) -> Pair {
+    pair_with(pki.options(backend), pki.options(backend))
+}
+
+/// A connect that must fail: the Hello comes back with `status` (handed back by the engine,
+/// or refused), the `~error` text names the cause, and the channel's final Signal follows.
+#[track_caller]
+fn expect_connect_fails(client: &ChannelGroup, addr: &Address, status: Status, words: &str) {
+    let (c, _) = hello(client, addr);
+    let m = recv(client);
+    assert!(
+        matches!(m.opcode(), OpCode::HelloRequest | OpCode::HelloResponse),
+        "{m:?}"
+    );
+    assert_eq!((m.status(), m.origin()), (status, Origin::Engine), "{m:?}");
+    let why = m.header_value(ERROR_TEXT).unwrap_or_default().to_string();
+    assert!(
+        why.to_lowercase().contains(&words.to_lowercase()),
+        "reason {why:?} should mention {words:?}"
+    );
+    expect_closed_signal(&recv(client), c);
+}
+
+/// The server's side of a connection that failed before any frame: only the final Signal,
+/// with rustls's words when `words` is given.
+#[track_caller]
+fn expect_server_side_closed(server: &ChannelGroup, words: Option<&str>) {
+    let m = recv(server);
+    assert_eq!(
+        (m.opcode(), m.status()),
+        (OpCode::Signal, Status::ChannelClosed),
+        "{m:?}"
+    );
+    if let Some(words) = words {
+        let why = m
+            .header_value(ERROR_TEXT)
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            why.contains(&words.to_lowercase()),
+            "{why:?} should mention {words:?}"
+        );
+    }
+}
+
+/// Receives until `ch`'s final Signal; what came before it.
+#[track_caller]
+fn channel_ends(g: &ChannelGroup, ch: u16) -> Vec<Message> {
+    let mut before = Vec::new();
+    loop {
+        let m = recv(g);
+        if m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed {
+            expect_closed_signal(&m, ch);
+            return before;
+        }
+        assert_eq!(m.origin(), Origin::Engine, "only the engine speaks: {m:?}");
+        assert_ne!(m.status(), Status::Success, "{m:?}");
+        before.push(m);
+    }
+}
+
+/// The listener still serves: a well-configured client connects and gets an answer.
+#[track_caller]
+fn still_serving(pki: &Pki, p: &Pair) {
+    let ce = pki.engine(tofu::Backend::default());
+    let g = ce.create_group().unwrap();
+    let (c, s) = connect(&g, &p.server, &p.addr);
+    p.server
+        .post(data(OpCode::Signal, s, 1, b"still here"))
+        .unwrap();
+    let m = recv(&g);
+    assert_eq!((m.channel(), m.body()), (c, &b"still here"[..]));
+    drop(g);
+    drop(ce);
+    expect_closed_signal(&recv(&p.server), s);
+}
+
+#[test]
+fn hello_data_both_ways_and_bye_both_ways_on_every_backend() {
+    let pki = Pki::new();
+    on_every_backend(|b| {
+        let p = pair(&pki, b);
+        // Client-initiated: data both ways, ByeRequest, ByeResponse.
+        let (c, s) = connect(&p.client, &p.server, &p.addr);
+        let big = vec![0xa5u8; 65000];
+        for i in 1..=100u64 {
+            let body: &[u8] = if i % 10 == 0 { &big } else { b"ping" };
+            p.client.post(data(OpCode::Request, c, i, body)).unwrap();
+        }
+        for i in 1..=100u64 {
+            let mut m = recv(&p.server);
+            expect(&m, OpCode::Request, Status::Success);
+            assert_eq!(m.message_id(), i, "in order");
+            assert_eq!(m.body().len(), if i % 10 == 0 { 65000 } else { 4 });
+            m.make_echo().unwrap();
+            p.server.post(m).unwrap();
+        }
+        for i in 1..=100u64 {
+            let m = recv(&p.client);
+            expect(&m, OpCode::Response, Status::Success);
+            assert_eq!(m.message_id(), i);
+        }
+        let bye = p.client.post(data(OpCode::ByeRequest, c, 0, b"")).unwrap();
+        let mut m = recv(&p.server);
+        expect(&m, OpCode::ByeRequest, Status::Success);
+        m.make_echo().unwrap();
+        p.server.post(m).unwrap();
+        let r = recv(&p.client);
+        expect(&r, OpCode::ByeResponse, Status::Success);
+        assert_eq!(r.message_id(), bye.message_id);
+        expect_closed_signal(&recv(&p.client), c);
+        expect_closed_signal(&recv(&p.server), s);
+
+        // Server-initiated bye on a second channel.
+        let (c, s) = connect(&p.client, &p.server, &p.addr);
+        p.server
+            .post(data(OpCode::Signal, s, 5, b"bye soon"))
+            .unwrap();
+        let bye = p.server.post(data(OpCode::ByeRequest, s, 0, b"")).unwrap();
+        let m = recv(&p.client);
+        assert_eq!(m.body(), b"bye soon");
+        let mut m = recv(&p.client);
+        expect(&m, OpCode::ByeRequest, Status::Success);
+        m.make_echo().unwrap();
+        p.client.post(m).unwrap();
+        let r = recv(&p.server);
+        expect(&r, OpCode::ByeResponse, Status::Success);
+        assert_eq!(r.message_id(), bye.message_id);
+        expect_closed_signal(&recv(&p.server), s);
+        expect_closed_signal(&recv(&p.client), c);
+
+        // Abort: a ByeSignal (oob) closes at once; the peer sees the channel end.
+        let (c, s) = connect(&p.client, &p.server, &p.addr);
+        p.client
+            .post(data(OpCode::ByeSignal, c, 0, b""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut saw_closed = false;
+        while !saw_closed {
+            let m = recv(&p.client);
+            saw_closed = m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed;
+        }
+        expect_closed_signal(&recv(&p.server), s);
+    });
+}
+
+#[test]
+fn backpressure_a_sender_waits_while_the_reader_is_slow() {
+    let pki = Pki::new();
+    let mut so = pki.options(tofu::Backend::default());
+    so.send_limit = SendLimit {
+        messages: 16,
+        bytes: 1 << 20,
+    };
+    let p = pair_with(pki.options(tofu::Backend::default()), so);
+    let (c, s) = connect(&p.client, &p.server, &p.addr);
+    const N: u64 = 20_000;
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            for i in 1..=N {
+                let m = data(OpCode::Signal, c, i, &[7u8; 512]);
+                p.client
+                    .send_timeout(m, Some(PATIENCE))
+                    .expect("room comes");
+            }
+        });
+        for i in 1..=N {
+            if i % 2000 == 0 {
+                std::thread::sleep(Duration::from_millis(20)); // a slow reader
+            }
+            let m = recv(&p.server);
+            assert_eq!((m.channel(), m.message_id()), (s, i), "in order, none lost");
+        }
+    });
+}
+
+#[test]
+fn mutual_tls_the_server_sees_the_verified_client_identity() {
+    let pki = Pki::new();
+    let server = EngineOptions {
+        tls_server: Some(server_config(&pki.server, Some(&pki.ca))),
+        ..EngineOptions::default()
+    };
+    let client = EngineOptions {
+        tls_client: Some(client_config(&pki.ca, Some(&pki.client))),
+        ..EngineOptions::default()
+    };
+    let p = pair_with(server, client);
+    let (c, id) = hello(&p.client, &p.addr);
+    let mut h = recv(&p.server);
+    expect(&h, OpCode::HelloRequest, Status::Success);
+    assert_eq!(h.message_id(), id);
+    assert_eq!(
+        h.header_value(PEER_IDENTITY),
+        Some("CN=node-7, DNS=node-7.tofu.test"),
+        "{h:?}"
+    );
+    h.make_echo().unwrap();
+    p.server.post(h).unwrap();
+    let r = recv(&p.client);
+    expect(&r, OpCode::HelloResponse, Status::Success);
+    assert_eq!(r.channel(), c);
+    assert_eq!(
+        r.header_value(PEER_IDENTITY),
+        None,
+        "local only: never sent back"
+    );
+
+    // A client without a certificate is turned away; the listener keeps serving.
+    let anon = Engine::new(pki.options(tofu::Backend::default())).unwrap();
+    let g = anon.create_group().unwrap();
+    let (ac, _) = hello(&g, &p.addr);
+    // TLS 1.3: the client's side of the handshake ends first and its Hello goes out; the
+    // server refuses it, sends an alert and closes. The client's channel ends.
+    channel_ends(&g, ac);
+    expect_server_side_closed(&p.server, Some("certificate"));
+}
+
+#[test]
+fn a_peer_cannot_forge_the_identity_header() {
+    let pki = Pki::new();
+    let p = pair(&pki, tofu::Backend::default());
+    let mut m = Message::new();
+    p.addr.format_connect(&mut m).unwrap();
+    m.append_header(PEER_IDENTITY, "CN=admin").unwrap();
+    p.client.post(m).unwrap();
+    let h = recv(&p.server);
+    expect(&h, OpCode::HelloRequest, Status::Success);
+    assert_eq!(
+        h.header_value(PEER_IDENTITY),
+        None,
+        "no client certificate, no identity"
+    );
+}
+
+#[test]
+fn handshake_failures_are_statuses_and_the_listener_keeps_serving() {
+    let pki = Pki::new();
+    let p = pair(&pki, tofu::Backend::default());
+
+    // Unknown CA: the client trusts another authority.
+    let other = Ca::new("another CA");
+    let stranger = Engine::new(EngineOptions {
+        tls_client: Some(client_config(&other, None)),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let g = stranger.create_group().unwrap();
+    expect_connect_fails(&g, &p.addr, Status::TlsFailed, "UnknownIssuer");
+    expect_server_side_closed(&p.server, None);
+    still_serving(&pki, &p);
+
+    // Name mismatch: the certificate names another host than the one connected to.
+    let elsewhere = pki.ca.leaf("elsewhere", &["elsewhere.example"]);
+    let wrong = pair_with(
+        EngineOptions {
+            tls_server: Some(server_config(&elsewhere, None)),
+            ..EngineOptions::default()
+        },
+        pki.options(tofu::Backend::default()),
+    );
+    expect_connect_fails(
+        &wrong.client,
+        &wrong.addr,
+        Status::TlsFailed,
+        "not valid for name",
+    );
+    expect_server_side_closed(&wrong.server, None);
+
+    // Expired certificate.
+    let expired = pki
+        .ca
+        .leaf_with("old", &["localhost", "127.0.0.1"], |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        });
+    let old = pair_with(
+        EngineOptions {
+            tls_server: Some(server_config(&expired, None)),
+            ..EngineOptions::default()
+        },
+        pki.options(tofu::Backend::default()),
+    );
+    expect_connect_fails(&old.client, &old.addr, Status::TlsFailed, "Expired");
+    expect_server_side_closed(&old.server, None);
+    still_serving(&pki, &p);
+}
+
+#[test]
+fn plain_and_tls_peers_do_not_mix() {
+    let pki = Pki::new();
+    // Either side may take a mixed-up peer's bytes for the start of something long and wait
+    // for the rest: the frame timeout (and the handshake's) ends that.
+    let quick = || EngineOptions {
+        frame_timeout: Some(Duration::from_millis(300)),
+        ..pki.options(tofu::Backend::default())
+    };
+    let p = pair_with(quick(), quick());
+    // A plain tcp| client at a TLS listener: its Hello is not a TLS record.
+    let port = p.addr.port().unwrap();
+    let (c, _) = hello(&p.client, &Address::tcp("127.0.0.1", port));
+    channel_ends(&p.client, c);
+    expect_server_side_closed(&p.server, Some("TLS"));
+    still_serving(&pki, &p);
+
+    // A TLS client at a plain tcp| listener: its ClientHello is not a tofu frame.
+    let plain = tcp_loopback();
+    listen(&p.server, &plain);
+    let port = plain.port().unwrap();
+    let (c, _) = hello(&p.client, &Address::tls("127.0.0.1", port));
+    let before = channel_ends(&p.client, c);
+    assert!(
+        before.iter().any(|m| m.opcode() == OpCode::HelloRequest),
+        "the Hello never went out (the handshake did not end): handed back, {before:?}"
+    );
+    let m = recv(&p.server);
+    assert_eq!(
+        (m.opcode(), m.status()),
+        (OpCode::Signal, Status::ChannelClosed),
+        "{m:?}"
+    );
+    still_serving(&pki, &p);
+}
+
+#[test]
+fn tls_without_a_config_is_refused_at_post_with_what_to_set() {
+    let engine = Engine::with_defaults().unwrap();
+    let g = engine.create_group().unwrap();
+    let e = g.connect(&Address::tls("localhost", 1)).unwrap_err();
+    assert!(e.to_string().contains("EngineOptions::tls_client"), "{e}");
+    let e = g.listen(&Address::tls("127.0.0.1", 0)).unwrap_err();
+    assert!(e.to_string().contains("EngineOptions::tls_server"), "{e}");
+    let mut m = Message::new();
+    Address::tls("localhost", 1).format_connect(&mut m).unwrap();
+    let e = g.post(m).unwrap_err();
+    assert_eq!(e.error, Error::InvalidAddress);
+    assert!(e.to_string().contains("tls_client"), "{e}");
+}
+
+/// A rustls client over a blocking socket, for the tests that misbehave after the handshake.
+fn raw_tls_client(
+    pki: &Pki,
+    addr: &Address,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let port = addr.port().unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(client_config(&pki.ca, None), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s
+}
+
+/// A HelloRequest frame as bytes (`wire::encode`), for clients that are not tofu engines.
+fn hello_frame(addr: &Address, id: u64) -> Vec<u8> {
+    let mut m = Message::new();
+    addr.format_connect(&mut m).unwrap();
+    m.header.message_id = id;
+    let mut out = Vec::new();
+    tofu::wire::encode(&m, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_bad_record_mid_stream_closes_only_that_channel() {
+    let pki = Pki::new();
+    let p = pair(&pki, tofu::Backend::default());
+    let mut s = raw_tls_client(&pki, &p.addr);
+    s.write_all(&hello_frame(&p.addr, 1)).unwrap();
+    s.flush().unwrap();
+    let h = recv(&p.server);
+    expect(&h, OpCode::HelloRequest, Status::Success);
+    // Not a TLS record: garbage straight onto the socket after the handshake.
+    s.sock.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20]).unwrap();
+    s.sock.write_all(&[0xee; 32]).unwrap();
+    expect_server_side_closed(&p.server, Some("TLS"));
+    still_serving(&pki, &p);
+}
+
+#[test]
+fn garbage_and_a_stalled_handshake_close_with_tls_failed() {
+    let pki = Pki::new();
+    let p = pair_with(
+        EngineOptions {
+            frame_timeout: Some(Duration::from_millis(300)),
+            ..pki.options(tofu::Backend::default())
+        },
+        pki.options(tofu::Backend::default()),
+    );
+    let port = p.addr.port().unwrap();
+    // Garbage instead of a ClientHello.
+    let mut g = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    expect_server_side_closed(&p.server, Some("TLS"));
+    // A slowloris handshake: a ClientHello's first bytes, then nothing.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .unwrap();
+    let started = Instant::now();
+    expect_server_side_closed(&p.server, Some("handshake not completed"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "not before the timeout"
+    );
+    slow.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(slow.read(&mut buf), Ok(0) | Err(_)),
+        "the server closed the stalled connection"
+    );
+    still_serving(&pki, &p);
+}
+
+#[test]
+fn many_handshake_and_reset_cycles_leave_nothing_behind() {
+    let pki = Pki::new();
+    let p = pair(&pki, tofu::Backend::default());
+    const CYCLES: usize = 1000;
+    for i in 0..CYCLES {
+        let s = raw_tls_client(&pki, &p.addr);
+        if i % 2 == 0 {
+            drop(s); // handshake done, then gone
+        } else {
+            let _ = s.sock.shutdown(std::net::Shutdown::Both);
+        }
+        expect_server_side_closed(&p.server, None);
+    }
+    // Everything closed: channels are freed, the listener serves on.
+    still_serving(&pki, &p);
+    expect_silence(&p.server, Duration::from_millis(100));
+}
+
+#[test]
+fn openssl_s_client_exchanges_a_tofu_frame() {
+    use std::process::{Command, Stdio};
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: no openssl command on this system");
+        return;
+    }
+    let pki = Pki::new();
+    let p = pair(&pki, tofu::Backend::default());
+    let dir = std::env::temp_dir().join(format!("tofu-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let port = p.addr.port().unwrap();
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-verify_return_error",
+            "-servername",
+            "localhost",
+        ])
+        .args(["-verify_hostname", "localhost", "-CAfile"])
+        .arg(&ca)
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&hello_frame(&p.addr, 42)).unwrap();
+    stdin.flush().unwrap();
+    let mut h = recv(&p.server);
+    expect(&h, OpCode::HelloRequest, Status::Success);
+    assert_eq!(h.message_id(), 42);
+    h.make_echo().unwrap();
+    let s = h.channel();
+    p.server.post(h).unwrap();
+    // The HelloResponse comes back through openssl, decrypted: a tofu frame.
+    let mut out = child.stdout.take().unwrap();
+    let mut head = [0u8; 16];
+    out.read_exact(&mut head).unwrap();
+    let resp = tofu::wire::FrameHeader::parse(&head);
+    assert_eq!(resp.message_id, 42);
+    p.server.post(data(OpCode::ByeSignal, s, 0, b"")).unwrap();
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
