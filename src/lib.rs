@@ -85,7 +85,7 @@
 //!
 //! **Between machines.** With the `tls` feature, `tls|host|port` addresses run the same
 //! frames over TLS (rustls): give the engine a rustls `ServerConfig` and/or `ClientConfig`
-//! in [`EngineOptions`] (`tls_server`, `tls_client`; [`rustls`] is re-exported so the
+//! in [`EngineOptions`] (`tls_server`, `tls_client`; `tofu::rustls` is re-exported so the
 //! versions match). Mutual TLS is rustls's client verifier; a server sees the verified
 //! client's names in the `~peer_identity` header of its HelloRequest
 //! ([`message::PEER_IDENTITY`]). A failed handshake closes the channel with `TlsFailed`.

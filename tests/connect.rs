@@ -265,3 +265,15 @@ fn hello_carries_application_headers() {
         assert_eq!(Address::from_message(&r).unwrap(), addr);
     });
 }
+
+/// Without the `tls` feature a `tls|` address is refused at post, saying what to enable.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn a_tls_address_without_the_feature_is_refused_with_what_to_enable() {
+    let engine = tofu::Engine::with_defaults().unwrap();
+    let g = engine.create_group().unwrap();
+    let e = g.connect(&tofu::Address::tls("localhost", 1)).unwrap_err();
+    assert!(e.to_string().contains("`tls` feature"), "{e}");
+    let e = g.listen(&tofu::Address::tls("127.0.0.1", 0)).unwrap_err();
+    assert!(e.to_string().contains("`tls` feature"), "{e}");
+}

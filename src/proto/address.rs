@@ -405,6 +405,20 @@ mod tests {
         assert_eq!(a.to_string(), "uds|/tmp/x.port");
         let a: Address = "uds|".parse().unwrap();
         assert_eq!(a, Address::uds(""));
+        let a: Address = "tls|example.com|7443".parse().unwrap();
+        assert_eq!(a, Address::tls("example.com", 7443));
+        assert_eq!(
+            (a.to_string().as_str(), a.is_tls(), a.port()),
+            ("tls|example.com|7443", true, Some(7443))
+        );
+        assert!(Address::parse("tls|h")
+            .unwrap_err()
+            .to_string()
+            .contains("tls|host|port"));
+        assert!(Address::parse("tls|h:1|2")
+            .unwrap_err()
+            .problem()
+            .contains("(tls|host|port)"));
     }
 
     #[test]

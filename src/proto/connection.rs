@@ -112,7 +112,7 @@ pub struct Completed {
 pub const COPY_MAX: usize = 2048;
 /// Bytes [`Connection::gather`] stages at most per call.
 pub const STAGE_CAP: usize = 64 * 1024;
-/// Bytes of whole frames [`Connection::take_whole`] hands over at most at once.
+/// Bytes of whole frames `Connection::take_whole` hands over at most at once.
 pub const CHUNK_CAP: usize = 64 * 1024;
 /// Slices [`Connection::gather`] offers at most per call.
 const GATHER_ITEMS: usize = 64;
