@@ -2,7 +2,9 @@
 # `cargo check --all-targets` for Unix systems this machine cannot run: macOS (x86_64 and
 # aarch64) and FreeBSD. std for each is built from source with nightly's -Zbuild-std (as the
 # Windows lane does); a check needs no linker. This is what backs "any Unix" for the poll
-# backend and src/sys/net/unix.rs: it compiles there, it has not run there.
+# backend and src/sys/net/unix.rs: it compiles there, it has not run there. Without the `tls`
+# feature: ring (rustls's crypto) compiles C, and there is no C compiler for these targets
+# here; TLS is built and tested on Linux and in the Windows lane.
 # Installs nightly's rust-src component when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

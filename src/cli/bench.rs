@@ -37,6 +37,9 @@ use super::{json_str, os};
 pub enum Transport {
     Tcp,
     Uds,
+    /// TCP with TLS (feature `tls`, the demo PKI): user-path rows only; its raw figure is
+    /// plain TCP's, so the ratio says what TLS and the engine cost together.
+    Tls,
 }
 
 impl std::fmt::Display for Transport {
@@ -44,6 +47,7 @@ impl std::fmt::Display for Transport {
         f.write_str(match self {
             Transport::Tcp => "tcp",
             Transport::Uds => "uds",
+            Transport::Tls => "tls",
         })
     }
 }
@@ -193,14 +197,34 @@ pub struct Report {
     pub rtts: Vec<RttRow>,
     pub many: Vec<ManyRow>,
     pub idle: Option<(usize, Duration, u64)>,
+    /// TLS handshakes per second (connect, handshake, Hello answered, then abort), one at a
+    /// time (feature `tls`).
+    pub handshakes: Option<Spread>,
 }
 
 fn transports() -> Vec<Transport> {
+    let mut v = vec![Transport::Tcp];
     if cfg!(unix) {
-        vec![Transport::Tcp, Transport::Uds]
-    } else {
-        vec![Transport::Tcp]
+        v.push(Transport::Uds);
     }
+    if cfg!(feature = "tls") {
+        v.push(Transport::Tls);
+    }
+    v
+}
+
+/// Options of the user path: the defaults, with the demo PKI for TLS.
+fn user_options(backend: Backend, t: Transport) -> EngineOptions {
+    let o = EngineOptions {
+        backend,
+        ..EngineOptions::default()
+    };
+    #[cfg(feature = "tls")]
+    if t == Transport::Tls {
+        return super::tls::with_demo_pki(o, false);
+    }
+    let _ = t;
+    o
 }
 
 /// Messages per one-stream run, sized so one run takes well under a second.
@@ -225,11 +249,11 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
     for t in transports() {
         for &p in &s.payloads {
             cases.push((t, p, Receiving::Blocking, Harness::User));
-            if p == 64 {
+            if p == 64 && t != Transport::Tls {
                 cases.push((t, p, Receiving::Async, Harness::User));
             }
         }
-        for &p in &s.payloads {
+        for &p in s.payloads.iter().filter(|_| t != Transport::Tls) {
             cases.push((t, p, Receiving::Blocking, Harness::Tuned));
         }
     }
@@ -240,15 +264,21 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             label(t, receiving, harness)
         ));
         let n = stream_count(p, s.quick);
-        let raw = match raws.iter().find(|(k, _)| *k == (t, p)) {
+        // TLS is compared with the raw TCP limit.
+        let raw_t = if t == Transport::Tls {
+            Transport::Tcp
+        } else {
+            t
+        };
+        let raw = match raws.iter().find(|(k, _)| *k == (raw_t, p)) {
             Some((_, r)) => *r,
             None => {
                 let r = Spread::of(
                     (0..s.runs.max(RAW_RUNS_MIN))
-                        .map(|_| raw_stream(t, p, n))
+                        .map(|_| raw_stream(raw_t, p, n))
                         .collect::<Result<_, _>>()?,
                 );
-                raws.push(((t, p), r));
+                raws.push(((raw_t, p), r));
                 r
             }
         };
@@ -287,7 +317,16 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             (true, Receiving::Async, Harness::User),
             (true, Receiving::Blocking, Harness::Tuned),
         ];
+        let raw_t = if t == Transport::Tls {
+            Transport::Tcp
+        } else {
+            t
+        };
+        let tls = t == Transport::Tls;
         for (pinned, receiving, harness) in cases {
+            if tls && (receiving == Receiving::Async || harness == Harness::Tuned) {
+                continue;
+            }
             progress(&format!(
                 "round trip {} {}",
                 label(t, receiving, harness),
@@ -296,7 +335,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let n = if s.quick { 2_000 } else { 20_000 };
             let mut raw = Vec::new();
             for _ in 0..s.runs.max(RAW_RUNS_MIN) {
-                raw.push(with_affinity(pinned, || raw_rtt(t, n))??);
+                raw.push(with_affinity(pinned, || raw_rtt(raw_t, n))??);
             }
             let (mut p50, mut p99, mut p999) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..s.runs {
@@ -339,6 +378,17 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             });
         }
     }
+    let handshakes = if cfg!(feature = "tls") {
+        progress("TLS handshakes");
+        let n = if s.quick { 100 } else { 1000 };
+        Some(Spread::of(
+            (0..s.runs)
+                .map(|_| tls_handshakes(s.backend, n))
+                .collect::<Result<_, _>>()?,
+        ))
+    } else {
+        None
+    };
     let idle = if s.idle_secs > 0 {
         progress("idle engine");
         Some(idle_wakeups(
@@ -356,7 +406,37 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
         rtts,
         many,
         idle,
+        handshakes,
     })
+}
+
+/// TLS handshakes per second: a client connects to a `tls|` listener of the same engine
+/// (demo PKI, default options), the server answers the Hello, the client aborts; one at a
+/// time, so each figure is one full handshake's latency turned into a rate.
+fn tls_handshakes(backend: Backend, n: u64) -> Result<f64, String> {
+    let engine =
+        Engine::new(user_options(backend, Transport::Tls)).map_err(|e| format!("engine: {e}"))?;
+    let server = Server::start(&engine, &[address(Transport::Tls)?], Echo::default())
+        .map_err(|e| e.to_string())?;
+    let client = engine.create_group().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    for _ in 0..n {
+        let c = client
+            .connect(&server.addresses()[0])
+            .map_err(|e| format!("TLS connect: {e}"))?;
+        let abort = Message::with_opcode(OpCode::ByeSignal).on_channel(c);
+        client.post(abort).map_err(|e| e.error.to_string())?;
+        // The ByeSignal back, then the channel's final Signal.
+        loop {
+            let m = next(&client)?;
+            if m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed {
+                break;
+            }
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    server.stop();
+    Ok(rate)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,6 +493,7 @@ fn raw_pair(t: Transport) -> Result<(RawStream, RawStream), String> {
             let (a, b) = os::uds_pair().map_err(e)?;
             Ok((RawStream::Uds(a), RawStream::Uds(b)))
         }
+        Transport::Tls => Err("no raw TLS baseline (TLS rows use the raw TCP one)".into()),
     }
 }
 
@@ -535,6 +616,10 @@ fn address(t: Transport) -> Result<Address, String> {
             tofu::testing::free_tcp_port().map_err(|e| e.to_string())?,
         ),
         Transport::Uds => Address::uds(tofu::testing::temp_uds_path().to_string_lossy()),
+        Transport::Tls => Address::tls(
+            "127.0.0.1",
+            tofu::testing::free_tcp_port().map_err(|e| e.to_string())?,
+        ),
     })
 }
 
@@ -616,11 +701,7 @@ fn user_stream(
     count: u64,
     receiving: Receiving,
 ) -> Result<(f64, f64), String> {
-    let engine = Engine::new(EngineOptions {
-        backend,
-        ..EngineOptions::default()
-    })
-    .map_err(|e| format!("engine: {e}"))?;
+    let engine = Engine::new(user_options(backend, t)).map_err(|e| format!("engine: {e}"))?;
     let (rx, tx) = (
         engine.create_group().map_err(|e| e.to_string())?,
         engine.create_group().map_err(|e| e.to_string())?,
@@ -668,11 +749,7 @@ fn user_rtt(
     count: u64,
     receiving: Receiving,
 ) -> Result<[f64; 3], String> {
-    let engine = Engine::new(EngineOptions {
-        backend,
-        ..EngineOptions::default()
-    })
-    .map_err(|e| format!("engine: {e}"))?;
+    let engine = Engine::new(user_options(backend, t)).map_err(|e| format!("engine: {e}"))?;
     let server =
         Server::start(&engine, &[address(t)?], Echo::default()).map_err(|e| e.to_string())?;
     let client = engine.create_group().map_err(|e| e.to_string())?;
@@ -1155,6 +1232,42 @@ pub fn table(r: &Report) -> String {
             );
         }
     }
+    if r.streams.iter().any(|s| s.transport == Transport::Tls) {
+        p(&mut o, String::new());
+        p(
+            &mut o,
+            "TLS vs plain TCP, the user path (same run): tls / tcp messages/s".into(),
+        );
+        for s in r.streams.iter().filter(|s| s.transport == Transport::Tls) {
+            let tcp = r.streams.iter().find(|x| {
+                x.transport == Transport::Tcp
+                    && x.payload == s.payload
+                    && x.receiving == Receiving::Blocking
+                    && x.harness == Harness::User
+            });
+            if let Some(tcp) = tcp {
+                p(
+                    &mut o,
+                    format!(
+                        "{:>7} B  {:>10.0} / {:>10.0} = {:.2}",
+                        s.payload,
+                        s.tofu.median,
+                        tcp.tofu.median,
+                        s.tofu.median / tcp.tofu.median
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(h) = &r.handshakes {
+        p(
+            &mut o,
+            format!(
+                "TLS handshakes (connect, Hello answered, abort; one at a time): {} per second",
+                fmt_spread(h, 0)
+            ),
+        );
+    }
     if let Some((n, d, w)) = r.idle {
         p(&mut o, String::new());
         p(
@@ -1234,7 +1347,7 @@ pub fn json(r: &Report) -> String {
         None => "null".into(),
     };
     format!(
-        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"window_bytes\":{},\"many_burst\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{}}}",
+        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"window_bytes\":{},\"many_burst\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{},\"tls_handshakes_per_s\":{}}}",
         json_str(&r.machine),
         r.settings.backend,
         r.settings.runs,
@@ -1243,7 +1356,8 @@ pub fn json(r: &Report) -> String {
         streams.join(","),
         rtts.join(","),
         many.join(","),
-        idle
+        idle,
+        r.handshakes.as_ref().map_or_else(|| "null".to_string(), Spread::json)
     )
 }
 
@@ -1257,6 +1371,7 @@ pub fn svg(r: &Report) -> String {
         .streams
         .iter()
         .filter(|s| s.receiving == Receiving::Blocking && s.harness == Harness::User)
+        .filter(|s| s.transport != Transport::Tls)
         .collect();
     let mbps = |rate: f64, payload: usize| rate * (payload + HEADER_LEN) as f64 / 1e6;
     let max = rows
