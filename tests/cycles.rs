@@ -1,12 +1,43 @@
-//! 1000 connect/disconnect cycles leave no descriptor, channel or held message behind.
-//! Alone in its own test binary: it counts the process's open descriptors (through
-//! `/proc/self/fd`, so on Linux only).
+//! 1000 connect/disconnect cycles (and, with the `tls` feature, 1000 TLS handshake/reset
+//! cycles) leave no descriptor, channel, held message or heap behind. In their own test binary
+//! and one at a time: they count the process's open descriptors (through `/proc/self/fd`, so
+//! on Linux only) and its live heap bytes (the `tofu` command's counting allocator).
 #![cfg(target_os = "linux")]
 
 mod common;
 use common::*;
+use std::sync::Mutex;
 use std::time::Duration;
 use tofu::{Address, OpCode, Status};
+
+#[path = "../src/cli/alloc.rs"]
+#[allow(dead_code)]
+mod alloc;
+
+#[global_allocator]
+static HEAP: alloc::Counting = alloc::Counting;
+
+/// The tests count process-wide resources: one runs at a time.
+static ALONE: Mutex<()> = Mutex::new(());
+
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Receives until `n` channels have closed (final Signals); other messages are dropped.
+fn wait_closed(g: &tofu::ChannelGroup, n: usize) {
+    let mut closed = 0;
+    while closed < n {
+        let m = recv(g);
+        if m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed {
+            closed += 1;
+        }
+    }
+}
+
+/// Heap bytes may wobble (the pool keeps what it made, queues keep their capacity); a leak
+/// of one session or socket per cycle would be far beyond this.
+const HEAP_SLACK: usize = 256 * 1024;
 
 fn raw_client(addr: &Address) -> std::net::TcpStream {
     let Address::Tcp { host, port } = addr else {
@@ -18,9 +49,7 @@ fn raw_client(addr: &Address) -> std::net::TcpStream {
 /// 1000 connects that end with a reset or a plain close: no descriptor or memory left behind.
 #[test]
 fn connect_disconnect_cycles_leave_nothing_behind() {
-    fn fds() -> usize {
-        std::fs::read_dir("/proc/self/fd").unwrap().count()
-    }
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     on_every_backend(|b| {
         let (e, g, addr) = tcp_listening(b);
         let Address::Tcp { port, .. } = &addr else {
@@ -34,6 +63,7 @@ fn connect_disconnect_cycles_leave_nothing_behind() {
             (OpCode::Signal, Status::ChannelClosed)
         );
         let before = fds();
+        let heap_before = alloc::live_bytes();
         for i in 0..1000 {
             let s = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
             if i % 2 == 0 {
@@ -43,15 +73,56 @@ fn connect_disconnect_cycles_leave_nothing_behind() {
             }
             drop(s);
         }
-        let mut closed = 0;
-        while closed < 1000 {
-            let m = recv(&g);
-            if m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed {
-                closed += 1;
-            }
-        }
+        wait_closed(&g, 1000);
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(fds(), before, "every accepted socket was closed");
         assert_eq!(e.pool().queued(), 0);
+        let heap = alloc::live_bytes();
+        assert!(
+            heap <= heap_before + HEAP_SLACK,
+            "heap grew from {heap_before} to {heap} bytes"
+        );
+    });
+}
+
+/// 1000 TLS handshakes, each followed by a close or a reset: every session and socket is
+/// freed, the listener serves on.
+#[cfg(feature = "tls")]
+#[test]
+fn tls_handshake_and_reset_cycles_leave_nothing_behind() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let pki = common::tls::Pki::new();
+    on_every_backend(|b| {
+        let e = pki.engine(b);
+        let g = e.create_group().unwrap();
+        let addr = tls_loopback();
+        listen(&g, &addr);
+        // Warm up once so lazily created state (rustls's, the pool's) is not counted.
+        drop(pki.raw_client(&addr));
+        wait_closed(&g, 1);
+        let before = fds();
+        let heap_before = alloc::live_bytes();
+        for i in 0..1000 {
+            let s = pki.raw_client(&addr);
+            if i % 2 == 0 {
+                socket2::SockRef::from(&s.sock)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap(); // RST after the handshake
+            }
+            drop(s);
+        }
+        wait_closed(&g, 1000);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(fds(), before, "every accepted socket was closed");
+        assert_eq!(e.pool().queued(), 0);
+        let heap = alloc::live_bytes();
+        assert!(
+            heap <= heap_before + HEAP_SLACK,
+            "heap grew from {heap_before} to {heap} bytes"
+        );
+        // The listener still serves a tofu client.
+        let ce = pki.engine(b);
+        let c = ce.create_group().unwrap();
+        connect(&c, &g, &addr);
     });
 }

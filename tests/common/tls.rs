@@ -6,9 +6,10 @@ use std::sync::Arc;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
+use std::net::{TcpListener, TcpStream};
 use tofu::rustls;
 use tofu::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tofu::{Backend, Engine, EngineOptions};
+use tofu::{Address, Backend, Engine, EngineOptions};
 
 /// A certificate authority of the tests.
 pub struct Ca {
@@ -139,6 +140,40 @@ impl Pki {
             tls_client: Some(client_config(&self.ca, None)),
             ..EngineOptions::default()
         }
+    }
+
+    /// A rustls client (trusting the CA, no certificate) over a blocking socket connected to
+    /// `addr`'s port on the loopback, its handshake done: a TLS peer that is not a tofu engine.
+    pub fn raw_client(
+        &self,
+        addr: &Address,
+    ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let sock = TcpStream::connect(("127.0.0.1", addr.port().unwrap())).unwrap();
+        sock.set_nodelay(true).unwrap();
+        sock.set_read_timeout(Some(super::PATIENCE)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(client_config(&self.ca, None), name).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        s
+    }
+
+    /// The server side of a connection accepted from `listener` by a rustls server with this
+    /// PKI's server certificate, its handshake done.
+    pub fn raw_server(
+        &self,
+        listener: &TcpListener,
+    ) -> rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(super::PATIENCE)).unwrap();
+        let conn = rustls::ServerConnection::new(server_config(&self.server, None)).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        s
     }
 
     pub fn engine(&self, backend: Backend) -> Engine {
