@@ -64,7 +64,8 @@
 //!
 //! **Flow control.** Sending: a channel holds at most [`SendLimit`] unsent messages;
 //! `post` then hands the message back with `SendQueueFull`, and [`ChannelGroup::send_timeout`]
-//! / [`ChannelGroup::send`] wait for room instead. Receiving: once [`ReceiveLimit`] frames
+//! / [`ChannelGroup::send`] wait for room instead (already at [`SEND_WINDOW`], 1 MiB of
+//! unsent frames: a waiting sender keeps the socket busy, not a deep queue). Receiving: once [`ReceiveLimit`] frames
 //! (65536, or 64 MiB) wait in the groups' queues, the engine stops reading and resumes by
 //! itself as the application receives; the peers' sends slow down instead of this process's
 //! memory growing. Nothing in the receive loop sees it, as with a bounded channel.
@@ -124,7 +125,7 @@ pub use address::{Address, AddressError};
 pub use engine::Messages;
 pub use engine::{
     ChannelGroup, Engine, EngineOptions, EngineStats, Listening, PostError, ReceiveFuture,
-    ReceiveLimit, RequestError, RequestFuture, SendFuture, SendLimit,
+    ReceiveLimit, RequestError, RequestFuture, SendFuture, SendLimit, SEND_WINDOW,
 };
 pub use message::{Header, Message, MessageType, OpCode, Origin, Role, TextHeaders};
 pub use pool::{Allocation, Pool, PoolOptions};

@@ -285,3 +285,57 @@ fn many_starved_channels_all_resume() {
         assert!(next.values().all(|&n| n == N + 1));
     });
 }
+
+/// A waiting sender keeps at most [`tofu::SEND_WINDOW`] of frames queued, far below the send
+/// limit: `send_timeout` times out there while `post` still accepts; once the peer reads, the
+/// waiting sender goes on.
+#[test]
+fn a_waiting_sender_stops_at_the_send_window() {
+    use std::io::Read;
+    on_every_backend(|b| {
+        let e = engine(b);
+        let g = e.create_group().unwrap();
+        let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tofu::Address::tcp("127.0.0.1", raw.local_addr().unwrap().port());
+        let (c, _) = hello(&g, &addr);
+        let (mut peer, _) = raw.accept().unwrap();
+        let body = [7u8; 60_000];
+        let mut id = 0;
+        // The peer reads nothing: the socket buffers fill, then the queue up to the window.
+        let timed_out = loop {
+            id += 1;
+            match g.send_timeout(
+                data(OpCode::Signal, c, id, &body),
+                Some(Duration::from_millis(200)),
+            ) {
+                Ok(_) => assert!(id < 10_000, "a waiting sender must stop"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(timed_out.error, tofu::Error::SendQueueFull);
+        assert_eq!(timed_out.message.message_id(), id, "handed back intact");
+        // `post` still has the send limit's room (64 MiB): many windows more.
+        let window_msgs = tofu::SEND_WINDOW / body.len() as u64;
+        for k in 0..4 * window_msgs {
+            g.post(data(OpCode::Signal, c, id + 1 + k, &body))
+                .unwrap_or_else(|e| panic!("post {k} beyond the window: {}", e.error));
+        }
+        // The peer reads: a waiting sender is let through again.
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0usize;
+            peer.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            while let Ok(n) = peer.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        g.send_timeout(data(OpCode::Signal, c, 0, b"after"), Some(PATIENCE))
+            .expect("room once the peer reads");
+        assert!(reader.join().unwrap() > 0);
+    });
+}

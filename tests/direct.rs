@@ -125,7 +125,9 @@ fn direct_write_into_a_full_socket_hands_the_frame_over() {
                     client
                         .post(data(OpCode::Signal, c, posted, &body(posted)))
                         .unwrap();
-                    std::thread::sleep(Duration::from_micros(500));
+                    // Long enough for the reactor to write a queued one and sleep again even
+                    // on a loaded machine (500 us was not, under the whole suite on 2 CPUs).
+                    std::thread::sleep(Duration::from_millis(2));
                     if ce.stats().handovers > 0 {
                         break;
                     }

@@ -74,15 +74,15 @@ pub(crate) struct Outbound {
     room: Room,
 }
 
-/// Who waits for a full send queue to shrink, and how often it shrank.
+/// Who waits for a full send queue to shrink, and to which level.
 #[derive(Default, Debug)]
 struct Room {
-    /// Counts every shrink and the close: a waiter that saw one value waits for another.
-    generation: u64,
     threads: usize,
     tasks: Vec<Waker>,
+    /// The queue level (bytes, messages) at or below which the waiters want to be woken:
+    /// the most permissive level any of them asked for since the last wake-up.
+    wake_at: (u64, u64),
 }
-
 impl Outbound {
     fn is_empty(&self) -> bool {
         self.run_frames == 0 && self.items.is_empty()
@@ -311,12 +311,18 @@ impl SendState {
         self.room_made(ob);
     }
 
-    /// The queue shrank or closed: whoever waits for room looks again.
+    /// The queue shrank or closed: waiters are woken once it is at or below the level they
+    /// wait for (not at every shrink: a sender woken at every written batch would sleep and
+    /// wake once per batch).
     fn room_made(&self, mut ob: MutexGuard<'_, Outbound>) {
-        ob.room.generation += 1;
         if ob.room.threads == 0 && ob.room.tasks.is_empty() {
             return;
         }
+        let (bytes, messages) = ob.room.wake_at;
+        if !ob.closed && (ob.bytes > bytes || ob.messages > messages) {
+            return;
+        }
+        ob.room.wake_at = (0, 0); // whoever still waits after this asks again
         let tasks = std::mem::take(&mut ob.room.tasks);
         let threads = ob.room.threads > 0;
         drop(ob);
@@ -328,16 +334,25 @@ impl SendState {
         }
     }
 
-    /// How often the queue has shrunk so far: read it before a post that may find the queue
-    /// full, then wait for it to change.
-    pub(crate) fn room_generation(&self) -> u64 {
-        self.lock_outbound().room.generation
+    /// True when the queue is at or below `level` (bytes, messages) or closed; otherwise
+    /// `level` is added to what the waiters want.
+    fn room_at(ob: &mut Outbound, level: (u64, u64)) -> bool {
+        if ob.closed || (ob.bytes <= level.0 && ob.messages <= level.1) {
+            return true;
+        }
+        ob.room.wake_at = (
+            ob.room.wake_at.0.max(level.0),
+            ob.room.wake_at.1.max(level.1),
+        );
+        false
     }
 
-    /// Blocks until the queue shrank (or closed) since `seen`, or `deadline` passed (false).
-    pub(crate) fn wait_room(&self, seen: u64, deadline: Option<Instant>) -> bool {
+    /// Blocks until the queue is at or below `level` (bytes, messages) or closed (true), or
+    /// `deadline` passed (false). The check and the wait are under the queue's lock: a
+    /// shrink cannot slip between them.
+    pub(crate) fn wait_room(&self, level: (u64, u64), deadline: Option<Instant>) -> bool {
         let mut ob = self.lock_outbound();
-        while ob.room.generation == seen {
+        while !Self::room_at(&mut ob, level) {
             ob.room.threads += 1;
             ob = match deadline {
                 None => self.room_cond.wait(ob).unwrap_or_else(|p| p.into_inner()),
@@ -358,11 +373,11 @@ impl SendState {
         true
     }
 
-    /// [`wait_room`](Self::wait_room) for a task: `Ready` once the queue shrank (or closed)
-    /// since `seen`, else `Pending` with `waker` kept until it does.
-    pub(crate) fn poll_room(&self, seen: u64, waker: &Waker) -> Poll<()> {
+    /// [`wait_room`](Self::wait_room) for a task: `Ready` once the queue is at or below
+    /// `level` (or closed), else `Pending` with `waker` kept until it is.
+    pub(crate) fn poll_room(&self, level: (u64, u64), waker: &Waker) -> Poll<()> {
         let mut ob = self.lock_outbound();
-        if ob.room.generation != seen {
+        if Self::room_at(&mut ob, level) {
             return Poll::Ready(());
         }
         if !ob.room.tasks.iter().any(|w| w.will_wake(waker)) {
@@ -723,6 +738,71 @@ mod tests {
         b.sub(1, 26);
         assert_eq!(post(21, 10, (3, 1000)), Ok(()));
         assert_eq!(b.messages(), 3);
+    }
+
+    /// A waiting sender is woken when the queue is down to its level (or closed), not at
+    /// every shrink; the level is checked under the lock, so a shrink before the wait counts.
+    #[test]
+    fn room_waiters_wake_at_their_level() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::Duration;
+        let b = Arc::new(SendState::default());
+        let bufs = Buffers::default();
+        for id in 0..10 {
+            let mut slot = Some(data(OpCode::Signal, id, 84)); // 100-byte frames
+            assert!(b
+                .post(&mut slot, (u64::MAX, u64::MAX), false, || false, &bufs)
+                .is_ok());
+        }
+        assert_eq!(b.messages(), 10);
+        let soon = || Some(Instant::now() + Duration::from_millis(30));
+        assert!(
+            !b.wait_room((500, 10), soon()),
+            "1000 bytes queued, 500 wanted"
+        );
+        assert!(
+            b.wait_room((1000, 10), soon()),
+            "already at the level: no wait"
+        );
+        let woke = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (b, woke) = (Arc::clone(&b), Arc::clone(&woke));
+            std::thread::spawn(move || {
+                let r = b.wait_room((500, 5), None);
+                woke.store(true, Ordering::SeqCst);
+                r
+            })
+        };
+        b.sub(2, 200); // 800 bytes, 8 messages: above the level, the waiter sleeps on
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!woke.load(Ordering::SeqCst), "woken above its level");
+        b.sub(3, 300); // 500 bytes, 5 messages: at the level
+        assert!(waiter.join().unwrap());
+
+        // A task: Pending above its level, woken and Ready at it, Ready once closed.
+        let waker = Arc::new(Flag(AtomicBool::new(false)));
+        let w = Waker::from(Arc::clone(&waker));
+        assert!(b.poll_room((100, 1), &w).is_pending());
+        b.sub(1, 100);
+        assert!(!waker.0.load(Ordering::SeqCst), "400 bytes: not yet");
+        b.sub(3, 300);
+        assert!(waker.0.load(Ordering::SeqCst));
+        assert!(b.poll_room((100, 1), &w).is_ready());
+        assert!(b.poll_room((0, 0), &w).is_pending());
+        b.close_outbound(&mut VecDeque::new(), &bufs);
+        assert!(
+            b.poll_room((0, 0), &w).is_ready(),
+            "closed: nothing to wait for"
+        );
+    }
+
+    /// A waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::replies::{Answer, Expect};
 use super::shared::{Command, Completion, GroupShared, MailboxState, Shared};
-use super::PostError;
+use super::{PostError, SEND_WINDOW};
 use crate::engine::channels::{DirectWrite, Posted, SendState};
 use crate::proto::address::{Address, AddressError};
 use crate::proto::message::{Header, Message, OpCode, Origin, CHANNEL_UNASSIGNED, PEER_IDENTITY};
@@ -103,7 +103,23 @@ impl ChannelGroup {
 
     /// [`post`](Self::post); a Hello or Welcome request with `expect` has its answer awaited
     /// from the moment its channel number is known, before the reactor can see it.
-    fn post_with(&self, mut msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
+    fn post_with(&self, msg: Message, expect: Option<Expect>) -> Result<Header, PostError> {
+        self.post_capped(msg, expect, u64::MAX)
+    }
+
+    /// [`post`](Self::post) for a sender that waits for room: `SendQueueFull` already once
+    /// the channel holds [`SEND_WINDOW`] bytes of unsent frames (or the send limit).
+    fn post_windowed(&self, msg: Message) -> Result<Header, PostError> {
+        self.post_capped(msg, None, SEND_WINDOW)
+    }
+
+    /// [`post_with`](Self::post_with), the send limit's bytes capped at `cap`.
+    fn post_capped(
+        &self,
+        mut msg: Message,
+        expect: Option<Expect>,
+        cap: u64,
+    ) -> Result<Header, PostError> {
         if msg.header.origin == Origin::Engine {
             // Handed back by the engine and posted again: its error text is not for a peer.
             notify::strip_error_text(&mut msg);
@@ -113,7 +129,7 @@ impl ChannelGroup {
             // engine added is not for the peer.
             notify::strip_header(&mut msg, PEER_IDENTITY);
         }
-        self.post_unexplained(msg, expect)
+        self.post_unexplained(msg, expect, cap)
             .map_err(|e| self.explain(e))
     }
 
@@ -132,6 +148,7 @@ impl ChannelGroup {
         &self,
         mut msg: Message,
         expect: Option<Expect>,
+        cap: u64,
     ) -> Result<Header, PostError> {
         if let Err(error) = msg.validate_for_post() {
             return Err(PostError {
@@ -159,7 +176,7 @@ impl ChannelGroup {
         }
         let limit = (
             self.shared.send_limit.messages,
-            self.shared.send_limit.bytes,
+            self.shared.send_limit.bytes.min(cap),
         );
         let direct = matches!(
             msg.header.opcode,
@@ -334,8 +351,10 @@ impl ChannelGroup {
     }
 
     /// [`post`](Self::post), waiting while the channel's send queue is full instead of
-    /// handing the message back with `SendQueueFull`: the calling thread sleeps until the
-    /// reactor has written some of the queue (no spinning), then posts again. `timeout`
+    /// handing the message back with `SendQueueFull`. For a waiting sender the queue is full
+    /// already at [`SEND_WINDOW`](crate::SEND_WINDOW) (1 MiB of unsent frames) or the
+    /// [`SendLimit`](crate::SendLimit), whichever comes first: the calling thread then sleeps
+    /// (no spinning) until the reactor has written half of it, and posts again. `timeout`
     /// `None` waits as long as it takes; when it passes, the message comes back with
     /// `SendQueueFull`. Every other failure is returned at once, as by `post`.
     ///
@@ -358,26 +377,27 @@ impl ChannelGroup {
         let mut deadline = None;
         let mut msg = msg;
         loop {
-            let e = match self.post(msg) {
+            let e = match self.post_windowed(msg) {
                 Err(e) if e.error == Error::SendQueueFull => e,
                 done => return done,
             };
             let Ok(send) = self.send_state(e.message.channel()) else {
                 return Err(e);
             };
-            // Read how often the queue shrank before trying again, so a shrink between
-            // this post and the wait is not missed.
-            let seen = send.room_generation();
-            msg = match self.post(e.message) {
-                Err(e) if e.error == Error::SendQueueFull => e.message,
-                done => return done,
-            };
+            msg = e.message;
             let deadline = *deadline
                 .get_or_insert_with(|| timeout.and_then(|t| Instant::now().checked_add(t)));
-            if !send.wait_room(seen, deadline) {
+            if !send.wait_room(self.room_level(), deadline) {
                 return Err(refused(Some(msg), Error::SendQueueFull));
             }
         }
+    }
+
+    /// The queue level (bytes, messages) a waiting sender waits for before it posts again:
+    /// half the window (or the send limit), so that it posts a batch per wake-up.
+    fn room_level(&self) -> (u64, u64) {
+        let limit = self.shared.send_limit;
+        (limit.bytes.min(SEND_WINDOW) / 2, limit.messages / 2)
     }
 
     /// The async form of [`send_timeout`](Self::send_timeout) without a timeout: a future
@@ -1044,20 +1064,18 @@ impl Future for SendFuture<'_> {
             let Some(msg) = this.msg.take() else {
                 panic!("SendFuture polled after it resolved");
             };
-            let e = match this.group.post(msg) {
+            let e = match this.group.post_windowed(msg) {
                 Err(e) if e.error == Error::SendQueueFull => e,
                 done => return Poll::Ready(done),
             };
             let Ok(send) = this.group.send_state(e.message.channel()) else {
                 return Poll::Ready(Err(e));
             };
-            let seen = send.room_generation();
-            let msg = match this.group.post(e.message) {
-                Err(e) if e.error == Error::SendQueueFull => e.message,
-                done => return Poll::Ready(done),
-            };
-            this.msg = Some(msg);
-            if send.poll_room(seen, cx.waker()).is_pending() {
+            this.msg = Some(e.message);
+            if send
+                .poll_room(this.group.room_level(), cx.waker())
+                .is_pending()
+            {
                 return Poll::Pending;
             }
         }

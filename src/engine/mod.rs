@@ -108,6 +108,22 @@ impl Default for EngineOptions {
     }
 }
 
+/// How many bytes of unsent frames a channel holds before a *waiting* sender
+/// ([`ChannelGroup::send_timeout`], [`ChannelGroup::send`]) waits for the reactor to write
+/// some: 1 MiB, or the [`SendLimit`]'s bytes when lower. `post` is not affected; it hands a
+/// message back only at the send limit.
+///
+/// A sender that can wait gains nothing by queueing more than keeps the socket busy: a
+/// deeper queue only adds latency and memory, and messages that leave the caches before
+/// they are written cost more to write (65000-byte Signals on the one-engine user path
+/// of `tofu bench` went from about 34 k/s to about 68 k/s with the window, 1 KiB ones from
+/// 2.0 M/s to 2.6 M/s; see docs/benchmarks.md).
+///
+/// ```
+/// assert_eq!(tofu::SEND_WINDOW, 1 << 20);
+/// ```
+pub const SEND_WINDOW: u64 = 1 << 20;
+
 /// The send-side high-water mark of every channel: once a channel holds this many posted,
 /// not yet written messages (or bytes of their frames), `post` hands further messages back
 /// with `SendQueueFull` instead of queueing without bound. A single message is always
