@@ -1,7 +1,8 @@
 //! Direct writes: a message posted to an idle channel while the reactor sleeps is written
 //! by the posting thread. Checked here: the path is really taken, post order holds when
-//! direct and queued writes mix, and a direct write into a full socket hands the rest of
-//! its frame to the reactor without corrupting the stream.
+//! direct and queued writes mix, a channel the reactor wrote a batch for is not written
+//! directly until it carries single messages again, and a direct write into a full socket
+//! hands the rest of its frame to the reactor without corrupting the stream.
 
 mod common;
 use common::*;
@@ -43,6 +44,56 @@ fn request_response_on_an_idle_channel_is_written_directly() {
             assert!(
                 sd >= N * 9 / 10,
                 "{b} {addr}: server wrote {sd} of {N} directly"
+            );
+        }
+    });
+}
+
+/// A channel the reactor just wrote several frames for streams: its next post is queued (the
+/// reactor writes it), and once the reactor wrote a single frame there, the next post is
+/// direct again.
+#[test]
+fn a_streaming_channel_is_written_by_the_reactor_until_it_carries_single_messages() {
+    on_every_backend(|b| {
+        for addr in transports() {
+            let Listening {
+                server,
+                client,
+                se: _se,
+                ce,
+            } = listening(b, &addr, PoolOptions::DEFAULT);
+            // Data posted right behind the Hello waits for the connection: the reactor then
+            // writes the Hello and all of it in one batch.
+            let (c, _) = hello(&client, &addr);
+            const BURST: u64 = 50;
+            for id in 1..=BURST {
+                client.post(data(OpCode::Signal, c, id, b"burst")).unwrap();
+            }
+            let mut h = recv(&server);
+            expect(&h, OpCode::HelloRequest, Status::Success);
+            h.make_echo().unwrap();
+            server.post(h).unwrap();
+            for id in 1..=BURST {
+                assert_eq!(recv(&server).message_id(), id, "{b} {addr}: order");
+            }
+            expect(&recv(&client), OpCode::HelloResponse, Status::Success);
+            let settle = || std::thread::sleep(Duration::from_millis(50));
+            settle();
+            let before = ce.stats().direct_writes;
+            client.post(data(OpCode::Signal, c, 100, b"one")).unwrap();
+            assert_eq!(recv(&server).message_id(), 100);
+            assert_eq!(
+                ce.stats().direct_writes,
+                before,
+                "{b} {addr}: written directly right after a batch"
+            );
+            settle();
+            client.post(data(OpCode::Signal, c, 101, b"two")).unwrap();
+            assert_eq!(recv(&server).message_id(), 101);
+            assert_eq!(
+                ce.stats().direct_writes,
+                before + 1,
+                "{b} {addr}: not written directly after a single frame"
             );
         }
     });
@@ -122,13 +173,33 @@ fn direct_write_into_a_full_socket_hands_the_frame_over() {
                 // 300 x 60 kB is more than loopback socket buffers hold.
                 for _ in 0..300 {
                     posted += 1;
+                    let before = ce.stats();
                     client
                         .post(data(OpCode::Signal, c, posted, &body(posted)))
                         .unwrap();
-                    // Long enough for the reactor to write a queued one and sleep again even
-                    // on a loaded machine (500 us was not, under the whole suite on 2 CPUs).
-                    std::thread::sleep(Duration::from_millis(2));
-                    if ce.stats().handovers > 0 {
+                    // Written directly, or else queued: then wait until the reactor has written
+                    // it and gone back to sleep, so that the next post may go direct (waiting by
+                    // the reactor's own count, not a guessed time: a loaded machine or Wine
+                    // take longer).
+                    let t = std::time::Instant::now();
+                    let mut blocked = false;
+                    loop {
+                        let now = ce.stats();
+                        if now.direct_writes > before.direct_writes
+                            || now.sleeps > before.sleeps
+                            || now.handovers > 0
+                        {
+                            break;
+                        }
+                        if t.elapsed() > Duration::from_millis(100) {
+                            // Queued behind a write the reactor could not finish: the socket
+                            // filled on the reactor's write this time.
+                            blocked = true;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    if blocked || ce.stats().handovers > 0 {
                         break;
                     }
                 }

@@ -13,7 +13,10 @@
 //!   client's `request` (or `request_async`); `/tuned` is the hand-written loop on two
 //!   engines;
 //! * many connections: aggregate throughput and memory per idle channel, per backend;
-//! * idle: reactor wake-ups of an engine with idle channels.
+//! * idle: reactor wake-ups of an engine with idle channels;
+//! * memory: the heap of an idle engine with default options, and the peak heap of each
+//!   user-path run (column `heap KiB`: the engine, both ends of its channel, the messages in
+//!   flight), from the `tofu` command's counting allocator.
 //!
 //! Every figure is the median of `runs` runs, with min and max, except the raw limit: it is
 //! the best of at least five runs (the highest rate, the lowest round trip), because a raw
@@ -167,6 +170,10 @@ pub struct StreamRow {
     /// Process CPU time (user + system, all four threads) per message while tofu streamed,
     /// in nanoseconds: median of the runs (none where the platform cannot tell).
     pub cpu_ns_per_msg: Option<f64>,
+    /// The user path's memory: the most heap bytes in use at once during the last run,
+    /// above what was in use before its engine was made (the engine, both ends of the
+    /// channel, the messages in flight). None for the tuned harness.
+    pub peak_heap: Option<usize>,
 }
 
 /// Round-trip result (microseconds).
@@ -200,6 +207,8 @@ pub struct Report {
     /// TLS handshakes per second (connect, handshake, Hello answered, then abort), one at a
     /// time (feature `tls`).
     pub handshakes: Option<Spread>,
+    /// Heap bytes of an idle engine with default options and one group.
+    pub idle_engine_bytes: usize,
 }
 
 fn transports() -> Vec<Transport> {
@@ -257,6 +266,16 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             cases.push((t, p, Receiving::Blocking, Harness::Tuned));
         }
     }
+    // One discarded run first: the process's first stream pays for growing the heap (the
+    // first row measured about half its rate without it).
+    progress("warm-up");
+    user_stream(
+        s.backend,
+        Transport::Tcp,
+        0,
+        stream_count(0, s.quick) / 2,
+        Receiving::Blocking,
+    )?;
     let mut raws: Vec<((Transport, usize), Spread)> = Vec::new();
     for (t, p, receiving, harness) in cases {
         progress(&format!(
@@ -284,11 +303,16 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
         };
         let mut rates = Vec::new();
         let mut allocs_per_msg = 0.0;
+        let mut peak_heap = None;
         let mut cpu = Vec::new();
         for _ in 0..s.runs {
             let before = os::cpu_time();
             let (rate, allocs) = match harness {
-                Harness::User => user_stream(s.backend, t, p, n, receiving)?,
+                Harness::User => {
+                    let (rate, allocs, peak) = user_stream(s.backend, t, p, n, receiving)?;
+                    peak_heap = Some(peak);
+                    (rate, allocs)
+                }
                 Harness::Tuned => tofu_stream(s.backend, t, p, n, s.window_bytes, receiving)?,
             };
             if let (Some(b), Some(a)) = (before, os::cpu_time()) {
@@ -307,6 +331,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             tofu: Spread::of(rates),
             allocs_per_msg,
             cpu_ns_per_msg,
+            peak_heap,
         });
     }
     let mut rtts = Vec::new();
@@ -399,7 +424,9 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
     } else {
         None
     };
+    let idle_engine_bytes = idle_engine(s.backend)?;
     Ok(Report {
+        idle_engine_bytes,
         machine: os::machine(),
         settings: s,
         streams,
@@ -693,14 +720,18 @@ fn pair(
 
 /// The user path: Signals per second on one channel of one engine with default options,
 /// sent in a plain loop with `send_timeout` (waiting while the send queue is full) and
-/// received and dropped on another thread; measured at the receiver.
+/// received and dropped on another thread; measured at the receiver. Returns the rate, the
+/// allocations per message and the peak heap above what was in use before (see
+/// [`StreamRow::peak_heap`]).
 fn user_stream(
     backend: Backend,
     t: Transport,
     payload: usize,
     count: u64,
     receiving: Receiving,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64, usize), String> {
+    let heap_before = super::alloc::live_bytes();
+    super::alloc::reset_peak();
     let engine = Engine::new(user_options(backend, t)).map_err(|e| format!("engine: {e}"))?;
     let (rx, tx) = (
         engine.create_group().map_err(|e| e.to_string())?,
@@ -737,7 +768,22 @@ fn user_stream(
             .map_err(|_| "receiver panicked".to_string())?
     })?;
     let allocs = (super::alloc::allocations() - allocs_before) as f64 / count as f64;
-    Ok((rate, allocs))
+    let peak = super::alloc::peak_bytes().saturating_sub(heap_before);
+    Ok((rate, allocs, peak))
+}
+
+/// Heap bytes of an engine with default options and one group, once its reactor has
+/// settled (thread stacks are not heap and not counted).
+fn idle_engine(backend: Backend) -> Result<usize, String> {
+    let before = super::alloc::live_bytes();
+    let engine =
+        Engine::new(user_options(backend, Transport::Tcp)).map_err(|e| format!("engine: {e}"))?;
+    let group = engine.create_group().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(50));
+    let bytes = super::alloc::live_bytes().saturating_sub(before);
+    drop(group);
+    drop(engine);
+    Ok(bytes)
 }
 
 /// The user path's round trip: one engine with default options, the `Server` recipe
@@ -1145,15 +1191,23 @@ pub fn table(r: &Report) -> String {
     p(
         &mut o,
         format!(
-            "{:<15} {:>7} {:>12} {:>28} {:>7} {:>10} {:>11} {:>8}",
-            "", "payload", "raw best", "tofu", "ratio", "tofu MB/s", "allocs/msg", "CPU ns"
+            "{:<15} {:>7} {:>12} {:>28} {:>7} {:>10} {:>11} {:>8} {:>9}",
+            "",
+            "payload",
+            "raw best",
+            "tofu",
+            "ratio",
+            "tofu MB/s",
+            "allocs/msg",
+            "CPU ns",
+            "heap KiB"
         ),
     );
     for s in &r.streams {
         p(
             &mut o,
             format!(
-                "{:<15} {:>7} {:>12.0} {:>28} {:>7.3} {:>10.1} {:>11.3} {:>8}",
+                "{:<15} {:>7} {:>12.0} {:>28} {:>7.3} {:>10.1} {:>11.3} {:>8} {:>9}",
                 label(s.transport, s.receiving, s.harness),
                 s.payload,
                 s.raw.max,
@@ -1162,7 +1216,9 @@ pub fn table(r: &Report) -> String {
                 s.tofu.median * (s.payload + HEADER_LEN) as f64 / 1e6,
                 s.allocs_per_msg,
                 s.cpu_ns_per_msg
-                    .map_or_else(|| "-".to_string(), |c| format!("{c:.0}"))
+                    .map_or_else(|| "-".to_string(), |c| format!("{c:.0}")),
+                s.peak_heap
+                    .map_or_else(|| "-".to_string(), |b| format!("{}", b / 1024))
             ),
         );
     }
@@ -1279,6 +1335,15 @@ pub fn table(r: &Report) -> String {
             ),
         );
     }
+    p(
+        &mut o,
+        format!(
+            "memory: an idle engine with default options and one group: {:.1} KiB of heap (the \
+             reactor thread's stack aside); a busy channel: the `heap KiB` column of the user-path \
+             rows (both ends, peak)",
+            r.idle_engine_bytes as f64 / 1024.0
+        ),
+    );
     o
 }
 
@@ -1295,7 +1360,7 @@ pub fn json(r: &Report) -> String {
         .iter()
         .map(|s| {
             format!(
-                "{{\"transport\":\"{}\",\"receive\":\"{}\",\"harness\":\"{}\",\"payload\":{},\"raw\":{},\"tofu\":{},\"ratio_to_raw_best\":{:.4},\"allocs_per_msg\":{:.4},\"cpu_ns_per_msg\":{}}}",
+                "{{\"transport\":\"{}\",\"receive\":\"{}\",\"harness\":\"{}\",\"payload\":{},\"raw\":{},\"tofu\":{},\"ratio_to_raw_best\":{:.4},\"allocs_per_msg\":{:.4},\"cpu_ns_per_msg\":{},\"peak_heap_bytes\":{}}}",
                 s.transport,
                 s.receiving.json(),
                 s.harness.json(),
@@ -1305,7 +1370,9 @@ pub fn json(r: &Report) -> String {
                 s.tofu.median / s.raw.max,
                 s.allocs_per_msg,
                 s.cpu_ns_per_msg
-                    .map_or_else(|| "null".to_string(), |c| format!("{c:.1}"))
+                    .map_or_else(|| "null".to_string(), |c| format!("{c:.1}")),
+                s.peak_heap
+                    .map_or_else(|| "null".to_string(), |b| b.to_string())
             )
         })
         .collect();
@@ -1347,7 +1414,7 @@ pub fn json(r: &Report) -> String {
         None => "null".into(),
     };
     format!(
-        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"window_bytes\":{},\"many_burst\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{},\"tls_handshakes_per_s\":{}}}",
+        "{{\"command\":\"bench\",\"machine\":{},\"backend\":\"{}\",\"runs\":{},\"window_bytes\":{},\"many_burst\":{},\"one_stream\":[{}],\"round_trip\":[{}],\"many\":[{}],\"idle\":{},\"tls_handshakes_per_s\":{},\"idle_engine_bytes\":{}}}",
         json_str(&r.machine),
         r.settings.backend,
         r.settings.runs,
@@ -1357,7 +1424,8 @@ pub fn json(r: &Report) -> String {
         rtts.join(","),
         many.join(","),
         idle,
-        r.handshakes.as_ref().map_or_else(|| "null".to_string(), Spread::json)
+        r.handshakes.as_ref().map_or_else(|| "null".to_string(), Spread::json),
+        r.idle_engine_bytes
     )
 }
 

@@ -154,6 +154,11 @@ struct Io {
     first_in: bool,
     /// A TLS client's verified names, for its first frame (see `PEER_IDENTITY`).
     identity: Option<String>,
+    /// Frames the reactor wrote since the channel was last reconciled (see `streaming`).
+    written: u64,
+    /// The reactor last wrote several frames at once here, not a single one: the channel
+    /// streams, and its gate stays with the reactor (see `Channel::free_gate`).
+    streaming: bool,
 }
 
 impl Io {
@@ -172,6 +177,8 @@ impl Io {
             tls: tls.map(Box::new),
             first_in: false,
             identity: None,
+            written: 0,
+            streaming: false,
         }
     }
 
@@ -496,10 +503,20 @@ impl Reactor {
 impl Channel {
     /// Lets posting threads write directly when the reactor has nothing to write here:
     /// connected, send queue empty, no bye-type frame queued or written, not closing, not
-    /// waiting for writability, no hang-up seen.
+    /// waiting for writability, no hang-up seen, and not streaming: a channel for which the
+    /// reactor last wrote more than one frame at once keeps its gate with the reactor, so a
+    /// stream of posts is written in batches instead of a system call of the posting thread
+    /// now and then; the gate opens again once the reactor writes a single frame there (the
+    /// next request of a request/reply exchange, say).
     fn free_gate(&mut self) {
         let Kind::Io(io) = &mut self.kind else { return };
-        if !io.connected || io.write_blocked || io.hangup || self.closing.is_some() {
+        match std::mem::take(&mut io.written) {
+            0 => {}
+            1 => io.streaming = false,
+            _ => io.streaming = true,
+        }
+        if io.streaming || !io.connected || io.write_blocked || io.hangup || self.closing.is_some()
+        {
             return;
         }
         if io.tls.is_some() {

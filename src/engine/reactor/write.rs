@@ -101,6 +101,7 @@ pub(super) fn write_channel(ch: &mut Channel, w: &mut Writer, bufs: &crate::engi
         if done.frames > 0 {
             ch.send.sub(done.frames, done.bytes);
             w.frames += done.frames;
+            io.written += done.frames;
         }
         io.conn.take_spent(&mut w.spent);
     }
