@@ -88,6 +88,9 @@ struct BenchClientsArgs {
     burst: u64,
     #[arg(long, default_value_t = Backend::default())]
     backend: Backend,
+    /// Plain sockets instead of a tofu engine (the raw baseline).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args)]
@@ -241,6 +244,9 @@ fn main() -> ExitCode {
         Some(Command::Ping(a)) => ping(a),
         Some(Command::Bench(a)) => bench(a),
         Some(Command::Soak(a)) => soak(a),
+        Some(Command::BenchClients(a)) if a.raw => {
+            cli::bench::raw_clients(&a.addr, a.channels, a.messages, a.burst)
+        }
         Some(Command::BenchClients(a)) => {
             cli::bench::clients(a.backend, &a.addr, a.channels, a.messages, a.burst)
         }

@@ -12,7 +12,8 @@
 //!   free; the user path is one engine with defaults, the `Server` recipe echoing and the
 //!   client's `request` (or `request_async`); `/tuned` is the hand-written loop on two
 //!   engines;
-//! * many connections: aggregate throughput and memory per idle channel, per backend;
+//! * many connections: aggregate throughput and memory per idle channel, per backend, and
+//!   the same pattern over raw sockets (one writer round-robin, one reader on epoll);
 //! * idle: reactor wake-ups of an engine with idle channels;
 //! * memory: the heap of an idle engine with default options, and the peak heap of each
 //!   user-path run (column `heap KiB`: the engine, both ends of its channel, the messages in
@@ -194,6 +195,9 @@ pub struct ManyRow {
     pub channels: usize,
     pub rate: Spread,
     pub bytes_per_idle_channel: f64,
+    /// The same pattern over raw sockets (one writer, round-robin; one reader on a plain
+    /// epoll loop), best of the runs; none where the platform has no epoll.
+    pub raw: Option<Spread>,
 }
 
 /// Everything measured.
@@ -395,11 +399,25 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
                 rates.push(rate);
                 mem = per;
             }
+            // The raw pattern does not depend on tofu's backend: measured once per count.
+            let raw = match many.iter().find(|m: &&ManyRow| m.channels == n) {
+                Some(m) => m.raw,
+                None => {
+                    progress(&format!("{n} channels, raw"));
+                    let runs = (0..s.runs.max(RAW_RUNS_MIN))
+                        .map(|_| raw_many(n, many_per_channel(s.quick), s.many_burst))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    runs.into_iter()
+                        .collect::<Option<Vec<f64>>>()
+                        .map(Spread::of)
+                }
+            };
             many.push(ManyRow {
                 backend: b,
                 channels: n,
                 rate: Spread::of(rates),
                 bytes_per_idle_channel: mem,
+                raw,
             });
         }
     }
@@ -988,7 +1006,7 @@ fn many_channels(
     if next(&server)?.status() != Status::Success {
         return Err("listen failed".into());
     }
-    let per_channel: u64 = if quick { 20 } else { 100 };
+    let per_channel = many_per_channel(quick);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let heap_before = super::alloc::live_bytes();
     let mut child = Command::new(exe)
@@ -1092,6 +1110,133 @@ pub fn clients(
         }
     }
     // Stay until the parent has counted everything (it closes our stdin).
+    let _ = std::io::stdin().read_line(&mut line);
+    Ok(())
+}
+
+/// Messages each client channel sends in the many-connections figure.
+fn many_per_channel(quick: bool) -> u64 {
+    if quick {
+        20
+    } else {
+        100
+    }
+}
+
+/// The many-connections pattern over raw sockets: `n` TCP connections on the loopback from
+/// a child process (`tofu bench-clients --raw`, as the tofu clients are) writing
+/// `per_channel` frames of 64-byte Signals on each, round-robin with `burst` frames per
+/// connection per turn (one `write` each turn), and one reader thread here on a plain
+/// level-triggered epoll loop reading each ready socket once per wake-up. Messages per
+/// second at the reader, first byte to last; `None` without epoll.
+fn raw_many(n: usize, per_channel: u64, burst: u64) -> Result<Option<f64>, String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut set = match os::ReadSet::new(1024) {
+        Ok(set) => set,
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Ok(None),
+        Err(e) => return Err(format!("epoll: {e}")),
+    };
+    raise_fd_limit(n + 256)?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args([
+            "bench-clients",
+            &Address::tcp("127.0.0.1", port).to_string(),
+            "--channels",
+            &n.to_string(),
+            "--messages",
+            &per_channel.to_string(),
+            "--burst",
+            &burst.to_string(),
+            "--raw",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the client process: {e}"))?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
+    let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+    let mut readers = Vec::with_capacity(n);
+    for key in 0..n {
+        let (r, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        r.set_nonblocking(true).map_err(|e| e.to_string())?;
+        set.add(&r, key as u64)
+            .map_err(|e| format!("epoll add: {e}"))?;
+        readers.push(r);
+    }
+    match lines.next() {
+        Some(Ok(l)) if l == "ready" => {}
+        other => return Err(format!("raw client process failed: {other:?}")),
+    }
+    let total = per_channel * n as u64 * (HEADER_LEN + 64) as u64;
+    writeln!(stdin, "go").map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    let mut first = None;
+    while got < total {
+        let mut err = None;
+        set.wait(|key| match (&readers[key as usize]).read(&mut buf) {
+            Ok(0) => err = Some("a raw client closed early".to_string()),
+            Ok(k) => {
+                first.get_or_insert_with(Instant::now);
+                got += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => err = Some(e.to_string()),
+        })
+        .map_err(|e| format!("epoll wait: {e}"))?;
+        if let Some(e) = err {
+            return Err(format!("raw read: {e}"));
+        }
+    }
+    let secs = first.map_or(1e-9, |f| f.elapsed().as_secs_f64());
+    drop(stdin);
+    let _ = child.wait();
+    Ok(Some((per_channel * n as u64) as f64 / secs))
+}
+
+/// The client process of [`raw_many`]: `n` plain TCP connections to `addr`; on "go" from
+/// stdin, `messages` 64-byte Signal frames on each, round-robin, `burst` per connection per
+/// turn in one `write`; then waits for stdin to close (the connections stay open until the
+/// reader has everything).
+pub fn raw_clients(addr: &Address, n: usize, messages: u64, burst: u64) -> Result<(), String> {
+    let Address::Tcp { host, port } = addr else {
+        return Err("the raw clients connect to a tcp| address".into());
+    };
+    raise_fd_limit(n + 256)?;
+    let mut writers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let w = TcpStream::connect((host.as_str(), *port)).map_err(|e| format!("connect: {e}"))?;
+        w.set_nodelay(true).map_err(|e| e.to_string())?;
+        writers.push(w);
+    }
+    let frame = {
+        let m = Message::with_opcode(OpCode::Signal).with_body(&[0x5a; 64]);
+        let mut out = Vec::new();
+        tofu::wire::encode(&m, &mut out).map_err(|e| e.to_string())?;
+        out
+    };
+    let burst = burst.max(1);
+    let turn: Vec<u8> = frame.repeat(burst as usize);
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let mut sent = 0;
+    while sent < messages {
+        let k = burst.min(messages - sent);
+        for w in writers.iter_mut() {
+            w.write_all(&turn[..k as usize * frame.len()])
+                .map_err(|e| format!("raw write: {e}"))?;
+        }
+        sent += k;
+    }
+    // Until the reader is done (it closes our stdin).
     let _ = std::io::stdin().read_line(&mut line);
     Ok(())
 }
@@ -1260,8 +1405,14 @@ pub fn table(r: &Report) -> String {
         p(
             &mut o,
             format!(
-                "{:<8} {:>9} {:>28} {:>16} {:>22}",
-                "backend", "channels", "aggregate", "vs one stream", "bytes per idle channel"
+                "{:<8} {:>9} {:>28} {:>12} {:>7} {:>16} {:>22}",
+                "backend",
+                "channels",
+                "aggregate",
+                "raw best",
+                "ratio",
+                "vs one stream",
+                "bytes per idle channel"
             ),
         );
         let one = r
@@ -1278,10 +1429,16 @@ pub fn table(r: &Report) -> String {
             p(
                 &mut o,
                 format!(
-                    "{:<8} {:>9} {:>28} {:>16.2} {:>22.0}",
+                    "{:<8} {:>9} {:>28} {:>12} {:>7} {:>16.2} {:>22.0}",
                     m.backend.to_string(),
                     m.channels,
                     fmt_spread(&m.rate, 0),
+                    m.raw
+                        .map_or_else(|| "-".to_string(), |r| format!("{:.0}", r.max)),
+                    m.raw.map_or_else(
+                        || "-".to_string(),
+                        |r| format!("{:.3}", m.rate.median / r.max)
+                    ),
                     m.rate.median / one,
                     m.bytes_per_idle_channel
                 ),
@@ -1398,11 +1555,12 @@ pub fn json(r: &Report) -> String {
         .iter()
         .map(|m| {
             format!(
-                "{{\"backend\":\"{}\",\"channels\":{},\"rate\":{},\"bytes_per_idle_channel\":{:.0}}}",
+                "{{\"backend\":\"{}\",\"channels\":{},\"rate\":{},\"bytes_per_idle_channel\":{:.0},\"raw\":{}}}",
                 m.backend,
                 m.channels,
                 m.rate.json(),
-                m.bytes_per_idle_channel
+                m.bytes_per_idle_channel,
+                m.raw.as_ref().map_or_else(|| "null".to_string(), Spread::json)
             )
         })
         .collect();

@@ -1,6 +1,7 @@
 //! What the `tofu` command asks of the OS beyond std, in one file: process CPU time, CPU
 //! pinning, the descriptor limit and count, resident memory, a description of the machine,
-//! and Unix-domain stream pairs for the raw-socket baseline.
+//! Unix-domain stream pairs for the raw-socket baseline, and an epoll set for the raw
+//! many-connections baseline.
 //!
 //! Every function is safe and compiles on every platform; where this file does not know how
 //! to ask the OS, each says in its docs what it does instead (`None`, an error, or nothing).
@@ -186,5 +187,104 @@ pub fn uds_pair() -> io::Result<(UdsStream, UdsStream)> {
             io::ErrorKind::Unsupported,
             "UDS is not available here",
         ))
+    }
+}
+
+/// A level-triggered epoll set of sockets watched for reading, for the raw many-connections
+/// baseline (Linux only: elsewhere [`ReadSet::new`] fails with `Unsupported`).
+#[cfg(target_os = "linux")]
+pub struct ReadSet {
+    fd: std::os::fd::OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+#[cfg(target_os = "linux")]
+impl ReadSet {
+    /// An empty set that reports up to `batch` ready sockets per wait.
+    #[allow(unsafe_code)]
+    pub fn new(batch: usize) -> io::Result<ReadSet> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 with a valid flag; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ReadSet {
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; batch.max(1)],
+        })
+    }
+
+    /// Watches `socket` for reading; its readiness is reported as `key`.
+    #[allow(unsafe_code)]
+    pub fn add(&mut self, socket: &impl std::os::fd::AsRawFd, key: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: key,
+        };
+        // SAFETY: both descriptors are open for the call; `ev` is a valid event.
+        let r = unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                socket.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits until sockets are readable and calls `ready` with each one's key.
+    #[allow(unsafe_code)]
+    pub fn wait(&mut self, mut ready: impl FnMut(u64)) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the buffer holds `events.len()` events, which the kernel fills at most.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                -1,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        for ev in &self.events[..n as usize] {
+            ready(ev.u64);
+        }
+        Ok(())
+    }
+}
+
+/// An epoll set: Linux only, so here none can be made.
+#[cfg(not(target_os = "linux"))]
+pub enum ReadSet {}
+
+#[cfg(not(target_os = "linux"))]
+impl ReadSet {
+    pub fn new(_batch: usize) -> io::Result<ReadSet> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the raw many-connections baseline uses epoll (Linux only)",
+        ))
+    }
+
+    pub fn add(&mut self, _socket: &std::net::TcpStream, _key: u64) -> io::Result<()> {
+        match *self {}
+    }
+
+    pub fn wait(&mut self, _ready: impl FnMut(u64)) -> io::Result<()> {
+        match *self {}
     }
 }
