@@ -86,6 +86,9 @@ impl Receiving {
 pub enum Harness {
     /// What a user writes first: one engine, default options, a plain loop.
     User,
+    /// The user's program with each end in an engine of its own (default options), as
+    /// between two machines: each end gets its own reactor (stream only, TCP and TLS).
+    TwoEngines,
     /// Two engines, a large pool and a credit window (stream); a hand-written echo loop.
     Tuned,
 }
@@ -94,6 +97,7 @@ impl Harness {
     fn json(self) -> &'static str {
         match self {
             Harness::User => "user",
+            Harness::TwoEngines => "user_two_engines",
             Harness::Tuned => "tuned",
         }
     }
@@ -103,8 +107,10 @@ impl Harness {
 /// harness.
 fn label(t: Transport, receiving: Receiving, harness: Harness) -> String {
     let mut l = receiving.label(t);
-    if harness == Harness::Tuned {
-        l.push_str("/tuned");
+    match harness {
+        Harness::User => {}
+        Harness::TwoEngines => l.push_str("/2 engines"),
+        Harness::Tuned => l.push_str("/tuned"),
     }
     l
 }
@@ -270,6 +276,15 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             cases.push((t, p, Receiving::Blocking, Harness::Tuned));
         }
     }
+    // TLS against TCP with each end in its own engine, as between machines (with the
+    // feature only: it is what the TLS comparison needs).
+    if cfg!(feature = "tls") {
+        for t in [Transport::Tcp, Transport::Tls] {
+            for &p in s.payloads.iter().filter(|&&p| p == 64 || p == 65000) {
+                cases.push((t, p, Receiving::Blocking, Harness::TwoEngines));
+            }
+        }
+    }
     // One discarded run first: the process's first stream pays for growing the heap (the
     // first row measured about half its rate without it).
     progress("warm-up");
@@ -279,6 +294,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
         0,
         stream_count(0, s.quick) / 2,
         Receiving::Blocking,
+        false,
     )?;
     let mut raws: Vec<((Transport, usize), Spread)> = Vec::new();
     for (t, p, receiving, harness) in cases {
@@ -312,8 +328,9 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
         for _ in 0..s.runs {
             let before = os::cpu_time();
             let (rate, allocs) = match harness {
-                Harness::User => {
-                    let (rate, allocs, peak) = user_stream(s.backend, t, p, n, receiving)?;
+                Harness::User | Harness::TwoEngines => {
+                    let two = harness == Harness::TwoEngines;
+                    let (rate, allocs, peak) = user_stream(s.backend, t, p, n, receiving, two)?;
                     peak_heap = Some(peak);
                     (rate, allocs)
                 }
@@ -369,7 +386,7 @@ pub fn run(s: Settings, progress: &dyn Fn(&str)) -> Result<Report, String> {
             let (mut p50, mut p99, mut p999) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..s.runs {
                 let q = with_affinity(pinned, || match harness {
-                    Harness::User => user_rtt(s.backend, t, n, receiving),
+                    Harness::User | Harness::TwoEngines => user_rtt(s.backend, t, n, receiving),
                     Harness::Tuned => tofu_rtt(s.backend, t, n, receiving),
                 })??;
                 p50.push(q[0]);
@@ -747,13 +764,23 @@ fn user_stream(
     payload: usize,
     count: u64,
     receiving: Receiving,
+    two_engines: bool,
 ) -> Result<(f64, f64, usize), String> {
     let heap_before = super::alloc::live_bytes();
     super::alloc::reset_peak();
     let engine = Engine::new(user_options(backend, t)).map_err(|e| format!("engine: {e}"))?;
+    let sender = if two_engines {
+        Some(Engine::new(user_options(backend, t)).map_err(|e| format!("engine: {e}"))?)
+    } else {
+        None
+    };
     let (rx, tx) = (
         engine.create_group().map_err(|e| e.to_string())?,
-        engine.create_group().map_err(|e| e.to_string())?,
+        sender
+            .as_ref()
+            .unwrap_or(&engine)
+            .create_group()
+            .map_err(|e| e.to_string())?,
     );
     let (c, _) = pair(&rx, &tx, &address(t)?)?;
     let body = vec![0x5au8; payload];
@@ -1449,21 +1476,28 @@ pub fn table(r: &Report) -> String {
         p(&mut o, String::new());
         p(
             &mut o,
-            "TLS vs plain TCP, the user path (same run): tls / tcp messages/s".into(),
+            "TLS vs plain TCP, the user path (same run): tls / tcp messages/s; '2 engines': \
+             each end in its own engine, as between machines"
+                .into(),
         );
         for s in r.streams.iter().filter(|s| s.transport == Transport::Tls) {
             let tcp = r.streams.iter().find(|x| {
                 x.transport == Transport::Tcp
                     && x.payload == s.payload
                     && x.receiving == Receiving::Blocking
-                    && x.harness == Harness::User
+                    && x.harness == s.harness
             });
             if let Some(tcp) = tcp {
                 p(
                     &mut o,
                     format!(
-                        "{:>7} B  {:>10.0} / {:>10.0} = {:.2}",
+                        "{:>7} B{:<11} {:>10.0} / {:>10.0} = {:.2}",
                         s.payload,
+                        if s.harness == Harness::TwoEngines {
+                            ", 2 engines"
+                        } else {
+                            ""
+                        },
                         s.tofu.median,
                         tcp.tofu.median,
                         s.tofu.median / tcp.tofu.median
