@@ -121,7 +121,7 @@ impl Pair {
         Pair {
             a: End::new(HELLO_ID, Some(TIMEOUT)),
             b: End::new(0, Some(TIMEOUT)),
-            now: Instant::now(),
+            now: crate::util::test_epoch(),
             chunk,
         }
     }
@@ -342,7 +342,7 @@ fn no_frame_timeout_when_none_is_set_or_when_waiting_for_messages() {
     let mut c = Connection::new(0, None);
     let mut bytes = Vec::new();
     encode(&msg(OpCode::Signal, 1, &[0; 50]), &mut bytes).unwrap();
-    let t0 = Instant::now();
+    let t0 = crate::util::test_epoch();
     c.handle_read(
         &bytes[..20],
         t0,
