@@ -35,6 +35,45 @@ fn wait_closed(g: &tofu::ChannelGroup, n: usize) {
     }
 }
 
+/// What the process holds before the cycles: descriptors and live heap bytes.
+struct Held {
+    fds: usize,
+    heap: usize,
+}
+
+impl Held {
+    fn now() -> Held {
+        Held {
+            fds: fds(),
+            heap: alloc::live_bytes(),
+        }
+    }
+
+    /// Once `cycles` channels have closed on `g`: every socket is closed, no message is held,
+    /// and the heap is where it was (within [`HEAP_SLACK`]).
+    fn expect_back(&self, e: &tofu::Engine, g: &tofu::ChannelGroup, cycles: usize) {
+        wait_closed(g, cycles);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(fds(), self.fds, "every accepted socket was closed");
+        assert_eq!(e.pool().queued(), 0);
+        let heap = alloc::live_bytes();
+        assert!(
+            heap <= self.heap + HEAP_SLACK,
+            "heap grew from {} to {heap} bytes",
+            self.heap
+        );
+    }
+}
+
+/// Every other cycle, makes dropping `s` a reset (SO_LINGER 0) instead of a plain close.
+fn reset_on_drop_every_other(i: usize, s: &std::net::TcpStream) {
+    if i % 2 == 0 {
+        socket2::SockRef::from(s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap(); // RST
+    }
+}
+
 /// Heap bytes may wobble (the pool keeps what it made, queues keep their capacity); a leak
 /// of one session or socket per cycle would be far beyond this.
 const HEAP_SLACK: usize = 256 * 1024;
@@ -62,26 +101,13 @@ fn connect_disconnect_cycles_leave_nothing_behind() {
             (m.opcode(), m.status()),
             (OpCode::Signal, Status::ChannelClosed)
         );
-        let before = fds();
-        let heap_before = alloc::live_bytes();
+        let held = Held::now();
         for i in 0..1000 {
             let s = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
-            if i % 2 == 0 {
-                socket2::SockRef::from(&s)
-                    .set_linger(Some(Duration::ZERO))
-                    .unwrap(); // RST
-            }
+            reset_on_drop_every_other(i, &s);
             drop(s);
         }
-        wait_closed(&g, 1000);
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(fds(), before, "every accepted socket was closed");
-        assert_eq!(e.pool().queued(), 0);
-        let heap = alloc::live_bytes();
-        assert!(
-            heap <= heap_before + HEAP_SLACK,
-            "heap grew from {heap_before} to {heap} bytes"
-        );
+        held.expect_back(&e, &g, 1000);
     });
 }
 
@@ -100,26 +126,13 @@ fn tls_handshake_and_reset_cycles_leave_nothing_behind() {
         // Warm up once so lazily created state (rustls's, the pool's) is not counted.
         drop(pki.raw_client(&addr));
         wait_closed(&g, 1);
-        let before = fds();
-        let heap_before = alloc::live_bytes();
+        let held = Held::now();
         for i in 0..1000 {
             let s = pki.raw_client(&addr);
-            if i % 2 == 0 {
-                socket2::SockRef::from(&s.sock)
-                    .set_linger(Some(Duration::ZERO))
-                    .unwrap(); // RST after the handshake
-            }
+            reset_on_drop_every_other(i, &s.sock); // after the handshake
             drop(s);
         }
-        wait_closed(&g, 1000);
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(fds(), before, "every accepted socket was closed");
-        assert_eq!(e.pool().queued(), 0);
-        let heap = alloc::live_bytes();
-        assert!(
-            heap <= heap_before + HEAP_SLACK,
-            "heap grew from {heap_before} to {heap} bytes"
-        );
+        held.expect_back(&e, &g, 1000);
         // The listener still serves a tofu client.
         let ce = pki.engine(b);
         let c = ce.create_group().unwrap();

@@ -129,6 +129,14 @@ impl Wire {
             Wire::Tls(pki) => Box::new(pki.raw_server(listener)),
         }
     }
+
+    /// A raw client connected to `addr` whose Hello (message_id `id`) `g` received: the
+    /// client and the server's channel number.
+    fn greeted(&self, addr: &Address, g: &ChannelGroup, id: u64) -> (Peer, u16) {
+        let mut peer = self.client(addr);
+        send(&mut peer, &frame(OpCode::HelloRequest, id, b""));
+        (peer, recv(g).channel())
+    }
 }
 
 /// Writes all of `bytes` and flushes (on TLS, the records reach the socket).
@@ -220,9 +228,7 @@ fn raw_server_vanishes_and_client_channel_closes() {
 fn bad_frames_close_only_that_channel() {
     on_every_wire(|w, b| {
         let (_engine, g, addr) = w.listening(b);
-        let mut good = w.client(&addr);
-        send(&mut good, &frame(OpCode::HelloRequest, 1, b""));
-        let good_ch = recv(&g).channel();
+        let (mut good, good_ch) = w.greeted(&addr, &g, 1);
 
         // An undefined opCode after a valid Hello.
         let mut bad = w.client(&addr);
@@ -263,13 +269,9 @@ fn incomplete_frame_times_out() {
             frame_timeout: Some(Duration::from_millis(300)),
             ..w.options(b)
         });
-        let mut good = w.client(&addr);
-        send(&mut good, &frame(OpCode::HelloRequest, 1, b""));
-        let good_ch = recv(&g).channel();
+        let (mut good, good_ch) = w.greeted(&addr, &g, 1);
 
-        let mut slow = w.client(&addr);
-        send(&mut slow, &frame(OpCode::HelloRequest, 2, b""));
-        let slow_ch = recv(&g).channel();
+        let (mut slow, slow_ch) = w.greeted(&addr, &g, 2);
         let promise = frame(OpCode::Request, 3, &[7u8; 1000]);
         send(&mut slow, &promise[..30]); // header + 14 of 1000 body bytes
         let started = std::time::Instant::now();
@@ -295,9 +297,7 @@ fn incomplete_frame_times_out() {
 fn maximum_lengths_from_a_raw_peer() {
     on_every_wire(|w, b| {
         let (_engine, g, addr) = w.listening(b);
-        let mut peer = w.client(&addr);
-        send(&mut peer, &frame(OpCode::HelloRequest, 1, b""));
-        let ch = recv(&g).channel();
+        let (mut peer, ch) = w.greeted(&addr, &g, 1);
         let mut m = Message::with_opcode(OpCode::Request);
         m.header.channel = 1;
         m.header.message_id = u64::MAX;
@@ -322,12 +322,8 @@ fn maximum_lengths_from_a_raw_peer() {
 fn garbage_after_the_hello_closes_only_that_channel() {
     on_every_wire(|w, b| {
         let (_engine, g, addr) = w.listening(b);
-        let mut good = w.client(&addr);
-        send(&mut good, &frame(OpCode::HelloRequest, 1, b""));
-        let good_ch = recv(&g).channel();
-        let mut bad = w.client(&addr);
-        send(&mut bad, &frame(OpCode::HelloRequest, 2, b""));
-        let bad_ch = recv(&g).channel();
+        let (mut good, good_ch) = w.greeted(&addr, &g, 1);
+        let (mut bad, bad_ch) = w.greeted(&addr, &g, 2);
         let garbage: Vec<u8> = match w {
             // A frame header with an undefined protocol version.
             Wire::Tcp => vec![0xff; 64],

@@ -1019,9 +1019,6 @@ fn many_channels(
     quick: bool,
     burst: u64,
 ) -> Result<(f64, f64), String> {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     raise_fd_limit(n + 256)?;
     let pool = (n + 1024).min(u16::MAX as usize) as u16;
     let se = engine(backend, 1024, pool)?;
@@ -1034,27 +1031,14 @@ fn many_channels(
         return Err("listen failed".into());
     }
     let per_channel = many_per_channel(quick);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let heap_before = super::alloc::live_bytes();
-    let mut child = Command::new(exe)
-        .args([
-            "bench-clients",
-            &addr.to_string(),
-            "--channels",
-            &n.to_string(),
-            "--messages",
-            &per_channel.to_string(),
-            "--burst",
-            &burst.to_string(),
-            "--backend",
-            &backend.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the client process: {e}"))?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
-    let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+    let mut clients = ClientProcess::start(
+        &addr,
+        n,
+        per_channel,
+        burst,
+        &["--backend", &backend.to_string()],
+    )?;
 
     let mut answered = 0;
     while answered < n {
@@ -1065,14 +1049,11 @@ fn many_channels(
             answered += 1;
         }
     }
-    match lines.next() {
-        Some(Ok(l)) if l == "ready" => {}
-        other => return Err(format!("client process failed: {other:?}")),
-    }
+    clients.ready()?;
     std::thread::sleep(Duration::from_millis(100));
     let per_idle = super::alloc::live_bytes().saturating_sub(heap_before) as f64 / n as f64;
 
-    writeln!(stdin, "go").map_err(|e| e.to_string())?;
+    clients.go()?;
     let total = per_channel * n as u64;
     let mut first = None;
     let mut got = 0;
@@ -1084,9 +1065,79 @@ fn many_channels(
         }
     }
     let rate = total as f64 / first.map_or(1e-9, |f| f.elapsed().as_secs_f64());
-    drop(stdin);
-    let _ = child.wait();
+    clients.finish();
     Ok((rate, per_idle))
+}
+
+/// A `tofu bench-clients` child process (the client side of the many-connections figures):
+/// it connects, says `ready`, sends on `go`, and exits once its stdin closes.
+struct ClientProcess {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    stdin: std::process::ChildStdin,
+}
+
+impl ClientProcess {
+    /// Starts `n` connections to `addr`, `per_channel` messages each, `burst` per turn;
+    /// `extra` arguments choose the kind of client.
+    fn start(
+        addr: &Address,
+        n: usize,
+        per_channel: u64,
+        burst: u64,
+        extra: &[&str],
+    ) -> Result<ClientProcess, String> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args([
+                "bench-clients",
+                &addr.to_string(),
+                "--channels",
+                &n.to_string(),
+            ])
+            .args([
+                "--messages",
+                &per_channel.to_string(),
+                "--burst",
+                &burst.to_string(),
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the client process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no child stdout")?;
+        let stdin = child.stdin.take().ok_or("no child stdin")?;
+        Ok(ClientProcess {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+            stdin,
+        })
+    }
+
+    /// Waits until every connection is made.
+    fn ready(&mut self) -> Result<(), String> {
+        match self.lines.next() {
+            Some(Ok(l)) if l == "ready" => Ok(()),
+            other => Err(format!("client process failed: {other:?}")),
+        }
+    }
+
+    /// Starts the sending.
+    fn go(&mut self) -> Result<(), String> {
+        writeln!(self.stdin, "go").map_err(|e| e.to_string())
+    }
+
+    /// Lets the process end (its connections close) and waits for it.
+    fn finish(self) {
+        let ClientProcess {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        let _ = child.wait();
+    }
 }
 
 /// The client side of [`many_channels`], run in its own process: connects `n` channels,
@@ -1157,9 +1208,6 @@ fn many_per_channel(quick: bool) -> u64 {
 /// level-triggered epoll loop reading each ready socket once per wake-up. Messages per
 /// second at the reader, first byte to last; `None` without epoll.
 fn raw_many(n: usize, per_channel: u64, burst: u64) -> Result<Option<f64>, String> {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let mut set = match os::ReadSet::new(1024) {
         Ok(set) => set,
         Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Ok(None),
@@ -1168,25 +1216,8 @@ fn raw_many(n: usize, per_channel: u64, burst: u64) -> Result<Option<f64>, Strin
     raise_fd_limit(n + 256)?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args([
-            "bench-clients",
-            &Address::tcp("127.0.0.1", port).to_string(),
-            "--channels",
-            &n.to_string(),
-            "--messages",
-            &per_channel.to_string(),
-            "--burst",
-            &burst.to_string(),
-            "--raw",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the client process: {e}"))?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
-    let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+    let addr = Address::tcp("127.0.0.1", port);
+    let mut clients = ClientProcess::start(&addr, n, per_channel, burst, &["--raw"])?;
     let mut readers = Vec::with_capacity(n);
     for key in 0..n {
         let (r, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
@@ -1195,12 +1226,9 @@ fn raw_many(n: usize, per_channel: u64, burst: u64) -> Result<Option<f64>, Strin
             .map_err(|e| format!("epoll add: {e}"))?;
         readers.push(r);
     }
-    match lines.next() {
-        Some(Ok(l)) if l == "ready" => {}
-        other => return Err(format!("raw client process failed: {other:?}")),
-    }
+    clients.ready()?;
     let total = per_channel * n as u64 * (HEADER_LEN + 64) as u64;
-    writeln!(stdin, "go").map_err(|e| e.to_string())?;
+    clients.go()?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0u64;
     let mut first = None;
@@ -1221,8 +1249,7 @@ fn raw_many(n: usize, per_channel: u64, burst: u64) -> Result<Option<f64>, Strin
         }
     }
     let secs = first.map_or(1e-9, |f| f.elapsed().as_secs_f64());
-    drop(stdin);
-    let _ = child.wait();
+    clients.finish();
     Ok(Some((per_channel * n as u64) as f64 / secs))
 }
 
