@@ -22,7 +22,9 @@ use crate::util::intmap::IntMap;
 use std::hash::BuildHasher;
 
 use crate::engine::pool::Buffers;
-use crate::proto::message::{Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED};
+use crate::proto::message::{
+    self, Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED, MAX_SECTION_LEN,
+};
 use crate::proto::status::Error;
 use crate::proto::wire::{encoded_len, FrameHeader};
 use crate::sys::net::Stream;
@@ -72,7 +74,18 @@ pub(crate) struct Outbound {
     socket: Option<Arc<Stream>>,
     /// Senders waiting for room (see [`SendState::wait_room`]).
     room: Room,
+    /// Buffers (text headers, body) of pool-less messages the reactor wrote, for the
+    /// posting thread: its next post of a whole message makes a pair its thread's spare,
+    /// so the program's next `Message::new` allocates nothing (see [`SendState::queue`]).
+    /// At most [`RETURNED_MAX`] bytes of capacity, counted in `returned_bytes`.
+    returned: Vec<(Vec<u8>, Vec<u8>)>,
+    returned_bytes: usize,
 }
+
+/// Most bytes of buffer capacity a channel keeps in [`Outbound::returned`]: the send window
+/// and one maximal message more, what a sender waiting on a full queue can see written
+/// before it is woken (17 bodies of 65000 bytes).
+const RETURNED_MAX: usize = super::SEND_WINDOW as usize + 2 * MAX_SECTION_LEN;
 
 /// Who waits for a full send queue to shrink, and to which level.
 #[derive(Default, Debug)]
@@ -311,6 +324,37 @@ impl SendState {
         self.room_made(ob);
     }
 
+    /// `messages` frames of `bytes` bytes were written, among them the messages of
+    /// `written` from index `from` on: the pool-less ones leave it, their buffers kept for
+    /// the posting thread (see [`Outbound::returned`]) before a waiting sender is woken, or
+    /// freed.
+    pub(crate) fn sub_written(
+        &self,
+        messages: u64,
+        bytes: u64,
+        written: &mut Vec<Message>,
+        from: usize,
+    ) {
+        let mut ob = self.lock_outbound();
+        ob.messages = ob.messages.saturating_sub(messages);
+        ob.bytes = ob.bytes.saturating_sub(bytes);
+        let mut i = from;
+        while i < written.len() {
+            if written[i].home.is_some() {
+                i += 1;
+                continue;
+            }
+            let (text, body) = written.swap_remove(i).take_buffers();
+            let size = text.capacity() + body.capacity();
+            let fits = text.capacity() <= MAX_SECTION_LEN && body.capacity() <= MAX_SECTION_LEN;
+            if fits && size > 0 && ob.returned_bytes + size <= RETURNED_MAX && !ob.closed {
+                ob.returned.push((text, body));
+                ob.returned_bytes += size;
+            }
+        }
+        self.room_made(ob);
+    }
+
     /// The queue shrank or closed: waiters are woken once it is at or below the level they
     /// wait for (not at every shrink: a sender woken at every written batch would sleep and
     /// wake once per batch).
@@ -507,6 +551,16 @@ impl SendState {
             *slot = None; // back to its pool, from the thread that took it
         } else if let Some(msg) = slot.take() {
             ob.push_item(Pending::Message(msg), bufs);
+            // Buffers of an earlier written one for this thread's next `Message::new`.
+            let spare = match ob.returned.is_empty() || !message::thread_spare_is_empty() {
+                true => None,
+                false => ob.returned.pop(),
+            };
+            if let Some((text, body)) = spare {
+                ob.returned_bytes -= text.capacity() + body.capacity();
+                drop(ob);
+                message::give_thread_spare(text, body);
+            }
         }
         was_empty
     }
@@ -522,6 +576,8 @@ impl SendState {
         let mut ob = self.lock_outbound();
         ob.closed = true;
         ob.socket = None;
+        ob.returned = Vec::new();
+        ob.returned_bytes = 0;
         ob.take(into, bufs);
         self.room_made(ob);
     }
@@ -738,6 +794,40 @@ mod tests {
         b.sub(1, 26);
         assert_eq!(post(21, 10, (3, 1000)), Ok(()));
         assert_eq!(b.messages(), 3);
+    }
+
+    /// The buffers of written pool-less messages stay with the channel, up to the send
+    /// window and one message more; the next post of a whole message makes one pair the
+    /// posting thread's spare (what its next `Message::new` takes); a closed channel keeps
+    /// none.
+    #[test]
+    fn written_pool_less_buffers_go_back_to_the_posting_thread() {
+        let b = SendState::default();
+        let bufs = Buffers::default();
+        let mut written: Vec<Message> = (0..40).map(|i| data(OpCode::Signal, i, 65000)).collect();
+        let bytes = written.iter().map(|m| encoded_len(m) as u64).sum();
+        b.sub_written(40, bytes, &mut written, 1);
+        assert_eq!(written.len(), 1, "messages before `from` stay");
+        let kept = RETURNED_MAX / 65000;
+        {
+            let ob = b.lock_outbound();
+            assert_eq!(ob.returned.len(), kept);
+            assert_eq!(ob.returned_bytes, kept * 65000);
+        }
+        let mut slot = Some(data(OpCode::Signal, 100, 65000));
+        assert!(b
+            .post(&mut slot, (10, 1 << 20), false, || false, &bufs)
+            .is_ok());
+        assert!(slot.is_none(), "queued whole");
+        assert_eq!(b.lock_outbound().returned.len(), kept - 1);
+        assert_eq!(
+            Message::new().body_mut().capacity(),
+            65000,
+            "the thread's spare"
+        );
+        b.close_outbound(&mut VecDeque::new(), &bufs);
+        let ob = b.lock_outbound();
+        assert_eq!((ob.returned.len(), ob.returned_bytes), (0, 0));
     }
 
     /// A waiting sender is woken when the queue is down to its level (or closed), not at

@@ -49,6 +49,26 @@ thread_local! {
     static SPARE: Cell<Option<(Vec<u8>, Vec<u8>)>> = const { Cell::new(None) };
 }
 
+/// True when this thread has no spare buffers for its next [`Message::new`].
+pub(crate) fn thread_spare_is_empty() -> bool {
+    SPARE
+        .try_with(|s| {
+            let spare = s.take();
+            let empty = spare.is_none();
+            s.set(spare);
+            empty
+        })
+        .unwrap_or(false)
+}
+
+/// Makes `text` and `body` (cleared here) this thread's spare buffers for its next
+/// [`Message::new`], replacing (and freeing) older ones; freed when the thread is ending.
+pub(crate) fn give_thread_spare(mut text: Vec<u8>, mut body: Vec<u8>) {
+    text.clear();
+    body.clear();
+    let _ = SPARE.try_with(|s| s.set(Some((text, body))));
+}
+
 /// What a message asks for. The numeric values are the wire values (bits 0-3 of `proto`).
 ///
 /// ```
@@ -458,9 +478,11 @@ impl Message {
     /// A new message that belongs to no pool (a Request with default header, empty buffers).
     ///
     /// It reuses the buffers of the last pool-less message dropped on this thread, if any:
-    /// a loop that builds messages with `new` / `with_opcode` and posts them (small ones
-    /// are encoded and dropped at once, on the posting thread) allocates nothing per
-    /// message once running.
+    /// a loop that builds messages with `new` / `with_opcode` and posts them allocates
+    /// nothing per message once running. Small ones are encoded and dropped at once, on the
+    /// posting thread; large ones are written and dropped by the engine's thread, which
+    /// keeps their buffers with the channel for the posting thread's next post to make them
+    /// its spare.
     pub fn new() -> Message {
         match SPARE.try_with(Cell::take) {
             Ok(Some((text, body))) => Message::with_buffers(text, body),

@@ -95,11 +95,14 @@ pub(super) fn write_channel(ch: &mut Channel, w: &mut Writer, bufs: &crate::engi
     if io.conn.bye_queued() {
         ch.send.keep_gate(); // no direct write once a bye-type frame is queued
     }
+    let before = w.sent.len();
     write_queue(ch, &mut w.stage, &mut w.sent);
     if let Kind::Io(io) = &mut ch.kind {
         let done = io.conn.take_completed();
         if done.frames > 0 {
-            ch.send.sub(done.frames, done.bytes);
+            // The buffers of pool-less messages written here go back to their sender.
+            ch.send
+                .sub_written(done.frames, done.bytes, &mut w.sent, before);
             w.frames += done.frames;
             io.written += done.frames;
         }
