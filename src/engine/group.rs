@@ -472,6 +472,11 @@ impl ChannelGroup {
     /// engine hands the request back unsent (its status says why), `Closed` when the channel
     /// closes before the answer comes, `TimedOut` (a later answer goes to `wait_receive`).
     ///
+    /// While it waits, the calling thread first yields the CPU up to 100 times (an answer
+    /// often comes within microseconds, from threads that may share its CPU), then sleeps
+    /// until the answer comes: some tens of microseconds of CPU per slow answer, for round
+    /// trips about half as long with free threads (see docs/benchmarks.md).
+    ///
     /// ```
     /// # use std::time::Duration;
     /// # use tofu::{Address, Engine, Message, OpCode};
