@@ -13,7 +13,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -74,18 +74,74 @@ pub(crate) struct Outbound {
     socket: Option<Arc<Stream>>,
     /// Senders waiting for room (see [`SendState::wait_room`]).
     room: Room,
-    /// Buffers (text headers, body) of pool-less messages the reactor wrote, for the
-    /// posting thread: its next post of a whole message makes a pair its thread's spare,
-    /// so the program's next `Message::new` allocates nothing (see [`SendState::queue`]).
-    /// At most [`RETURNED_MAX`] bytes of capacity, counted in `returned_bytes`.
-    returned: Vec<(Vec<u8>, Vec<u8>)>,
-    returned_bytes: usize,
+    /// Buffers of pool-less messages the reactor wrote, for the posting thread (see
+    /// [`Returned`]).
+    returned: Returned,
 }
 
-/// Most bytes of buffer capacity a channel keeps in [`Outbound::returned`]: the send window
-/// and one maximal message more, what a sender waiting on a full queue can see written
-/// before it is woken (17 bodies of 65000 bytes).
+/// Most bytes of buffer capacity a channel keeps in its [`Returned`]: the send window and
+/// one maximal message more, what a sender waiting on a full queue can see written before
+/// it is woken (17 bodies of 65000 bytes).
 const RETURNED_MAX: usize = super::SEND_WINDOW as usize + 2 * MAX_SECTION_LEN;
+
+/// Most bytes of buffer capacity kept in every channel's [`Returned`] together, in the
+/// process: what idle channels keep (the buffers of their last messages, until their next
+/// post or their close) stays bounded however many there are.
+const RETURNED_TOTAL_MAX: usize = 4 * RETURNED_MAX;
+
+/// Bytes of capacity in every [`Returned`] of the process (see [`RETURNED_TOTAL_MAX`]).
+static RETURNED_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// Buffers (text headers, body) of pool-less messages (`Message::new`) the reactor wrote on
+/// a channel, for its posting thread: each post of a whole message takes one pair and makes
+/// it the thread's spare (or frees it when the thread has one), so a program's loop of
+/// `Message::new` and posts allocates no buffer per message although the reactor's thread
+/// drops what it wrote. At most [`RETURNED_MAX`] bytes of capacity per channel and
+/// [`RETURNED_TOTAL_MAX`] in all; what does not fit goes the way of every written
+/// message (the engine's pool, or freed).
+#[derive(Default, Debug)]
+struct Returned {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bytes of capacity in `pairs`, counted in [`RETURNED_TOTAL`] too.
+    bytes: usize,
+}
+
+impl Returned {
+    /// Keeps `msg`'s buffers (emptying it) if they fit both bounds; false otherwise.
+    fn keep(&mut self, msg: &mut Message) -> bool {
+        let (text, body) = msg.capacities();
+        let size = text + body;
+        if size == 0 || text > MAX_SECTION_LEN || body > MAX_SECTION_LEN {
+            return false;
+        }
+        if self.bytes + size > RETURNED_MAX {
+            return false;
+        }
+        let reserved = RETURNED_TOTAL.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            (t + size <= RETURNED_TOTAL_MAX).then_some(t + size)
+        });
+        if reserved.is_err() {
+            return false;
+        }
+        self.pairs.push(msg.take_buffers());
+        self.bytes += size;
+        true
+    }
+
+    fn take(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let (text, body) = self.pairs.pop()?;
+        let size = text.capacity() + body.capacity();
+        self.bytes -= size;
+        RETURNED_TOTAL.fetch_sub(size, Ordering::Relaxed);
+        Some((text, body))
+    }
+}
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        RETURNED_TOTAL.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// Who waits for a full send queue to shrink, and to which level.
 #[derive(Default, Debug)]
@@ -325,9 +381,9 @@ impl SendState {
     }
 
     /// `messages` frames of `bytes` bytes were written, among them the messages of
-    /// `written` from index `from` on: the pool-less ones leave it, their buffers kept for
-    /// the posting thread (see [`Outbound::returned`]) before a waiting sender is woken, or
-    /// freed.
+    /// `written` from index `from` on: the buffers of the pool-less ones are kept for the
+    /// posting thread (see [`Returned`]) before a waiting sender is woken, and those
+    /// messages leave `written`; the rest stay.
     pub(crate) fn sub_written(
         &self,
         messages: u64,
@@ -340,16 +396,10 @@ impl SendState {
         ob.bytes = ob.bytes.saturating_sub(bytes);
         let mut i = from;
         while i < written.len() {
-            if written[i].home.is_some() {
+            if written[i].home.is_none() && !ob.closed && ob.returned.keep(&mut written[i]) {
+                written.swap_remove(i); // emptied: nothing to free
+            } else {
                 i += 1;
-                continue;
-            }
-            let (text, body) = written.swap_remove(i).take_buffers();
-            let size = text.capacity() + body.capacity();
-            let fits = text.capacity() <= MAX_SECTION_LEN && body.capacity() <= MAX_SECTION_LEN;
-            if fits && size > 0 && ob.returned_bytes + size <= RETURNED_MAX && !ob.closed {
-                ob.returned.push((text, body));
-                ob.returned_bytes += size;
             }
         }
         self.room_made(ob);
@@ -551,15 +601,13 @@ impl SendState {
             *slot = None; // back to its pool, from the thread that took it
         } else if let Some(msg) = slot.take() {
             ob.push_item(Pending::Message(msg), bufs);
-            // Buffers of an earlier written one for this thread's next `Message::new`.
-            let spare = match ob.returned.is_empty() || !message::thread_spare_is_empty() {
-                true => None,
-                false => ob.returned.pop(),
-            };
-            if let Some((text, body)) = spare {
-                ob.returned_bytes -= text.capacity() + body.capacity();
+            // Buffers of an earlier written one for this thread's next `Message::new`; freed
+            // when the thread has a spare (it builds messages elsewhere).
+            if let Some((text, body)) = ob.returned.take() {
                 drop(ob);
-                message::give_thread_spare(text, body);
+                if message::thread_spare_is_empty() {
+                    message::give_thread_spare(text, body);
+                }
             }
         }
         was_empty
@@ -576,8 +624,7 @@ impl SendState {
         let mut ob = self.lock_outbound();
         ob.closed = true;
         ob.socket = None;
-        ob.returned = Vec::new();
-        ob.returned_bytes = 0;
+        ob.returned = Returned::default();
         ob.take(into, bufs);
         self.room_made(ob);
     }
@@ -797,9 +844,11 @@ mod tests {
     }
 
     /// The buffers of written pool-less messages stay with the channel, up to the send
-    /// window and one message more; the next post of a whole message makes one pair the
-    /// posting thread's spare (what its next `Message::new` takes); a closed channel keeps
-    /// none.
+    /// window and one message more (the rest stay with the written messages, for the pool);
+    /// each post of a whole message takes one pair: the posting thread's spare (what its
+    /// next `Message::new` takes) when it has none, else freed; a closed channel keeps
+    /// none; all channels together keep at most `RETURNED_TOTAL_MAX`. (The only test of
+    /// this process-wide count: no other test may keep buffers meanwhile.)
     #[test]
     fn written_pool_less_buffers_go_back_to_the_posting_thread() {
         let b = SendState::default();
@@ -807,27 +856,50 @@ mod tests {
         let mut written: Vec<Message> = (0..40).map(|i| data(OpCode::Signal, i, 65000)).collect();
         let bytes = written.iter().map(|m| encoded_len(m) as u64).sum();
         b.sub_written(40, bytes, &mut written, 1);
-        assert_eq!(written.len(), 1, "messages before `from` stay");
         let kept = RETURNED_MAX / 65000;
-        {
-            let ob = b.lock_outbound();
-            assert_eq!(ob.returned.len(), kept);
-            assert_eq!(ob.returned_bytes, kept * 65000);
-        }
-        let mut slot = Some(data(OpCode::Signal, 100, 65000));
-        assert!(b
-            .post(&mut slot, (10, 1 << 20), false, || false, &bufs)
-            .is_ok());
-        assert!(slot.is_none(), "queued whole");
-        assert_eq!(b.lock_outbound().returned.len(), kept - 1);
         assert_eq!(
-            Message::new().body_mut().capacity(),
-            65000,
-            "the thread's spare"
+            written.len(),
+            40 - kept,
+            "messages before `from` and over the bound stay"
         );
+        assert!(written.iter().all(|m| m.capacities().1 == 65000));
+        assert_eq!(b.lock_outbound().returned.bytes, kept * 65000);
+        assert_eq!(RETURNED_TOTAL.load(Ordering::Relaxed), kept * 65000);
+
+        let post = |mut slot: Option<Message>| {
+            assert!(b
+                .post(&mut slot, (100, 1 << 30), false, || false, &bufs)
+                .is_ok());
+            assert!(slot.is_none(), "queued whole");
+        };
+        let msg = data(OpCode::Signal, 100, 65000); // takes whatever this thread kept
+        post(Some(msg));
+        assert_eq!(b.lock_outbound().returned.pairs.len(), kept - 1);
+        assert_eq!(Message::new().capacities().1, 65000, "the thread's spare");
+        // A thread that has a spare frees the pair it takes.
+        let msg = data(OpCode::Signal, 101, 65000);
+        drop(Message::new()); // empty buffers, but this thread's spare now
+        post(Some(msg));
+        assert_eq!(b.lock_outbound().returned.pairs.len(), kept - 2);
+        assert_eq!(Message::new().capacities(), (0, 0), "the spare it had");
+
+        // Other channels keep up to the process-wide bound.
+        let others: Vec<SendState> = (0..5).map(|_| SendState::default()).collect();
+        for o in &others {
+            let mut w: Vec<Message> = (0..20).map(|i| data(OpCode::Signal, i, 65000)).collect();
+            o.sub_written(20, 0, &mut w, 0);
+        }
+        let total = RETURNED_TOTAL.load(Ordering::Relaxed);
+        assert!(
+            total <= RETURNED_TOTAL_MAX && total + 65000 > RETURNED_TOTAL_MAX,
+            "{total}"
+        );
+        drop(others);
+        assert_eq!(RETURNED_TOTAL.load(Ordering::Relaxed), (kept - 2) * 65000);
+
         b.close_outbound(&mut VecDeque::new(), &bufs);
-        let ob = b.lock_outbound();
-        assert_eq!((ob.returned.len(), ob.returned_bytes), (0, 0));
+        assert_eq!(b.lock_outbound().returned.bytes, 0);
+        assert_eq!(RETURNED_TOTAL.load(Ordering::Relaxed), 0);
     }
 
     /// A waiting sender is woken when the queue is down to its level (or closed), not at

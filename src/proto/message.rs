@@ -710,6 +710,11 @@ impl Message {
         }
     }
 
+    /// Capacities of the text-header and body buffers.
+    pub(crate) fn capacities(&self) -> (usize, usize) {
+        (self.text.capacity(), self.body.capacity())
+    }
+
     pub(crate) fn take_buffers(&mut self) -> (Vec<u8>, Vec<u8>) {
         (
             std::mem::take(&mut self.text),
