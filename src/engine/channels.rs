@@ -394,9 +394,9 @@ impl SendState {
         let mut ob = self.lock_outbound();
         ob.messages = ob.messages.saturating_sub(messages);
         ob.bytes = ob.bytes.saturating_sub(bytes);
-        let mut i = from;
+        let mut i = if ob.closed { written.len() } else { from };
         while i < written.len() {
-            if written[i].home.is_none() && !ob.closed && ob.returned.keep(&mut written[i]) {
+            if written[i].home.is_none() && ob.returned.keep(&mut written[i]) {
                 written.swap_remove(i); // emptied: nothing to free
             } else {
                 i += 1;
@@ -605,9 +605,7 @@ impl SendState {
             // when the thread has a spare (it builds messages elsewhere).
             if let Some((text, body)) = ob.returned.take() {
                 drop(ob);
-                if message::thread_spare_is_empty() {
-                    message::give_thread_spare(text, body);
-                }
+                message::offer_thread_spare(text, body);
             }
         }
         was_empty

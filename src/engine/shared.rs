@@ -253,8 +253,8 @@ pub(crate) enum MailboxState {
 /// that may share this thread's CPU: yielding lets them run at once, and a thread that is
 /// not asleep on the condition variable costs the reactor no wake-up call and the scheduler
 /// no extra switch. Bounded: 100 `sched_yield`s are some tens of microseconds of CPU when
-/// the answer is slow. `tofu bench`, pinned round trip: TCP 28.7 -> 24.3 us, UDS 20.6 ->
-/// 18.3 us; free threads: TCP 64 -> 31 us, UDS 55-70 -> 26 us (docs/benchmarks.md).
+/// the answer is slow. `tofu bench`, pinned round trip: TCP 28.7 -> 24.1 us, UDS 20.6 ->
+/// 18.1 us; free threads: TCP 66-75 -> 31 us, UDS 57-62 -> 26-35 us (docs/benchmarks.md).
 const ANSWER_YIELDS: u32 = 100;
 
 pub(crate) struct Mailbox {

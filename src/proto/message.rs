@@ -49,24 +49,15 @@ thread_local! {
     static SPARE: Cell<Option<(Vec<u8>, Vec<u8>)>> = const { Cell::new(None) };
 }
 
-/// True when this thread has no spare buffers for its next [`Message::new`].
-pub(crate) fn thread_spare_is_empty() -> bool {
-    SPARE
-        .try_with(|s| {
-            let spare = s.take();
-            let empty = spare.is_none();
-            s.set(spare);
-            empty
-        })
-        .unwrap_or(false)
-}
-
 /// Makes `text` and `body` (cleared here) this thread's spare buffers for its next
-/// [`Message::new`], replacing (and freeing) older ones; freed when the thread is ending.
-pub(crate) fn give_thread_spare(mut text: Vec<u8>, mut body: Vec<u8>) {
+/// [`Message::new`] if it has none; otherwise (or when the thread is ending) they are freed.
+pub(crate) fn offer_thread_spare(mut text: Vec<u8>, mut body: Vec<u8>) {
     text.clear();
     body.clear();
-    let _ = SPARE.try_with(|s| s.set(Some((text, body))));
+    let _ = SPARE.try_with(|s| match s.take() {
+        None => s.set(Some((text, body))),
+        kept => s.set(kept),
+    });
 }
 
 /// What a message asks for. The numeric values are the wire values (bits 0-3 of `proto`).
