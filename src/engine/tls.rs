@@ -84,9 +84,16 @@ mod with_tls {
         }
     }
 
-    /// Bytes of plaintext rustls may hold encrypted and unsent: the write path flushes it
-    /// before taking more from the channel's queue.
-    const SEND_BUFFER: usize = 256 * 1024;
+    /// Bytes of TLS records rustls may hold encrypted and unsent: the write path flushes
+    /// them before it encrypts more from the channel's queue.
+    ///
+    /// Four full records. rustls allocates a buffer per record and frees it once written;
+    /// with 256 KiB here, the buffers freed by one `writev` merged into more than glibc's
+    /// trim threshold, so the reactor's heap gave the pages back (`madvise`) and faulted
+    /// them in again for the next records: about 6 page faults per 65000-byte message and
+    /// 40-70 % more CPU per message than with 64 KiB, where the buffers are reused instead (and
+    /// stay in the CPU's cache). See docs/benchmarks.md, "TLS encrypts 64 KiB at a time".
+    const SEND_BUFFER: usize = 64 * 1024;
 
     /// One channel's TLS session.
     pub(crate) struct Session {
