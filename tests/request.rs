@@ -426,3 +426,55 @@ fn connect_and_listen_errors_say_what_went_wrong() {
         "{err}"
     );
 }
+
+/// CPU time this process has used (user and system), from `/proc/self/stat` (Linux reports
+/// it in ticks of 1/100 s to user space).
+#[cfg(target_os = "linux")]
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Threads asleep in `request` while a message for the receive loop waits unreceived must
+/// stay asleep until their answers come: each one's look at the mailbox used to wake all the
+/// others because that message was still there, and they kept waking each other (a CPU
+/// burnt for as long as the answers took).
+#[cfg(target_os = "linux")]
+#[test]
+fn requests_asleep_beside_an_unreceived_message_do_not_wake_each_other() {
+    with_echo_peer(|client, ch| {
+        // Its Response is awaited by no `request`: it goes to the receive loop, which this
+        // test never runs. The echo answers it at once, then each "late" after 300 ms.
+        client.post(request(ch, b"stray")).unwrap();
+        let cpu = process_cpu();
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let reply = client
+                        .request(request(ch, b"late"), Some(Duration::from_secs(10)))
+                        .unwrap();
+                    assert_eq!(reply.body(), b"late");
+                });
+            }
+        });
+        let (cpu, wall) = (process_cpu() - cpu, start.elapsed());
+        assert!(
+            wall >= Duration::from_millis(850),
+            "three late answers one after another: {wall:?}"
+        );
+        assert!(
+            cpu < wall / 4,
+            "{cpu:?} of CPU in {wall:?} while three requests waited: they kept waking each other"
+        );
+        // The stray answer is still there for the receive loop.
+        let m = client
+            .wait_receive(Some(Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.opcode(), m.body()), (OpCode::Response, &b"stray"[..]));
+    });
+}

@@ -457,11 +457,14 @@ impl GroupShared {
         let mut wake = Vec::new();
         let answered;
         let left;
+        // Only messages moved now need telling: what `taken` held before was announced
+        // when it came (and every receiver looks there before it waits).
+        let arrived = !mb.queue.is_empty();
         {
             let mut taken = self.lock_taken();
             taken.extend(mb.queue.drain(..));
             answered = self.route(&mut taken, &mut wake);
-            left = !taken.is_empty();
+            left = arrived && !taken.is_empty();
         }
         let mut r = self.lock_replies();
         if mb.state == MailboxState::Destroyed || mb.state == MailboxState::EngineGone {
@@ -477,7 +480,7 @@ impl GroupShared {
                 mb.tasks.register(key, w);
             }
         }
-        // Messages for the application, or answers for other waiters, may be waiting now.
+        // Messages for the application, or answers for other waiters, are waiting now.
         if answered || left {
             if mb.waiters > 0 {
                 self.cond.notify_all();
