@@ -189,6 +189,85 @@ fn hello_data_both_ways_and_bye_both_ways_on_every_backend() {
     });
 }
 
+/// Over TLS too, a message posted to an idle channel while the reactor sleeps is encrypted
+/// and written by the posting thread itself. A frame larger than the session's buffer (64
+/// KiB) is handed to the reactor part-way, which finishes it; the stream stays whole and in
+/// order, in request/reply and when one side posts a stream without replies.
+#[test]
+fn an_idle_tls_channel_is_written_directly_and_the_stream_stays_whole() {
+    let pki = Pki::new();
+    on_every_backend(|b| {
+        let p = pair(&pki, b);
+        let (c, _) = connect(&p.client, &p.server, &p.addr);
+        let body = |id: u64, len: usize| -> Vec<u8> {
+            (0..len).map(|i| (i as u64 * 31 + id) as u8).collect()
+        };
+        // Every fourth request has a frame of 67 KB: 65000 bytes of body and 2000 of text
+        // headers.
+        let big = |id: u64| id % 4 == 0;
+        let request = |id: u64| {
+            let mut m = data(
+                OpCode::Request,
+                c,
+                id,
+                &body(id, if big(id) { 65000 } else { 100 }),
+            );
+            if big(id) {
+                m.append_header("padding", &"p".repeat(2000)).unwrap();
+            }
+            m
+        };
+        const N: u64 = 200;
+        let before = p._ce.stats();
+        for id in 1..=N {
+            p.client.post(request(id)).unwrap();
+            let mut m = recv(&p.server);
+            expect(&m, OpCode::Request, Status::Success);
+            assert_eq!(m.message_id(), id, "{b}: in order");
+            let want = if big(id) { 65000 } else { 100 };
+            assert_eq!(m.body(), &body(id, want)[..], "{b}: request {id} intact");
+            m.make_echo().unwrap();
+            p.server.post(m).unwrap();
+            let r = recv(&p.client);
+            expect(&r, OpCode::Response, Status::Success);
+            assert_eq!(r.message_id(), id);
+            assert_eq!(r.body().len(), want, "{b}: response {id}");
+        }
+        let after = p._ce.stats();
+        let (direct, handed) = (
+            after.direct_writes - before.direct_writes,
+            after.handovers - before.handovers,
+        );
+        assert!(
+            direct + handed >= N * 9 / 10,
+            "{b}: {direct} direct writes and {handed} handed over of {N} requests"
+        );
+        assert!(
+            direct >= N / 2,
+            "{b}: the small requests are written directly: {direct}"
+        );
+        assert!(
+            handed >= 1,
+            "{b}: a 67 KB frame does not fit the session's buffer and is handed over"
+        );
+
+        // A stream posted one message at a time, the reactor asleep in between, to a reader
+        // that reads only afterwards: every message arrives, whole and in order.
+        for id in 1..=100u64 {
+            p.client
+                .post(data(OpCode::Signal, c, id, &body(id, 30000)))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for id in 1..=100u64 {
+            let m = recv(&p.server);
+            expect(&m, OpCode::Signal, Status::Success);
+            assert_eq!(m.message_id(), id, "{b}: stream in order");
+            assert_eq!(m.body(), &body(id, 30000)[..], "{b}: signal {id} intact");
+        }
+    });
+}
+
 #[test]
 fn backpressure_a_sender_waits_while_the_reader_is_slow() {
     let pki = Pki::new();

@@ -22,6 +22,7 @@ use crate::util::intmap::IntMap;
 use std::hash::BuildHasher;
 
 use crate::engine::pool::Buffers;
+use crate::engine::tls;
 use crate::proto::message::{
     self, Message, OpCode, CHANNEL_RESERVED, CHANNEL_UNASSIGNED, MAX_SECTION_LEN,
 };
@@ -69,9 +70,10 @@ pub(crate) struct Outbound {
     /// for direct writes (which need an empty queue).
     messages: u64,
     bytes: u64,
-    /// The connected socket for direct writes, set by the reactor once the channel is
-    /// connected and dropped when it closes (a `SendState` may outlive its channel).
-    socket: Option<Arc<Stream>>,
+    /// The connected socket (and TLS session) for direct writes, set by the reactor once
+    /// the channel is connected and dropped when it closes (a `SendState` may outlive its
+    /// channel).
+    direct: Option<Direct>,
     /// Senders waiting for room (see [`SendState::wait_room`]).
     room: Room,
     /// Buffers of pool-less messages the reactor wrote, for the posting thread (see
@@ -259,7 +261,9 @@ pub(crate) fn unpend(
 ///
 /// **Direct writes.** A message posted to an idle channel while the reactor sleeps is
 /// written by the posting thread itself, saving two thread hand-offs per hop (post to
-/// reactor, reactor back to sleep). The [`Gate`] says who may write the socket:
+/// reactor, reactor back to sleep); over TLS it encrypts the frame into the channel's
+/// session first, under the session's lock (see [`Direct`]). The [`Gate`] says who may
+/// write the socket:
 /// * `Reactor`: only the reactor (its queue holds frames, the channel is not connected yet,
 ///   a bye-type frame was queued or written, or the channel is closing);
 /// * `Free`: nobody is writing and the reactor's queue is empty; a posting thread may take
@@ -348,7 +352,24 @@ pub(crate) enum Posted {
     Queued(bool),
     /// Not queued: the channel is idle and the caller has the direct-write turn, so it
     /// writes the message itself to the socket ([`SendState::write_direct`]).
-    DirectTurn(Arc<Stream>),
+    DirectTurn(Direct),
+}
+
+/// Where a posting thread writes directly: the channel's socket and, for a `tls|` channel,
+/// its TLS session (the frame is encrypted by the posting thread, under the session's lock).
+#[derive(Clone)]
+pub(crate) struct Direct {
+    pub(crate) socket: Arc<Stream>,
+    pub(crate) tls: Option<tls::Shared>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("socket", &self.socket)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// How a [`SendState::write_direct`] ended.
@@ -361,6 +382,10 @@ pub(crate) enum DirectWrite {
     /// `written` bytes of the frame went out (maybe none): the message must go to the
     /// reactor, which writes the rest before anything else (the gate is `HANDOVER`).
     HandOver { msg: Message, written: usize },
+    /// A TLS channel's whole frame went into its session, but not all of the session's
+    /// records went out (a full socket buffer, or an error the reactor meets again): the
+    /// reactor, which holds the gate again, must be asked to write the rest.
+    Encrypted,
 }
 
 impl SendState {
@@ -486,11 +511,12 @@ impl SendState {
         self.lock_outbound().messages
     }
 
-    /// Gives the socket for direct writes (once, when the channel is connected).
-    pub(crate) fn set_socket(&self, socket: Arc<Stream>) {
+    /// Gives the socket (and TLS session) for direct writes (once, when the channel is
+    /// connected; a TLS channel's once its handshake is over).
+    pub(crate) fn set_socket(&self, direct: Direct) {
         let mut ob = self.lock_outbound();
-        if !ob.closed && ob.socket.is_none() {
-            ob.socket = Some(socket);
+        if !ob.closed && ob.direct.is_none() {
+            ob.direct = Some(direct);
         }
     }
 
@@ -564,8 +590,8 @@ impl SendState {
             return Err(Error::InvalidChannelNumber);
         }
         if direct && ob.messages == 0 && self.gate.load(Ordering::Relaxed) == Gate::Free {
-            if let Some(socket) = ob.socket.as_ref().filter(|_| turn()) {
-                return Ok(Posted::DirectTurn(Arc::clone(socket)));
+            if let Some(direct) = ob.direct.as_ref().filter(|_| turn()) {
+                return Ok(Posted::DirectTurn(direct.clone()));
             }
         }
         let len = encoded_len(msg) as u64;
@@ -621,15 +647,17 @@ impl SendState {
     pub(crate) fn close_outbound(&self, into: &mut VecDeque<Pending>, bufs: &Buffers) {
         let mut ob = self.lock_outbound();
         ob.closed = true;
-        ob.socket = None;
+        ob.direct = None;
         ob.returned = Returned::default();
         ob.take(into, bufs);
         self.room_made(ob);
     }
 
-    /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]).
-    /// Never blocks: the socket is non-blocking.
-    pub(crate) fn write_direct(&self, msg: Message, socket: &Stream) -> DirectWrite {
+    /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]);
+    /// over TLS, encrypts it into the session first. Never blocks on the socket (it is
+    /// non-blocking); over TLS it may wait for the session's lock while the reactor
+    /// decrypts what it read.
+    pub(crate) fn write_direct(&self, msg: Message, direct: &Direct) -> DirectWrite {
         if self
             .gate
             .compare_exchange(
@@ -657,7 +685,11 @@ impl SendState {
             IoSlice::new(parts[1]),
             IoSlice::new(parts[2]),
         ];
-        match socket.write_vectored(&iov) {
+        if let Some(session) = direct.tls.as_ref() {
+            let out = tls::lock(session).write_direct(&direct.socket, &iov);
+            return self.direct_tls_end(msg, session, out, total);
+        }
+        match direct.socket.write_vectored(&iov) {
             Ok(n) if n == total => {
                 self.gate.store(Gate::Free, Ordering::SeqCst);
                 // A post queued while the gate was taken found it closed and left the
@@ -678,6 +710,38 @@ impl SendState {
                 self.gate.store(Gate::HandingOver, Ordering::SeqCst);
                 DirectWrite::HandOver { msg, written: 0 }
             }
+        }
+    }
+
+    /// The end of a [`write_direct`](Self::write_direct) over TLS, the gate taken: the
+    /// frame went into the session (all of it, or the session's buffer was full and the
+    /// rest is handed over as a started frame), then the session's records to the socket.
+    fn direct_tls_end(
+        &self,
+        msg: Message,
+        session: &tls::Shared,
+        out: tls::DirectOutcome,
+        total: usize,
+    ) -> DirectWrite {
+        if out.taken < total {
+            self.gate.store(Gate::HandingOver, Ordering::SeqCst);
+            return DirectWrite::HandOver {
+                msg,
+                written: out.taken,
+            };
+        }
+        drop(msg); // all of it is in the session
+        if !out.flushed {
+            self.gate.store(Gate::Reactor, Ordering::SeqCst);
+            return DirectWrite::Encrypted;
+        }
+        self.gate.store(Gate::Free, Ordering::SeqCst);
+        // Records the reactor made meanwhile (it reads under the same lock, and could not
+        // write them while the gate was taken), or posts queued meanwhile: the reactor
+        // writes them.
+        let records = tls::lock(session).wants_write();
+        DirectWrite::Written {
+            wake_reactor: records || self.lock_outbound().messages > 0,
         }
     }
 }
@@ -982,7 +1046,10 @@ mod tests {
         let socket = Arc::new(Stream::connect(&addr).unwrap().0);
         let fresh = || {
             let b = SendState::default();
-            b.set_socket(Arc::clone(&socket));
+            b.set_socket(Direct {
+                socket: Arc::clone(&socket),
+                tls: None,
+            });
             b
         };
         // Each refusal queues the message instead, so every case starts afresh.

@@ -206,8 +206,8 @@ impl ChannelGroup {
             }
             Some(x) => x,
         };
-        let socket = match outcome {
-            Ok(Posted::DirectTurn(socket)) => socket,
+        let direct = match outcome {
+            Ok(Posted::DirectTurn(direct)) => direct,
             Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
             Err(error) => return Err(refused(slot, error)),
         };
@@ -216,7 +216,7 @@ impl ChannelGroup {
         };
         // A data message for an idle channel while the reactor sleeps is written right here
         // (see `SendState`): no hand-off to the reactor and back.
-        match send.write_direct(msg, &socket) {
+        match send.write_direct(msg, &direct) {
             DirectWrite::Written { wake_reactor } => {
                 self.shared.direct_writes.fetch_add(1, Ordering::Relaxed);
                 if wake_reactor {
@@ -225,6 +225,15 @@ impl ChannelGroup {
                         channel: header.channel,
                     });
                 }
+                Ok(header)
+            }
+            DirectWrite::Encrypted => {
+                // Encrypted into the TLS session; the reactor, which holds the gate again,
+                // writes the records the socket did not take.
+                self.shared.handovers.fetch_add(1, Ordering::Relaxed);
+                let _ = self.shared.submit(Command::Queued {
+                    channel: header.channel,
+                });
                 Ok(header)
             }
             DirectWrite::HandOver { msg, written } => {

@@ -369,8 +369,9 @@ pub struct EngineStats {
     /// reactor slept (at most one per reactor sleep), so no thread hand-off was needed.
     pub direct_writes: u64,
     /// Direct writes that could not write the whole frame (full socket buffer, failing
-    /// socket) and handed the message to the reactor, which wrote the rest or reported the
-    /// failure. Not counted in `direct_writes`.
+    /// socket; over TLS also a frame larger than the session's buffer) and handed the
+    /// message, or the records of it the socket did not take, to the reactor, which wrote
+    /// the rest or reported the failure. Not counted in `direct_writes`.
     pub handovers: u64,
 }
 

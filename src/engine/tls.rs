@@ -6,14 +6,38 @@
 //! ([`Session::plaintext`]) into the frame decoder, and writes what the session wants to send
 //! ([`Session::write_tls`]) with its own `writev`. The session never touches the socket.
 //!
+//! The reactor shares a session with the channel's posting threads ([`Shared`]): once the
+//! handshake is over and the channel idle, a posting thread may encrypt and write one
+//! frame itself ([`Session::write_direct`], the direct write of `SendState`), holding the
+//! channel's write gate and the session's lock.
+//!
 //! Without the `tls` feature [`Session`] is an empty enum: no value exists, every `tls|`
 //! listen or connect is refused before a session is needed, and the reactor's TLS branches
 //! compile to nothing.
 
 use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::sys::net::Stream;
+
+/// A channel's session, shared by the reactor and the posting thread that holds the
+/// channel's write gate (see `SendState`).
+pub(crate) type Shared = Arc<Mutex<Session>>;
+
+/// Locks a shared session. A panic while it was locked (none is expected: rustls reports
+/// errors as values) leaves a session that fails its next operation, which closes the
+/// channel.
+pub(crate) fn lock(session: &Shared) -> MutexGuard<'_, Session> {
+    session.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How a [`Session::write_direct`] ended: how many bytes of plaintext the session took and
+/// whether everything it holds went out.
+pub(crate) struct DirectOutcome {
+    pub(crate) taken: usize,
+    pub(crate) flushed: bool,
+}
 
 /// The configurations of an engine's TLS sessions (see `EngineOptions::tls_server` and
 /// `tls_client`).
@@ -65,7 +89,6 @@ pub(crate) use without_tls::Session;
 mod with_tls {
     use super::*;
     use std::io::{BufRead, Write};
-    use std::sync::Arc;
 
     /// A writer onto a socket, for [`Session::write_tls`].
     pub(crate) struct SocketWriter<'a>(pub(crate) &'a Stream);
@@ -213,6 +236,33 @@ mod with_tls {
                 .writer()
                 .write_vectored(bufs)
                 .map_err(|e| format!("TLS: {e}"))
+        }
+
+        /// A posting thread's direct write of one frame (`bufs`): encrypts what the
+        /// session's buffer takes, then writes every record the session holds (records the
+        /// reactor made first: they are older) until the socket is full. Errors are left for
+        /// the reactor, which meets them again on its next write and closes the channel.
+        pub(crate) fn write_direct(
+            &mut self,
+            socket: &Stream,
+            bufs: &[IoSlice<'_>],
+        ) -> DirectOutcome {
+            let taken = if self.conn.is_handshaking() {
+                0
+            } else {
+                self.write_plain(bufs).unwrap_or(0)
+            };
+            while self.conn.wants_write() {
+                match self.write_tls(socket) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            DirectOutcome {
+                taken,
+                flushed: !self.conn.wants_write(),
+            }
         }
 
         /// What the verified client certificate names (see `message::PEER_IDENTITY`), once
@@ -376,6 +426,14 @@ mod without_tls {
         }
 
         pub(crate) fn write_plain(&mut self, _bufs: &[IoSlice<'_>]) -> Result<usize, String> {
+            match *self {}
+        }
+
+        pub(crate) fn write_direct(
+            &mut self,
+            _socket: &Stream,
+            _bufs: &[IoSlice<'_>],
+        ) -> DirectOutcome {
             match *self {}
         }
 

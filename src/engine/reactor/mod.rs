@@ -27,9 +27,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::channels::{unpend, Pending, SendState};
+use crate::engine::channels::{unpend, Direct, Pending, SendState};
 use crate::engine::shared::{Command, Frames, GroupShared, Inbound, Shared};
-use crate::engine::tls::Session;
+use crate::engine::tls::{self, Session};
 use crate::proto::address::Address;
 use crate::proto::connection::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP};
 use crate::proto::message::{Message, OpCode, Origin, PEER_IDENTITY};
@@ -146,9 +146,9 @@ struct Io {
     in_partial: bool,
     /// `stream` was given to the channel's `SendState` for direct writes.
     socket_shared: bool,
-    /// The TLS session of a `tls|` channel, between the socket and `conn`. Such a channel
-    /// never gives its socket for direct writes: only the reactor may drive the session.
-    tls: Option<Box<Session>>,
+    /// The TLS session of a `tls|` channel, between the socket and `conn`; shared with the
+    /// channel's `SendState` for direct writes once the handshake is over.
+    tls: Option<tls::Shared>,
     /// An accepted channel whose peer's first frame is not yet delivered: that frame gets
     /// the local-only headers fixed (see `read`).
     first_in: bool,
@@ -174,7 +174,7 @@ impl Io {
             hangup: false,
             in_partial: false,
             socket_shared: false,
-            tls: tls.map(Box::new),
+            tls: tls.map(|s| Arc::new(std::sync::Mutex::new(s))),
             first_in: false,
             identity: None,
             written: 0,
@@ -185,7 +185,7 @@ impl Io {
     /// When the channel must have made progress: the end of its frame timeout while its
     /// peer owes the rest of a frame, and the end of a TLS handshake.
     fn deadline(&self) -> Option<Instant> {
-        let handshake = self.tls.as_ref().and_then(|s| s.deadline());
+        let handshake = self.tls.as_ref().and_then(|s| tls::lock(s).deadline());
         match (self.conn.poll_timeout(), handshake) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -194,7 +194,11 @@ impl Io {
 
     /// Bytes wait to be written: frames in `conn`, or records the TLS session made.
     fn wants_write(&mut self) -> bool {
-        self.conn.wants_send() || self.tls.as_ref().is_some_and(|s| s.wants_write())
+        self.conn.wants_send()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|s| tls::lock(s).wants_write())
     }
 }
 
@@ -207,6 +211,7 @@ fn io_wants_tls_write(ch: &mut Channel) -> bool {
     let Some(s) = io.tls.as_ref() else {
         return false;
     };
+    let s = tls::lock(s);
     !io.write_blocked && (s.wants_write() || (!s.is_handshaking() && io.conn.wants_send()))
 }
 
@@ -519,15 +524,21 @@ impl Channel {
         {
             return;
         }
-        if io.tls.is_some() {
-            return; // only the reactor drives a TLS session
+        if let Some(s) = io.tls.as_ref() {
+            let s = tls::lock(s);
+            if s.is_handshaking() || s.wants_write() {
+                return; // a posting thread writes only after the handshake, behind nothing
+            }
         }
         if !io.conn.is_idle() {
             return;
         }
         if !io.socket_shared {
             io.socket_shared = true;
-            self.send.set_socket(Arc::clone(&io.stream));
+            self.send.set_socket(Direct {
+                socket: Arc::clone(&io.stream),
+                tls: io.tls.clone(),
+            });
         }
         self.send.free_gate();
     }

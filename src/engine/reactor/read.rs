@@ -34,7 +34,7 @@ impl Reactor {
             if io
                 .tls
                 .as_ref()
-                .and_then(|s| s.deadline())
+                .and_then(|s| tls::lock(s).deadline())
                 .is_some_and(|at| at <= now)
             {
                 tracing::debug!(channel = number, "TLS handshake timed out");
@@ -222,19 +222,22 @@ impl Reactor {
                 }
             };
             let input = &self.read_buf[..n];
-            let r = match tls.as_deref_mut() {
+            let r = match tls.as_ref() {
                 None => decode(conn, input, first.get()),
-                Some(session) => match decrypt(session, conn, input, (&first, &who), &mut decode) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(channel = number, error = %e, "TLS failed");
-                        // Best effort: the alert rustls made tells the peer why.
-                        let _ = session.write_tls(stream);
-                        outcome = Some(Status::TlsFailed);
-                        why = Some(e);
-                        break;
+                Some(session) => {
+                    let mut session = tls::lock(session);
+                    match decrypt(&mut session, conn, input, (&first, &who), &mut decode) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::debug!(channel = number, error = %e, "TLS failed");
+                            // Best effort: the alert rustls made tells the peer why.
+                            let _ = session.write_tls(stream);
+                            outcome = Some(Status::TlsFailed);
+                            why = Some(e);
+                            break;
+                        }
                     }
-                },
+                }
             };
             match r {
                 // A short read almost always means the socket is drained; level-triggered
@@ -266,7 +269,7 @@ impl Reactor {
                 }
             }
         }
-        if outcome.is_none() && tls.as_ref().is_some_and(|s| s.peer_closed()) {
+        if outcome.is_none() && tls.as_ref().is_some_and(|s| tls::lock(s).peer_closed()) {
             outcome = Some(Status::PeerDisconnected);
         }
         *first_in = first.get();

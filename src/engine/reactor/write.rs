@@ -167,9 +167,10 @@ fn write_tls(
     stage: &mut Vec<u8>,
     sent: &mut Vec<Message>,
 ) -> Result<(), (Status, String)> {
-    let Some(session) = io.tls.as_deref_mut() else {
+    let Some(session) = io.tls.as_ref() else {
         return Ok(());
     };
+    let mut session = tls::lock(session);
     loop {
         while session.wants_write() {
             match session.write_tls(&io.stream) {
