@@ -656,7 +656,8 @@ impl SendState {
     /// Writes `msg`'s frame from the calling thread if the gate is open (see [`SendState`]);
     /// over TLS, encrypts it into the session first. Never blocks on the socket (it is
     /// non-blocking); over TLS it may wait for the session's lock while the reactor
-    /// decrypts what it read.
+    /// decrypts what it read, and the reactor for this thread's encryption and `writev` (as
+    /// it waits for any posting thread that holds a channel's queue lock).
     pub(crate) fn write_direct(&self, msg: Message, direct: &Direct) -> DirectWrite {
         if self
             .gate

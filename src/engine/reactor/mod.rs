@@ -524,11 +524,15 @@ impl Channel {
         {
             return;
         }
-        if let Some(s) = io.tls.as_ref() {
-            let s = tls::lock(s);
-            if s.is_handshaking() || s.wants_write() {
-                return; // a posting thread writes only after the handshake, behind nothing
-            }
+        // A TLS session is kept locked until the gate is freed: a posting thread that took
+        // the gate earlier and left records in the session hands the gate back to the
+        // reactor after it unlocked it, and the gate must not be freed over those records.
+        let session = io.tls.as_ref().map(tls::lock);
+        if session
+            .as_ref()
+            .is_some_and(|s| s.is_handshaking() || s.wants_write())
+        {
+            return; // a posting thread writes only after the handshake, behind nothing
         }
         if !io.conn.is_idle() {
             return;
@@ -541,6 +545,7 @@ impl Channel {
             });
         }
         self.send.free_gate();
+        drop(session);
     }
 }
 
