@@ -32,6 +32,16 @@ pub(crate) fn lock(session: &Shared) -> MutexGuard<'_, Session> {
     session.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Locks a shared session unless a posting thread holds it (it is writing a frame
+/// directly, and holds the channel's gate): `None` then.
+pub(crate) fn try_lock(session: &Shared) -> Option<MutexGuard<'_, Session>> {
+    match session.try_lock() {
+        Ok(s) => Some(s),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// How a [`Session::write_direct`] ended: how many bytes of plaintext the session took and
 /// whether everything it holds went out.
 pub(crate) struct DirectOutcome {

@@ -527,7 +527,15 @@ impl Channel {
         // A TLS session is kept locked until the gate is freed: a posting thread that took
         // the gate earlier and left records in the session hands the gate back to the
         // reactor after it unlocked it, and the gate must not be freed over those records.
-        let session = io.tls.as_ref().map(tls::lock);
+        // A posting thread holding it holds the gate too (or has just freed it): nothing to
+        // free then, and the reactor does not wait for it.
+        let session = match io.tls.as_ref() {
+            None => None,
+            Some(s) => match tls::try_lock(s) {
+                Some(s) => Some(s),
+                None => return,
+            },
+        };
         if session
             .as_ref()
             .is_some_and(|s| s.is_handshaking() || s.wants_write())
