@@ -25,6 +25,11 @@ use crate::sys::net::Stream;
 /// channel's write gate (see `SendState`).
 pub(crate) type Shared = Arc<Mutex<Session>>;
 
+/// A new session, to be shared.
+pub(crate) fn share(session: Session) -> Shared {
+    Arc::new(Mutex::new(session))
+}
+
 /// Locks a shared session. A panic while it was locked (none is expected: rustls reports
 /// errors as values) leaves a session that fails its next operation, which closes the
 /// channel.

@@ -174,7 +174,7 @@ impl Io {
             hangup: false,
             in_partial: false,
             socket_shared: false,
-            tls: tls.map(|s| Arc::new(std::sync::Mutex::new(s))),
+            tls: tls.map(tls::share),
             first_in: false,
             identity: None,
             written: 0,
@@ -529,12 +529,9 @@ impl Channel {
         // reactor after it unlocked it, and the gate must not be freed over those records.
         // A posting thread holding it holds the gate too (or has just freed it): nothing to
         // free then, and the reactor does not wait for it.
-        let session = match io.tls.as_ref() {
-            None => None,
-            Some(s) => match tls::try_lock(s) {
-                Some(s) => Some(s),
-                None => return,
-            },
+        let session = match io.tls.as_ref().map(tls::try_lock) {
+            Some(None) => return,
+            session => session.flatten(),
         };
         if session
             .as_ref()
