@@ -33,8 +33,12 @@ fn pair_with(server: EngineOptions, client: EngineOptions) -> Pair {
     let se = Engine::new(server).unwrap();
     let ce = Engine::new(client).unwrap();
     let (s, c) = (se.create_group().unwrap(), ce.create_group().unwrap());
-    let addr = tls_loopback();
-    listen(&s, &addr);
+    // Port 0: the listener's own port comes back (a port picked beforehand could be taken
+    // meanwhile by another test's connection).
+    let addr = s
+        .listen(&Address::tls("127.0.0.1", 0))
+        .expect("tls| listener")
+        .address;
     Pair {
         server: s,
         client: c,
@@ -266,6 +270,159 @@ fn an_idle_tls_channel_is_written_directly_and_the_stream_stays_whole() {
             assert_eq!(m.body(), &body(id, 30000)[..], "{b}: signal {id} intact");
         }
     });
+}
+
+/// A frame's body: `len` bytes that depend on the message id.
+fn pattern(id: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64 * 131 + id * 7) as u8).collect()
+}
+
+#[test]
+fn a_busy_tls_channel_seals_large_frames_and_keeps_each_senders_order() {
+    let pki = Pki::new();
+    on_every_backend(|b| {
+        let p = pair(&pki, b);
+        let (c, s) = connect(&p.client, &p.server, &p.addr);
+        // Two threads stream 200 messages each: mostly large frames of varied sizes, every
+        // fifth a small one (encoded into runs and encrypted by the reactor), so sealed and
+        // queued frames alternate. The reader starts late, so the stream starts against a
+        // full socket; a large frame is sealed whenever the reactor holds the gate and
+        // nothing is queued before it.
+        const N: u64 = 200;
+        let len = |seq: u64| {
+            if seq % 5 == 0 {
+                300
+            } else {
+                4097 + (seq as usize * 7919) % 61000
+            }
+        };
+        let before = p._ce.stats().seals;
+        std::thread::scope(|sc| {
+            for t in 1..=2u64 {
+                let client = &p.client;
+                sc.spawn(move || {
+                    for seq in 1..=N {
+                        let id = t << 32 | seq;
+                        let m = data(OpCode::Signal, c, id, &pattern(id, len(seq)));
+                        client.send_timeout(m, Some(PATIENCE)).expect("room comes");
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let mut next = [1u64; 2];
+            for _ in 0..2 * N {
+                let m = recv(&p.server);
+                expect(&m, OpCode::Signal, Status::Success);
+                assert_eq!(m.channel(), s);
+                let (t, seq) = (m.message_id() >> 32, m.message_id() & 0xffff_ffff);
+                let at = &mut next[t as usize - 1];
+                assert_eq!(seq, *at, "{b}: thread {t}'s messages in order");
+                *at += 1;
+                assert_eq!(
+                    m.body(),
+                    &pattern(m.message_id(), len(seq))[..],
+                    "{b}: message {seq} of thread {t} intact"
+                );
+            }
+        });
+        let seals = p._ce.stats().seals - before;
+        assert!(
+            seals > 0,
+            "{b}: large frames posted to a busy channel are sealed"
+        );
+
+        // Sealed frames go out before a bye posted after them, and none is lost: posted
+        // before the reader reads, then a ByeRequest. A large
+        // Signal posted once the bye is out is not sealed behind it: never sent, handed
+        // back.
+        for seq in 1..=20u64 {
+            let m = data(OpCode::Signal, c, seq, &pattern(seq, 60000));
+            p.client.send_timeout(m, Some(PATIENCE)).unwrap();
+        }
+        let bye = p.client.post(data(OpCode::ByeRequest, c, 0, b"")).unwrap();
+        for seq in 1..=20u64 {
+            let m = recv(&p.server);
+            expect(&m, OpCode::Signal, Status::Success);
+            assert_eq!(m.message_id(), seq, "{b}: before the bye, in order");
+            assert_eq!(m.body(), &pattern(seq, 60000)[..]);
+        }
+        let mut m = recv(&p.server);
+        expect(&m, OpCode::ByeRequest, Status::Success);
+        assert_eq!(m.message_id(), bye.message_id, "{b}: the bye comes last");
+        // The bye is out and the client's queue empty again.
+        p.client
+            .post(data(OpCode::Signal, c, 999, &pattern(999, 60000)))
+            .unwrap();
+        expect_silence(&p.server, Duration::from_millis(100));
+        m.make_echo().unwrap();
+        p.server.post(m).unwrap();
+        let got: Vec<Message> = (0..3).map(|_| recv(&p.client)).collect();
+        assert_eq!(got[0].opcode(), OpCode::ByeResponse, "{b}: {got:?}");
+        let unsent = got.iter().find(|m| m.message_id() == 999);
+        let unsent = unsent.unwrap_or_else(|| panic!("{b}: handed back: {got:?}"));
+        expect(unsent, OpCode::Signal, Status::ChannelClosed);
+        assert_eq!(unsent.origin(), Origin::Engine);
+        let end = recv(&p.server);
+        assert_ne!(end.message_id(), 999, "{b}: never sent");
+        expect_closed_signal(&end, s);
+    });
+}
+
+#[test]
+fn a_sealing_stream_into_a_stalled_reader_stops_at_the_send_limit() {
+    let pki = Pki::new();
+    let mut co = pki.options(tofu::Backend::default());
+    co.send_limit = SendLimit {
+        messages: 1 << 16,
+        bytes: 256 << 10,
+    };
+    let p = pair_with(pki.options(tofu::Backend::default()), co);
+    let (c, s) = connect(&p.client, &p.server, &p.addr);
+    let check = |id: u64| {
+        let m = recv(&p.server);
+        assert_eq!(
+            (m.channel(), m.message_id()),
+            (s, id),
+            "in order, none lost"
+        );
+        assert_eq!(m.body(), &pattern(id, 65000)[..]);
+    };
+    // A stream the reader keeps up with: the reactor holds the gate and frames are sealed.
+    const FLOWING: u64 = 300;
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            for id in 1..=FLOWING {
+                let m = data(OpCode::Signal, c, id, &pattern(id, 65000));
+                p.client
+                    .send_timeout(m, Some(PATIENCE))
+                    .expect("room comes");
+            }
+        });
+        (1..=FLOWING).for_each(check);
+    });
+    assert!(p._ce.stats().seals > 0, "frames were sealed");
+    // Then the reader stops: socket buffers and the server's receive room fill, then the
+    // client's queue, sealed frames included, and `post` refuses at the limit.
+    let mut accepted = FLOWING;
+    let refused = loop {
+        let id = accepted + 1;
+        match p
+            .client
+            .post(data(OpCode::Signal, c, id, &pattern(id, 65000)))
+        {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 5000, "300 MB accepted: no send limit");
+    };
+    assert_eq!(refused.error, Error::SendQueueFull);
+    assert_eq!(refused.message.message_id(), accepted + 1, "handed back");
+    // Reading again, every accepted message arrives in order, and the queue has room again.
+    (FLOWING + 1..=accepted).for_each(check);
+    p.client
+        .send_timeout(refused.message, Some(PATIENCE))
+        .expect("room once read");
+    check(accepted + 1);
 }
 
 #[test]

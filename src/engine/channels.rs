@@ -67,9 +67,16 @@ pub(crate) struct Outbound {
     /// The channel is closing or gone: nothing more is accepted.
     closed: bool,
     /// Posted and not yet written (here, or taken by the reactor), for the send limit and
-    /// for direct writes (which need an empty queue).
+    /// for direct writes and seals (which need an empty queue). A TLS channel's frames
+    /// count until they are in its session; `bytes` counts sealed frames too.
     messages: u64,
     bytes: u64,
+    /// Bytes of frames sealed by posting threads and maybe not yet written (see
+    /// [`SendState::seal`]), counted in `bytes` too.
+    sealed: u64,
+    /// A bye-type message was posted: no frame is sealed any more (it would go behind the
+    /// bye).
+    no_seal: bool,
     /// The connected socket (and TLS session) for direct writes, set by the reactor once
     /// the channel is connected and dropped when it closes (a `SendState` may outlive its
     /// channel).
@@ -226,6 +233,25 @@ pub(crate) enum Pending {
     Message(Message),
 }
 
+/// Most bytes of sealed frames a channel's TLS session holds unwritten (see
+/// [`SendState::seal`]); a large frame posted beyond it is queued for the reactor instead.
+///
+/// Sealed frames count as sent, like frames in the kernel's socket buffer: when the channel
+/// fails or is aborted, what is still in the session is lost instead of handed back. The
+/// socket keeps the stream going; a deeper backlog would only lose more.
+const SEAL_MAX: u64 = 256 * 1024;
+
+/// True when a posting thread may seal `msg` into a busy `tls|` channel's session (see
+/// [`SendState::seal`]): data frames too large for a run. Small ones are encoded into runs,
+/// which the reactor encrypts many to a record.
+fn sealable(msg: &Message) -> bool {
+    matches!(
+        msg.header.opcode,
+        OpCode::Request | OpCode::Response | OpCode::Signal
+    ) && !msg.header.oob
+        && encoded_len(msg) > ENCODE_MAX
+}
+
 /// True when a posting thread encodes `msg` into a run instead of queueing it whole.
 pub(crate) fn encodable(msg: &Message) -> bool {
     matches!(
@@ -277,6 +303,19 @@ pub(crate) fn unpend(
 ///
 /// Only the reactor frees the gate, at the end of a loop iteration in which the channel's
 /// queue ended empty. Frames never interleave: whoever writes holds the gate.
+///
+/// **Seals.** Over TLS the reactor's encryption is most of its work on large frames, and
+/// a streaming channel keeps its gate with the reactor. So a posting thread **seals** a
+/// large data frame posted to a `tls|` channel whose queue is empty: it encrypts the frame
+/// into the channel's session, behind the records there, and the reactor only writes it
+/// ([`seal`](SendState::seal)), then writes the session's records until the socket is full
+/// (every write of a TLS channel's socket is made under the session's lock). Order holds
+/// because frames enter the session in post order: a seal happens only when no posted frame
+/// waits to go into the session (`messages` is 0), under the session's lock, which the
+/// reactor holds while it encrypts; only while the reactor holds the gate (not while a
+/// posting thread writes directly or hands a frame over); and never behind a bye-type
+/// message or a local abort. Sealed bytes count in the send queue until written, and at
+/// most [`SEAL_MAX`] of them wait in the session.
 ///
 /// Aligned to its own cache lines: posting threads and the reactor both write it, and it
 /// must not share a line with unrelated data.
@@ -353,6 +392,12 @@ pub(crate) enum Posted {
     /// Not queued: the channel is idle and the caller has the direct-write turn, so it
     /// writes the message itself to the socket ([`SendState::write_direct`]).
     DirectTurn(Direct),
+    /// Not queued: the caller seals the message into this channel's TLS session
+    /// ([`SendState::seal`]).
+    Seal(Direct),
+    /// Sealed: encrypted into the channel's session; `true` when the reactor must be told
+    /// to write it (nothing else was waiting in the session).
+    Sealed(bool),
 }
 
 /// Where a posting thread writes directly: the channel's socket and, for a `tls|` channel,
@@ -594,11 +639,124 @@ impl SendState {
                 return Ok(Posted::DirectTurn(direct.clone()));
             }
         }
-        let len = encoded_len(msg) as u64;
-        if ob.messages >= limit.0 || (ob.messages > 0 && ob.bytes + len > limit.1) {
-            return Err(Error::SendQueueFull);
+        Self::check_limit(&ob, msg, limit)?;
+        if let Some(session) = self.seal_turn(&ob, msg) {
+            return Ok(Posted::Seal(session));
         }
         Ok(Posted::Queued(Self::queue(ob, slot, bufs)))
+    }
+
+    /// `SendQueueFull` when the queue holds `limit` (messages, bytes) with `msg`; a message
+    /// is always accepted by an empty queue.
+    fn check_limit(ob: &Outbound, msg: &Message, limit: (u64, u64)) -> Result<(), Error> {
+        let len = encoded_len(msg) as u64;
+        let empty = ob.messages == 0 && ob.sealed == 0;
+        if ob.messages >= limit.0 || (!empty && ob.bytes + len > limit.1) {
+            return Err(Error::SendQueueFull);
+        }
+        Ok(())
+    }
+
+    /// Where to seal `msg`, when the caller may (see [`SendState`], "Seals"): a large data
+    /// frame, nothing queued before it, no bye-type message or abort posted, room under
+    /// [`SEAL_MAX`], the gate with the reactor, and a TLS channel whose handshake is over
+    /// (its session is shared only then).
+    fn seal_turn(&self, ob: &Outbound, msg: &Message) -> Option<Direct> {
+        if ob.messages > 0 || ob.no_seal || !sealable(msg) {
+            return None;
+        }
+        if ob.sealed + encoded_len(msg) as u64 > SEAL_MAX {
+            return None;
+        }
+        if self.gate.load(Ordering::SeqCst) != Gate::Reactor {
+            // Free: the post writes directly or the reactor, awake, takes it; a posting
+            // thread writes or hands a frame over otherwise.
+            return None;
+        }
+        ob.direct.clone().filter(|d| d.tls.is_some())
+    }
+
+    /// No frame is sealed from now on (a local abort was posted: what follows it is handed
+    /// back, as on a channel without seals).
+    pub(crate) fn stop_sealing(&self) {
+        self.lock_outbound().no_seal = true;
+    }
+
+    /// Seals the message in `slot` (a [`Posted::Seal`]): under the session's lock and with
+    /// the queue checked again, the calling thread encrypts its frame into `session`, and
+    /// the message goes back to its pool (a pool-less one's buffers become the thread's
+    /// spare). [`Posted::Sealed`] then, `slot` emptied. Queued as by [`post`](Self::post)
+    /// when the queue changed meanwhile or the session takes nothing; the errors are
+    /// `post`'s.
+    ///
+    /// The session's lock is taken before the queue's, as the reactor takes them; the
+    /// queue's is not held while the frame is encrypted.
+    pub(crate) fn seal(
+        &self,
+        slot: &mut Option<Message>,
+        direct: &Direct,
+        limit: (u64, u64),
+        bufs: &Buffers,
+    ) -> Result<Posted, Error> {
+        let Some(msg) = slot.as_ref() else {
+            unreachable!("seal is given a message")
+        };
+        let Some(session) = direct.tls.as_ref() else {
+            unreachable!("only a TLS channel's frames are sealed")
+        };
+        let mut s = tls::lock(session);
+        let mut ob = self.lock_outbound();
+        if ob.closed {
+            return Err(Error::InvalidChannelNumber);
+        }
+        Self::check_limit(&ob, msg, limit)?;
+        let header = FrameHeader::for_message(msg).map(|h| h.to_bytes());
+        let (Some(_), Ok(header)) = (self.seal_turn(&ob, msg), header) else {
+            return Ok(Posted::Queued(Self::queue(ob, slot, bufs)));
+        };
+        let len = encoded_len(msg) as u64;
+        ob.sealed += len;
+        ob.bytes += len;
+        drop(ob);
+        match s.seal(
+            [&header[..], msg.text_headers(), msg.body()],
+            &direct.socket,
+        ) {
+            tls::Sealed::All { tell } => {
+                let drained = s.take_drained();
+                drop(s);
+                if let Some(mut msg) = slot.take() {
+                    if msg.home.is_none() {
+                        let (text, body) = msg.take_buffers();
+                        message::offer_thread_spare(text, body);
+                    }
+                }
+                self.sealed_written(drained);
+                Ok(Posted::Sealed(tell))
+            }
+            tls::Sealed::Nothing => {
+                let mut ob = self.lock_outbound();
+                ob.sealed = ob.sealed.saturating_sub(len);
+                ob.bytes = ob.bytes.saturating_sub(len);
+                if ob.closed {
+                    return Err(Error::InvalidChannelNumber);
+                }
+                Ok(Posted::Queued(Self::queue(ob, slot, bufs)))
+            }
+        }
+    }
+
+    /// `bytes` of sealed frames were written (see `tls::Session::take_drained`): the queue
+    /// shrank.
+    pub(crate) fn sealed_written(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut ob = self.lock_outbound();
+        let bytes = bytes.min(ob.sealed);
+        ob.sealed -= bytes;
+        ob.bytes = ob.bytes.saturating_sub(bytes);
+        self.room_made(ob);
     }
 
     /// Queues a message without the limit check (a direct write that did not happen: the
@@ -620,6 +778,7 @@ impl SendState {
         msg.release_hold(); // the application gave it to the engine
         ob.messages += 1;
         ob.bytes += encoded_len(msg) as u64;
+        ob.no_seal |= msg.opcode().message_type() == message::MessageType::Bye;
         let was_empty = ob.is_empty();
         if encodable(msg) {
             ob.encode(msg, bufs);
@@ -724,6 +883,7 @@ impl SendState {
         out: tls::DirectOutcome,
         total: usize,
     ) -> DirectWrite {
+        self.sealed_written(out.drained); // sealed frames written with this one
         if out.taken < total {
             self.gate.store(Gate::HandingOver, Ordering::SeqCst);
             return DirectWrite::HandOver {

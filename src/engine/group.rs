@@ -170,7 +170,10 @@ impl ChannelGroup {
             // A local abort acts at once instead of waiting behind queued frames (after the
             // checks of the table, which the reactor makes again).
             return match self.send_state(msg.header.channel) {
-                Ok(_) => self.submit_post(msg, false),
+                Ok(send) => {
+                    send.stop_sealing();
+                    self.submit_post(msg, false)
+                }
                 Err(error) => Err(refused(Some(msg), error)),
             };
         }
@@ -187,7 +190,8 @@ impl ChannelGroup {
         let post_to = |send: &Arc<SendState>, slot: &mut Option<Message>| {
             let turn = || self.shared.take_direct_turn();
             let r = send.post(slot, limit, direct, turn, bufs);
-            let keep = matches!(r, Ok(Posted::DirectTurn(_))).then(|| Arc::clone(send));
+            let keep =
+                matches!(r, Ok(Posted::DirectTurn(_) | Posted::Seal(_))).then(|| Arc::clone(send));
             (r, keep)
         };
         // The channels this thread posted to lately need no lookup in the engine's table;
@@ -209,6 +213,28 @@ impl ChannelGroup {
         let direct = match outcome {
             Ok(Posted::DirectTurn(direct)) => direct,
             Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
+            Ok(Posted::Seal(direct)) => {
+                let Some(send) = send else {
+                    unreachable!("a seal leaves the send state to the caller")
+                };
+                // A large frame for a busy TLS channel is encrypted and written right here
+                // (see `SendState`, "Seals").
+                return match send.seal(&mut slot, &direct, limit, bufs) {
+                    Ok(Posted::Sealed(wake_reactor)) => {
+                        self.shared.seals.fetch_add(1, Ordering::Relaxed);
+                        if wake_reactor {
+                            let _ = self.shared.submit(Command::Queued {
+                                channel: header.channel,
+                            });
+                        }
+                        Ok(header)
+                    }
+                    Ok(Posted::Queued(was_empty)) => self.queued(was_empty, header),
+                    Ok(_) => unreachable!("a seal is sealed or queued"),
+                    Err(error) => Err(refused(slot, error)),
+                };
+            }
+            Ok(Posted::Sealed(_)) => unreachable!("post leaves sealing to the caller"),
             Err(error) => return Err(refused(slot, error)),
         };
         let (Some(msg), Some(send)) = (slot, send) else {

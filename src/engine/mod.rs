@@ -346,6 +346,7 @@ impl Engine {
             sleeps: self.shared.sleeps.load(Ordering::Relaxed),
             direct_writes: self.shared.direct_writes.load(Ordering::Relaxed),
             handovers: self.shared.handovers.load(Ordering::Relaxed),
+            seals: self.shared.seals.load(Ordering::Relaxed),
         }
     }
 }
@@ -373,6 +374,10 @@ pub struct EngineStats {
     /// message, or the records of it the socket did not take, to the reactor, which wrote
     /// the rest or reported the failure. Not counted in `direct_writes`.
     pub handovers: u64,
+    /// Large frames (over 4096 bytes) posted to a busy `tls|` channel that the posting
+    /// thread encrypted itself into the channel's TLS session, so that the reactor only
+    /// wrote them.
+    pub seals: u64,
 }
 
 impl Drop for Engine {

@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) direct_turn: Padded<AtomicBool>,
     pub(crate) direct_writes: Padded<AtomicU64>,
     pub(crate) handovers: AtomicU64,
+    /// Frames posting threads sealed into busy TLS channels (see `SendState`).
+    pub(crate) seals: AtomicU64,
     pub(crate) send_limit: SendLimit,
     pub(crate) frame_timeout: Option<Duration>,
     /// Configurations of `tls|` channels.
@@ -114,6 +116,7 @@ impl Shared {
             direct_turn: Padded::new(AtomicBool::new(false)),
             direct_writes: Padded::new(AtomicU64::new(0)),
             handovers: AtomicU64::new(0),
+            seals: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
             send_limit: options.send_limit,
             frame_timeout: options.frame_timeout,

@@ -47,11 +47,27 @@ pub(crate) fn try_lock(session: &Shared) -> Option<MutexGuard<'_, Session>> {
     }
 }
 
-/// How a [`Session::write_direct`] ended: how many bytes of plaintext the session took and
-/// whether everything it holds went out.
+/// How a [`Session::write_direct`] ended: how many bytes of plaintext the session took,
+/// whether everything it holds went out, and how many bytes of sealed frames it wrote (see
+/// [`Session::take_drained`]).
 pub(crate) struct DirectOutcome {
     pub(crate) taken: usize,
     pub(crate) flushed: bool,
+    pub(crate) drained: u64,
+}
+
+/// How a [`Session::seal`] ended.
+#[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))] // made by sessions, which need `tls`
+pub(crate) enum Sealed {
+    /// The whole frame is encrypted in the session, behind every record made before it,
+    /// and written as far as the socket took it; `tell` when the reactor must be told to
+    /// write the rest (nothing else was waiting in the session, so nobody may be on the
+    /// way to write it).
+    All { tell: bool },
+    /// Nothing was taken (the handshake is not over, or the session failed): queue the
+    /// frame for the reactor as usual.
+    Nothing,
 }
 
 /// The configurations of an engine's TLS sessions (see `EngineOptions::tls_server` and
@@ -143,6 +159,18 @@ mod with_tls {
         first_frame: bool,
         /// The peer sent close_notify: no more data comes.
         peer_closed: bool,
+        /// Bytes of frames posting threads sealed (see [`seal`](Self::seal)) that may still
+        /// be in the session: each write takes the bytes it wrote off, and an empty session
+        /// none. An estimate from below of what is sealed and unsent (the reactor's records
+        /// ahead of sealed ones, at most its 64 KiB, and the records' overhead count as
+        /// sealed bytes written), exact once everything went out.
+        sealed: u64,
+        /// Sealed bytes written since [`take_drained`](Self::take_drained) last asked.
+        drained: u64,
+        /// A seal that put part of a frame into the session (rustls refused the rest: its
+        /// keys are spent): nothing more is encrypted, and the reactor closes the channel
+        /// with this reason.
+        failed: Option<String>,
     }
 
     impl Session {
@@ -190,6 +218,9 @@ mod with_tls {
                 deadline,
                 first_frame: server,
                 peer_closed: false,
+                sealed: 0,
+                drained: 0,
+                failed: None,
             }
         }
 
@@ -242,7 +273,89 @@ mod with_tls {
 
         /// Writes encrypted records to the socket (one `writev`).
         pub(crate) fn write_tls(&mut self, socket: &Stream) -> io::Result<usize> {
-            self.conn.write_tls(&mut SocketWriter(socket))
+            let n = self.conn.write_tls(&mut SocketWriter(socket))?;
+            let done = if self.conn.wants_write() {
+                self.sealed.min(n as u64)
+            } else {
+                self.sealed
+            };
+            self.sealed -= done;
+            self.drained += done;
+            Ok(n)
+        }
+
+        /// Bytes of sealed frames written since the last call (for the channel's send
+        /// queue count, see `SendState::sealed_written`).
+        pub(crate) fn take_drained(&mut self) -> u64 {
+            std::mem::take(&mut self.drained)
+        }
+
+        /// Why the session cannot go on, once a seal failed half-way (the reactor closes
+        /// the channel).
+        pub(crate) fn failure(&self) -> Option<String> {
+            self.failed.clone()
+        }
+
+        /// A posting thread's seal of one frame while the reactor holds the channel's
+        /// gate: the whole frame is encrypted into the session, behind the records in it,
+        /// whatever the session's buffer limit (the channel's send limit bounds what is
+        /// sealed, see `SendState::seal`), and the session's records are written to `socket`
+        /// until it is full. Every write of a TLS channel's socket is made under the
+        /// session's lock, so this thread's `writev` cannot interleave with another's. The
+        /// frame's bytes count as sealed until written.
+        pub(crate) fn seal(&mut self, parts: [&[u8]; 3], socket: &Stream) -> Sealed {
+            if self.conn.is_handshaking() || self.failed.is_some() {
+                return Sealed::Nothing;
+            }
+            let alone = !self.conn.wants_write();
+            let total: usize = parts.iter().map(|b| b.len()).sum();
+            self.conn.set_buffer_limit(None);
+            let mut done = 0;
+            // rustls takes a frame in two parts when its keys must be updated in between.
+            while done < total {
+                let mut iov = [IoSlice::new(&[]); 3];
+                let mut skip = done;
+                let mut k = 0;
+                for p in parts {
+                    if skip >= p.len() {
+                        skip -= p.len();
+                    } else {
+                        iov[k] = IoSlice::new(&p[skip..]);
+                        skip = 0;
+                        k += 1;
+                    }
+                }
+                match self.write_plain(&iov[..k]) {
+                    Ok(n) if n > 0 => done += n,
+                    _ => break,
+                }
+            }
+            self.conn.set_buffer_limit(Some(SEND_BUFFER));
+            if done == 0 {
+                return Sealed::Nothing;
+            }
+            self.sealed += done as u64;
+            if done < total {
+                // Not seen in practice. The message counts as sent, like one written
+                // before a failing socket; the channel closes with this reason.
+                self.failed = Some(format!(
+                    "TLS: the session took {done} of a frame's {total} bytes"
+                ));
+                return Sealed::All { tell: true };
+            }
+            // Errors are left for the reactor, which meets them again on its next write.
+            while self.conn.wants_write() {
+                match self.write_tls(socket) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            // Records left behind others were left by the reactor, which writes them and
+            // these once the socket takes more, or will be told to.
+            Sealed::All {
+                tell: alone && self.conn.wants_write(),
+            }
         }
 
         /// Encrypts as much of `bufs` as the session's buffer takes; how much it took.
@@ -262,7 +375,7 @@ mod with_tls {
             socket: &Stream,
             bufs: &[IoSlice<'_>],
         ) -> DirectOutcome {
-            let taken = if self.conn.is_handshaking() {
+            let taken = if self.conn.is_handshaking() || self.failed.is_some() {
                 0
             } else {
                 self.write_plain(bufs).unwrap_or(0)
@@ -277,6 +390,7 @@ mod with_tls {
             DirectOutcome {
                 taken,
                 flushed: !self.conn.wants_write(),
+                drained: self.take_drained(),
             }
         }
 
@@ -441,6 +555,18 @@ mod without_tls {
         }
 
         pub(crate) fn write_plain(&mut self, _bufs: &[IoSlice<'_>]) -> Result<usize, String> {
+            match *self {}
+        }
+
+        pub(crate) fn take_drained(&mut self) -> u64 {
+            match *self {}
+        }
+
+        pub(crate) fn failure(&self) -> Option<String> {
+            match *self {}
+        }
+
+        pub(crate) fn seal(&mut self, _parts: [&[u8]; 3], _socket: &Stream) -> Sealed {
             match *self {}
         }
 

@@ -230,7 +230,11 @@ impl Channel {
             Kind::Io(io) if !io.connected => Triggers::CONNECT,
             Kind::Io(io) => {
                 let mut t = Triggers::NONE;
-                if io.write_blocked && io.wants_write() {
+                // A TLS channel waits for writability whenever a write found the socket full:
+                // posting threads that seal frames write its socket too (see `SendState`), so
+                // whether records are still waiting can change at any time, and a writable
+                // socket with nothing left costs one wake-up that clears `write_blocked`.
+                if io.write_blocked && (io.tls.is_some() || io.wants_write()) {
                     t |= Triggers::SEND;
                 }
                 if !io.starving && !io.conn.bye_received() {

@@ -116,7 +116,7 @@ pub(super) fn write_queue(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<
         return;
     }
     if io.tls.is_some() {
-        if let Err((status, why)) = write_tls(io, stage, sent) {
+        if let Err((status, why)) = write_tls(io, &ch.send, stage, sent) {
             tracing::debug!(channel = ch.number, error = %why, "send failed");
             if ch.closing.is_none() {
                 ch.closing = Some(status);
@@ -162,8 +162,11 @@ pub(super) fn write_queue(ch: &mut Channel, stage: &mut Vec<u8>, sent: &mut Vec<
 /// [`write_queue`] for a TLS channel: what the session holds goes out first; then frames are
 /// encrypted (gathered as for plain TCP, so small frames share records) and written, until
 /// the socket is full or nothing is left. No frame goes before the handshake has ended.
+/// The bytes of sealed frames written leave the channel's send queue (see
+/// `SendState::seal`).
 fn write_tls(
     io: &mut Io,
+    send: &SendState,
     stage: &mut Vec<u8>,
     sent: &mut Vec<Message>,
 ) -> Result<(), (Status, String)> {
@@ -171,28 +174,53 @@ fn write_tls(
         return Ok(());
     };
     let mut session = tls::lock(session);
+    let r = match session.failure() {
+        Some(why) => Err((Status::TlsFailed, why)),
+        None => write_session(
+            &mut session,
+            io.stream.as_ref(),
+            &mut io.conn,
+            &mut io.write_blocked,
+            stage,
+            sent,
+        ),
+    };
+    let drained = session.take_drained();
+    drop(session);
+    send.sealed_written(drained);
+    r
+}
+
+fn write_session(
+    session: &mut Session,
+    stream: &Stream,
+    conn: &mut Connection,
+    write_blocked: &mut bool,
+    stage: &mut Vec<u8>,
+    sent: &mut Vec<Message>,
+) -> Result<(), (Status, String)> {
     loop {
         while session.wants_write() {
-            match session.write_tls(&io.stream) {
+            match session.write_tls(stream) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    io.write_blocked = true;
+                    *write_blocked = true;
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err((Status::SendFailed, e.to_string())),
             }
         }
-        if session.is_handshaking() || !io.conn.wants_send() {
-            io.write_blocked = false;
+        if session.is_handshaking() || !conn.wants_send() {
+            *write_blocked = false;
             return Ok(());
         }
         let mut iov = [IoSlice::new(&[]); IOV_LEN];
-        let n = io.conn.gather(stage, &mut iov);
+        let n = conn.gather(stage, &mut iov);
         let taken = session
             .write_plain(&iov[..n])
             .map_err(|e| (Status::TlsFailed, e))?;
-        io.conn.advance(taken, sent);
+        conn.advance(taken, sent);
         if taken == 0 && !session.wants_write() {
             return Err((Status::TlsFailed, "TLS session took no data".to_string()));
         }
