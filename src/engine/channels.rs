@@ -673,7 +673,7 @@ impl SendState {
             // thread writes or hands a frame over otherwise.
             return None;
         }
-        ob.direct.clone().filter(|d| d.tls.is_some())
+        ob.direct.as_ref().filter(|d| d.tls.is_some()).cloned()
     }
 
     /// No frame is sealed from now on (a local abort was posted: what follows it is handed
