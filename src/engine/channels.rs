@@ -315,7 +315,9 @@ pub(crate) fn unpend(
 /// reactor holds while it encrypts; only while the reactor holds the gate (not while a
 /// posting thread writes directly or hands a frame over); and never behind a bye-type
 /// message or a local abort. Sealed bytes count in the send queue until written, and at
-/// most [`SEAL_MAX`] of them wait in the session.
+/// most [`SEAL_MAX`] of them wait in the session. A posting thread does not wait for the
+/// session's lock, and does not seal on a channel that received since its last seal (see
+/// `tls::Session::quiet`): there the reactor needs the session to decrypt.
 ///
 /// Aligned to its own cache lines: posting threads and the reactor both write it, and it
 /// must not share a line with unrelated data.
@@ -682,12 +684,12 @@ impl SendState {
         self.lock_outbound().no_seal = true;
     }
 
-    /// Seals the message in `slot` (a [`Posted::Seal`]): under the session's lock and with
-    /// the queue checked again, the calling thread encrypts its frame into `session`, and
+    /// Seals the message in `slot` (a [`Posted::Seal`]): under the session's lock (if free)
+    /// and with the queue checked again, the calling thread encrypts its frame into `session`, and
     /// the message goes back to its pool (a pool-less one's buffers become the thread's
     /// spare). [`Posted::Sealed`] then, `slot` emptied. Queued as by [`post`](Self::post)
-    /// when the queue changed meanwhile or the session takes nothing; the errors are
-    /// `post`'s.
+    /// when the session is locked, the queue changed meanwhile or the session takes
+    /// nothing; the errors are `post`'s.
     ///
     /// The session's lock is taken before the queue's, as the reactor takes them; the
     /// queue's is not held while the frame is encrypted.
@@ -704,16 +706,21 @@ impl SendState {
         let Some(session) = direct.tls.as_ref() else {
             unreachable!("only a TLS channel's frames are sealed")
         };
-        let mut s = tls::lock(session);
+        // Not waited for: while the reactor decrypts what the peer sent (or another thread
+        // writes), the frame goes to the reactor as usual, and neither waits for the other.
+        let session = tls::try_lock(session);
         let mut ob = self.lock_outbound();
         if ob.closed {
             return Err(Error::InvalidChannelNumber);
         }
         Self::check_limit(&ob, msg, limit)?;
         let header = FrameHeader::for_message(msg).map(|h| h.to_bytes());
-        let (Some(_), Ok(header)) = (self.seal_turn(&ob, msg), header) else {
+        let (Some(mut s), Some(_), Ok(header)) = (session, self.seal_turn(&ob, msg), header) else {
             return Ok(Posted::Queued(Self::queue(ob, slot, bufs)));
         };
+        if !s.quiet() {
+            return Ok(Posted::Queued(Self::queue(ob, slot, bufs)));
+        }
         let len = encoded_len(msg) as u64;
         ob.sealed += len;
         ob.bytes += len;
