@@ -141,11 +141,78 @@ fn a_refused_connect_is_one_error_and_leaves_nothing_behind() {
     // An address that cannot even be formatted: refused before anything is posted.
     let err = g.connect(&Address::tcp("a|b", 1)).unwrap_err();
     assert!(matches!(err, RequestError::Address(_)), "{err:?}");
+    // A peer that accepts and closes before it answers the Hello: the channel's final
+    // Signal is the refusal (before, `connect` gave `Closed` and the Signal of a channel
+    // the caller never got went to the receive loop).
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = Address::from(closer.local_addr().unwrap());
+    let closing = std::thread::spawn(move || drop(closer.accept().unwrap()));
+    let err = g.connect(&at).unwrap_err();
+    closing.join().unwrap();
+    let RequestError::Refused(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (m.opcode(), m.status()),
+        (OpCode::Signal, Status::ChannelClosed)
+    );
+    assert_eq!(err.status(), Status::ChannelClosed);
+    assert!(
+        err.to_string().contains("closed before the answer came"),
+        "{err}"
+    );
     // The failed channels' final Signals were not delivered.
     assert!(g
         .wait_receive(Some(Duration::from_millis(200)))
         .unwrap()
         .is_none());
+}
+
+#[test]
+fn connect_timeout_gives_up_on_a_silent_peer_and_leaves_nothing_behind() {
+    use std::io::Read;
+    let e = Engine::with_defaults().unwrap();
+    let g = e.create_group().unwrap();
+    // A peer that accepts and never answers the Hello: `connect` would wait for ever.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = Address::from(silent.local_addr().unwrap());
+    let t0 = std::time::Instant::now();
+    let err = g
+        .connect_timeout(&at, Duration::from_millis(300))
+        .unwrap_err();
+    assert!(matches!(err, RequestError::TimedOut), "{err:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    // The channel was aborted: the peer's connection ends (end of stream or reset) instead
+    // of staying open.
+    let (mut peer, _) = silent.accept().unwrap();
+    peer.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    match peer.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+            "the connection should end, not stay open: {e}"
+        ),
+    }
+    // Nothing of the abandoned channel (the abort, its final Signal) reaches the receive loop.
+    assert!(g
+        .wait_receive(Some(Duration::from_millis(300)))
+        .unwrap()
+        .is_none());
+    // A peer that answers in time: the channel, as from `connect`.
+    let server = e.create_group().unwrap();
+    let listening = server.listen(&Address::tcp("127.0.0.1", 0)).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| echo(&server));
+        let reply = g
+            .connect_timeout(&listening.address, PATIENCE)
+            .and_then(|ch| g.request(request(ch, b"hi"), Some(PATIENCE)));
+        server.destroy(); // ends the echo thread, whatever happened
+        assert_eq!(reply.unwrap().body(), b"hi");
+    });
 }
 
 #[test]

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tofu::message::{ERROR_TEXT, PEER_IDENTITY};
 use tofu::{
-    Address, ChannelGroup, Engine, EngineOptions, Error, Message, OpCode, Origin, SendLimit, Status,
+    Address, ChannelGroup, Engine, EngineOptions, Error, Message, OpCode, Origin, RequestError,
+    SendLimit, Status,
 };
 
 /// A server and a client engine sharing one PKI; the server listens on a fresh `tls|` port.
@@ -495,6 +496,31 @@ fn mutual_tls_the_server_sees_the_verified_client_identity() {
     // server refuses it, sends an alert and closes. The client's channel ends.
     channel_ends(&g, ac);
     expect_server_side_closed(&p.server, Some("certificate"));
+
+    // The same through `connect`: one error that carries the reason, and no Signal of a
+    // channel the caller never got in the receive loop.
+    let err = g.connect(&p.addr).unwrap_err();
+    let RequestError::Refused(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (m.opcode(), m.status()),
+        (OpCode::Signal, Status::ChannelClosed)
+    );
+    let why = m
+        .header_value(ERROR_TEXT)
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(why.contains("certificate"), "{why:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    expect_server_side_closed(&p.server, Some("certificate"));
+    assert!(g
+        .wait_receive(Some(Duration::from_millis(200)))
+        .unwrap()
+        .is_none());
 }
 
 #[test]

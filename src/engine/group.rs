@@ -579,13 +579,49 @@ impl ChannelGroup {
 
     /// Connects a new channel to `addr` and returns its number once the peer's HelloResponse
     /// says Success. The failure shapes of a connect (a HelloRequest handed back refused,
-    /// a HelloResponse with a failure status from the engine or the peer) come back as one
-    /// [`RequestError::Refused`] with that message, and the channel's final Signal is not
-    /// delivered: the channel never existed for the caller. Waits as long as the engine
-    /// takes to answer (the OS's connect timeout at most).
+    /// a HelloResponse with a failure status from the engine or the peer, the channel
+    /// closing before any answer) come back as one [`RequestError::Refused`] with that
+    /// message, and the channel's final Signal is not delivered: the channel never existed
+    /// for the caller.
+    ///
+    /// The HelloResponse comes from the peer's application (a [`Server`](crate::recipes::Server)
+    /// answers it by itself), not from its engine, and this waits for it without a time
+    /// limit: a listener that receives the HelloRequest and never answers keeps `connect`
+    /// waiting. Where the peer may be such a program, use
+    /// [`connect_timeout`](Self::connect_timeout).
     pub fn connect(&self, addr: &Address) -> Result<u16, RequestError> {
         let (channel, id) = self.open_address(addr, Expect::Hello)?;
         answer(self.group.await_answer(channel, id, None)).map(|_| channel)
+    }
+
+    /// [`connect`](Self::connect) within `timeout` (as `std::net::TcpStream::connect_timeout`
+    /// bounds a connect): [`RequestError::TimedOut`] when no answer came in time. The channel
+    /// is then aborted (a local ByeSignal: the peer sees the connection reset) and nothing of
+    /// it reaches the receive loop; an answer that comes at the deadline still counts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tofu::{Address, Engine, RequestError};
+    /// // A peer that accepts the connection and never answers the Hello.
+    /// let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let engine = Engine::with_defaults()?;
+    /// let group = engine.create_group()?;
+    /// let addr = Address::from(silent.local_addr()?);
+    /// let err = group.connect_timeout(&addr, Duration::from_millis(100)).unwrap_err();
+    /// assert!(matches!(err, RequestError::TimedOut));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connect_timeout(&self, addr: &Address, timeout: Duration) -> Result<u16, RequestError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let (channel, id) = self.open_address(addr, Expect::Hello)?;
+        match self.group.await_answer_or_abandon(channel, id, deadline) {
+            None => {
+                // Gone already (its final Signal is dropped too) if this is refused.
+                let _ = self.post(Message::with_opcode(OpCode::ByeSignal).on_channel(channel));
+                Err(RequestError::TimedOut)
+            }
+            came => answer(came).map(|_| channel),
+        }
     }
 
     /// The async form of [`connect`](Self::connect) (no thread blocks while the OS connects).
@@ -808,9 +844,13 @@ pub enum RequestError {
     Post(PostError),
     /// The engine or the peer said no: the message that says it, whose status says why (a
     /// request handed back unsent, a refused connect's HelloRequest or HelloResponse, a
-    /// failed listen's WelcomeResponse).
+    /// failed listen's WelcomeResponse), or the final `ChannelClosed` Signal of a channel
+    /// that ended before its connect or listen was answered (a peer that closed at once, a
+    /// TLS handshake the peer rejected after the Hello left). A `~error` text header, when
+    /// there is one, gives the reason in the engine's or the OS's or rustls's words; the
+    /// `Display` form includes it.
     Refused(Message),
-    /// The channel closed (`ChannelClosed`), or the group or engine ended
+    /// A request's channel closed (`ChannelClosed`), or the group or engine ended
     /// (`ShutdownStarted`), before an answer came.
     Closed(Status),
     /// No answer within the timeout; a later one goes to `wait_receive`.
@@ -853,6 +893,14 @@ impl std::fmt::Display for RequestError {
                         f,
                         "listen on {} failed: {}",
                         m.header_value("~listen_on").unwrap_or("?"),
+                        m.status()
+                    )?,
+                    // The final Signal of a channel that ended before its connect or
+                    // listen was answered.
+                    OpCode::Signal => write!(
+                        f,
+                        "channel {} closed before the answer came: {}",
+                        m.channel(),
                         m.status()
                     )?,
                     op => write!(f, "{op:?} refused: {}", m.status())?,

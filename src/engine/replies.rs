@@ -2,9 +2,9 @@
 //! waits for (channel and message_id) before it posts; whoever takes messages out of the
 //! group's mailbox while answers are awaited routes them here. The awaited answer goes to
 //! its waiter, never to `wait_receive`; everything else passes through to the application in
-//! order. A channel's final Signal fails the requests still waiting on that channel, and the
-//! leftovers of a connect or listen that failed (its final Signal) are not delivered: the
-//! caller already has the failure.
+//! order. A channel's final Signal fails the requests still waiting on that channel, and is
+//! the failure of a connect or listen still waiting there; the leftovers of a connect or
+//! listen that failed (its final Signal) are not delivered: the caller already has the failure.
 
 use std::collections::HashMap;
 use std::task::Waker;
@@ -47,7 +47,8 @@ struct Slot {
 #[derive(Default)]
 pub(crate) struct Replies {
     slots: HashMap<(u16, u64), Slot>,
-    /// Channels whose connect or listen failed: their final Signal is not delivered.
+    /// Channels whose connect or listen failed or was given up: nothing more of them is
+    /// delivered, up to and including their final Signal.
     swallow: Vec<u16>,
 }
 
@@ -99,6 +100,14 @@ impl Replies {
         }
     }
 
+    /// Drops every later message of `channel`, up to and including its final Signal (a
+    /// connect given up at its deadline).
+    pub(crate) fn swallow_channel(&mut self, channel: u16) {
+        if !self.swallow.contains(&channel) {
+            self.swallow.push(channel);
+        }
+    }
+
     /// True when the slot exists (its answer may or may not have come).
     pub(crate) fn contains(&self, channel: u16, id: u64) -> bool {
         self.slots.contains_key(&(channel, id))
@@ -113,17 +122,34 @@ impl Replies {
         if m.opcode() == OpCode::Signal && engine && m.status() == Status::ChannelClosed {
             let channel = m.channel();
             // The final Signal: whoever still waits on this channel gets no answer.
-            for ((c, _), slot) in self.slots.iter_mut() {
-                if *c == channel && slot.answer.is_none() {
+            let mut opening = None;
+            for (&(c, id), slot) in self.slots.iter_mut() {
+                if c == channel && slot.answer.is_none() {
+                    if matches!(slot.expect, Expect::Hello | Expect::Welcome) {
+                        opening = Some(id);
+                        continue;
+                    }
                     slot.answer = Some(Answer::Closed(Status::ChannelClosed));
                     wake.extend(slot.waker.take());
                 }
+            }
+            // A connect or listen still waiting: the channel ended before its answer (a
+            // peer that closed at once, a TLS handshake the peer rejected after the Hello
+            // left). The Signal, with the reason in its `~error`, is the refusal; the
+            // channel never existed for the caller, so nothing reaches the receive loop.
+            if let Some(slot) = opening.and_then(|id| self.slots.get_mut(&(channel, id))) {
+                slot.answer = Some(Answer::Refused(m));
+                wake.extend(slot.waker.take());
+                return None;
             }
             if let Some(i) = self.swallow.iter().position(|&c| c == channel) {
                 self.swallow.swap_remove(i);
                 return None;
             }
             return Some(m);
+        }
+        if self.swallow.contains(&m.channel()) {
+            return None; // a channel the caller never got (see `swallow`)
         }
         let Some(slot) = self.slots.get_mut(&key) else {
             return Some(m);
@@ -184,6 +210,35 @@ mod tests {
         m.header.channel = channel;
         m.header.message_id = id;
         m
+    }
+
+    #[test]
+    fn a_channel_that_ends_before_its_hello_is_answered_refuses_the_connect() {
+        let mut r = Replies::default();
+        r.add(4, 1, Expect::Hello);
+        r.add(5, 2, Expect::Response);
+        let mut wake = Vec::new();
+        // The final Signal of channel 4 is the connect's refusal and is not passed on.
+        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 4, 1);
+        assert!(r.route(closed, &mut wake).is_none());
+        match r.take(4, 1, None) {
+            Some(Answer::Refused(m)) => {
+                assert_eq!(
+                    (m.opcode(), m.status()),
+                    (OpCode::Signal, Status::ChannelClosed)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A request on another channel is untouched; its channel's Signal still reaches
+        // the application, and the request gets `Closed`.
+        assert!(r.take(5, 2, None).is_none());
+        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 5, 9);
+        assert!(r.route(closed, &mut wake).is_some());
+        assert!(matches!(
+            r.take(5, 2, None),
+            Some(Answer::Closed(Status::ChannelClosed))
+        ));
     }
 
     #[test]

@@ -512,6 +512,28 @@ impl GroupShared {
         id: u64,
         deadline: Option<Instant>,
     ) -> Option<Answer> {
+        self.await_answer_or(channel, id, deadline, false)
+    }
+
+    /// [`await_answer`](Self::await_answer) for a caller that gives the channel up at the
+    /// deadline: an answer that came meanwhile is still returned; otherwise nothing more of
+    /// `channel` reaches the application, up to and including its final Signal.
+    pub(crate) fn await_answer_or_abandon(
+        &self,
+        channel: u16,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Option<Answer> {
+        self.await_answer_or(channel, id, deadline, true)
+    }
+
+    fn await_answer_or(
+        &self,
+        channel: u16,
+        id: u64,
+        deadline: Option<Instant>,
+        abandon: bool,
+    ) -> Option<Answer> {
         let mut mb = self.lock();
         let mut yields = ANSWER_YIELDS;
         loop {
@@ -527,12 +549,25 @@ impl GroupShared {
             }
             mb = match self.wait_mailbox(mb, deadline) {
                 Some(mb) => mb,
+                None if abandon => return self.abandon(channel, id),
                 None => {
                     self.unexpect(channel, id);
                     return None;
                 }
             };
         }
+    }
+
+    /// Stops awaiting (`channel`, `id`) and gives the channel up: the answer, if it came
+    /// meanwhile; else every later message of `channel` is dropped, its final Signal too.
+    fn abandon(&self, channel: u16, id: u64) -> Option<Answer> {
+        let mut r = self.lock_replies();
+        let came = r.remove(channel, id);
+        if came.is_none() {
+            r.swallow_channel(channel);
+        }
+        self.routing.store(r.is_active(), Ordering::SeqCst);
+        came
     }
 
     /// [`await_answer`](Self::await_answer) for a task, without a deadline.

@@ -186,8 +186,9 @@ impl Address {
         Ok(())
     }
 
-    /// Parses `tcp|host|port` or `uds|path`, with an error that names the expected form and
-    /// the part that is wrong (`str::parse` gives only `InvalidAddress`).
+    /// Parses `tcp|host|port`, `tls|host|port` or `uds|path`, with an error that names the
+    /// expected form and the part that is wrong (`str::parse` is the same function; the
+    /// error converts to [`Error::InvalidAddress`]).
     ///
     /// ```
     /// use tofu::Address;

@@ -279,7 +279,10 @@ impl<S: Service> Server<S> {
     }
 
     /// Stops the server after the message in hand, closes its listeners and channels, and
-    /// returns the service (with whatever it counted).
+    /// returns the service (with whatever it counted). The channels close abortively (RST),
+    /// as [`ChannelGroup::destroy`] does: replies not yet written are dropped. For a
+    /// graceful end, [`disconnect`](ChannelGroup::disconnect) each peer channel through
+    /// [`group`](Self::group) first.
     ///
     /// # Panics
     ///
