@@ -205,6 +205,37 @@ fn connector_retries_and_reconnects() {
     });
 }
 
+/// A peer that accepts and never answers the Hello: the attempt ends at the hello timeout
+/// (its channel aborted, `ConnectFailed` with the reason), and the next one follows.
+#[test]
+fn connector_gives_up_on_a_hello_nobody_answers() {
+    let e = engine(tofu::Backend::default());
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = Address::from(silent.local_addr().unwrap());
+    let backoff = Backoff {
+        first: Duration::from_millis(20),
+        max: Duration::from_millis(20),
+    };
+    let mut conn = Connector::new(&e, addr, backoff).unwrap();
+    conn.set_hello_timeout(Some(Duration::from_millis(200)));
+    let seen = until(&mut conn, |ev| {
+        matches!(ev, Event::Connecting { attempt: 2 })
+    });
+    let reasons: Vec<_> = seen
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Disconnected { status, reason, .. } => Some((*status, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 1, "{seen:?}");
+    assert_eq!(reasons[0].0, Status::ConnectFailed);
+    let why = reasons[0].1.clone().unwrap_or_default();
+    assert!(why.contains("no HelloResponse"), "{why:?}");
+    // The first attempt's connection was aborted: it ends instead of staying open.
+    accepted_connection_ends(&silent);
+}
+
 /// A bad address is refused at once: no attempt could ever succeed.
 #[test]
 fn connector_refuses_a_bad_address() {

@@ -64,7 +64,9 @@ impl Default for Backoff {
 /// ```
 #[derive(Debug)]
 pub enum Event {
-    /// A HelloRequest was posted (`attempt` counts from 1 since the last connection).
+    /// A HelloRequest was posted (`attempt` counts from 1 since the last connection). An
+    /// attempt the peer does not answer within the hello timeout
+    /// ([`Connector::set_hello_timeout`]) ends as `Disconnected` with `ConnectFailed`.
     Connecting {
         /// Attempts since the connector was last connected.
         attempt: u32,
@@ -95,8 +97,13 @@ pub enum Event {
 enum Link {
     /// Waiting for the time of the next attempt.
     Waiting { until: Instant },
-    /// A Hello is out on `channel`.
-    Connecting { channel: u16 },
+    /// A Hello is out on `channel`, to be answered by `until` (`None`: no limit); once
+    /// `given_up`, its channel is aborted and only its end is awaited.
+    Connecting {
+        channel: u16,
+        until: Option<Instant>,
+        given_up: bool,
+    },
     /// Connected on `channel`.
     Connected { channel: u16 },
 }
@@ -141,7 +148,13 @@ pub struct Connector {
     why: Option<(Status, Option<String>)>,
     /// An event to report before waiting for messages.
     ready: Option<Event>,
+    /// How long an attempt waits for the peer's HelloResponse.
+    hello_timeout: Option<Duration>,
 }
+
+/// How long a [`Connector`] waits for the peer's HelloResponse by default (as long as the
+/// engine's default frame timeout).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Connector {
     /// A connector with a group of `engine`; the first HelloRequest is posted at once.
@@ -171,6 +184,7 @@ impl Connector {
             failures: 0,
             why: None,
             ready: None,
+            hello_timeout: Some(HELLO_TIMEOUT),
         };
         c.ready = Some(c.attempt().map_err(|e| RequestError::Closed(e.status()))?);
         Ok(c)
@@ -187,15 +201,27 @@ impl Connector {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let now = Instant::now();
-            if let Link::Waiting { until } = self.link {
-                if now >= until {
-                    return self.attempt().map(Some);
-                }
+            match self.link {
+                Link::Waiting { until } if now >= until => return self.attempt().map(Some),
+                Link::Connecting {
+                    channel,
+                    until: Some(until),
+                    given_up: false,
+                } if now >= until => self.give_up(channel),
+                _ => {}
             }
-            let wake = match (self.link, deadline) {
-                (Link::Waiting { until }, Some(d)) => Some(until.min(d)),
-                (Link::Waiting { until }, None) => Some(until),
-                (_, d) => d,
+            let due = match self.link {
+                Link::Waiting { until }
+                | Link::Connecting {
+                    until: Some(until),
+                    given_up: false,
+                    ..
+                } => Some(until),
+                _ => None,
+            };
+            let wake = match (due, deadline) {
+                (Some(u), Some(d)) => Some(u.min(d)),
+                (u, d) => u.or(d),
             };
             let wait = wake.map(|w| w.saturating_duration_since(now));
             match self.group.wait_receive(wait)? {
@@ -207,6 +233,18 @@ impl Connector {
                 None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
                 None => {}
             }
+        }
+    }
+
+    /// How long each attempt waits for the peer's HelloResponse ([`HELLO_TIMEOUT`] by
+    /// default; `None`: without a limit), the current attempt included. A peer that accepts
+    /// the connection and never answers would otherwise hold the connector in `Connecting`:
+    /// at the limit the attempt's channel is aborted and reported as `Disconnected` with
+    /// `ConnectFailed`, and the next attempt follows the backoff.
+    pub fn set_hello_timeout(&mut self, timeout: Option<Duration>) {
+        self.hello_timeout = timeout;
+        if let Link::Connecting { until, .. } = &mut self.link {
+            *until = timeout.and_then(|t| Instant::now().checked_add(t));
         }
     }
 
@@ -253,17 +291,43 @@ impl Connector {
             .format_connect(&mut hello)
             .map_err(|_| Error::InvalidAddress)?;
         let channel = self.group.post(hello).map_err(|e| e.error)?.channel;
-        self.link = Link::Connecting { channel };
+        self.link = Link::Connecting {
+            channel,
+            until: self
+                .hello_timeout
+                .and_then(|t| Instant::now().checked_add(t)),
+            given_up: false,
+        };
         self.why = None;
         Ok(Event::Connecting {
             attempt: self.failures + 1,
         })
     }
 
+    /// The current attempt had no answer in time: its channel is aborted, and its final
+    /// Signal reports the failure (see `handle`).
+    fn give_up(&mut self, channel: u16) {
+        self.link = Link::Connecting {
+            channel,
+            until: None,
+            given_up: true,
+        };
+        let waited = self.hello_timeout.unwrap_or_default();
+        self.why = Some((
+            Status::ConnectFailed,
+            Some(format!("no HelloResponse within {waited:?}")),
+        ));
+        let abort = Message::with_opcode(OpCode::ByeSignal).on_channel(channel);
+        // Refused only when the channel is gone already: its final Signal is on its way.
+        let _ = self.group.post(abort);
+    }
+
     /// A received message: an event to report, or `None` (taken in silently).
     fn handle(&mut self, m: Message) -> Option<Event> {
         let ours = match self.link {
-            Link::Connecting { channel } | Link::Connected { channel } => channel == m.channel(),
+            Link::Connecting { channel, .. } | Link::Connected { channel } => {
+                channel == m.channel()
+            }
             Link::Waiting { .. } => false,
         };
         let engine = m.origin() == Origin::Engine;
@@ -297,8 +361,14 @@ impl Connector {
             }
             return None;
         }
-        if let Link::Connecting { channel } = self.link {
+        if let Link::Connecting {
+            channel, given_up, ..
+        } = self.link
+        {
             if m.opcode() == OpCode::HelloResponse && m.status() == Status::Success {
+                if given_up {
+                    return None; // an answer after the attempt was given up: its abort follows
+                }
                 self.link = Link::Connected { channel };
                 self.failures = 0;
                 return Some(Event::Connected { channel });

@@ -36,5 +36,5 @@
 mod connector;
 mod server;
 
-pub use connector::{Backoff, Connector, Event};
+pub use connector::{Backoff, Connector, Event, HELLO_TIMEOUT};
 pub use server::{Echo, Server, ServerError, Service};

@@ -58,6 +58,35 @@ pub fn recv_any(group: &ChannelGroup) -> Message {
     }
 }
 
+/// Accepts the next connection on `listener` and asserts that it ends (end of stream or a
+/// reset) instead of staying open: what a peer sees of a channel aborted before its Hello
+/// was answered. Under Wine, accepting a connection reset in the backlog already reports
+/// `NotConnected`.
+#[track_caller]
+pub fn accepted_connection_ends(listener: &std::net::TcpListener) {
+    use std::io::{ErrorKind, Read};
+    let ended = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::NotConnected
+        )
+    };
+    let mut peer = match listener.accept() {
+        Ok((peer, _)) => peer,
+        Err(e) => {
+            assert!(ended(&e), "{e}");
+            return;
+        }
+    };
+    if let Err(e) = peer.set_read_timeout(Some(PATIENCE)) {
+        assert!(ended(&e), "{e}");
+        return;
+    }
+    if let Err(e) = peer.read_to_end(&mut Vec::new()) {
+        assert!(ended(&e), "the connection should end, not stay open: {e}");
+    }
+}
+
 /// Asserts that nothing arrives within `d`.
 pub fn expect_silence(group: &ChannelGroup, d: Duration) {
     if let Some(m) = group.wait_receive(Some(d)).expect("group alive") {
