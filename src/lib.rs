@@ -62,6 +62,12 @@
 //! Every channel ends with one Signal from the engine with status `ChannelClosed`; nothing
 //! posted is lost silently: it is written, or handed back with a status.
 //!
+//! A HelloResponse comes from the peer's application, not its engine: a listening program
+//! answers each HelloRequest it receives (`make_echo`, then `post`), or uses
+//! [`recipes::Server`], which does. [`ChannelGroup::connect`] waits for that answer without
+//! a limit; [`ChannelGroup::connect_timeout`] gives up, aborts the channel and returns
+//! `TimedOut`.
+//!
 //! **Flow control.** Sending: a channel holds at most [`SendLimit`] unsent messages;
 //! `post` then hands the message back with `SendQueueFull`, and [`ChannelGroup::send_timeout`]
 //! / [`ChannelGroup::send`] wait for room instead (already at [`SEND_WINDOW`], 1 MiB of
