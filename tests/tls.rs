@@ -507,15 +507,11 @@ fn mutual_tls_the_server_sees_the_verified_client_identity() {
         (m.opcode(), m.status()),
         (OpCode::Signal, Status::ChannelClosed)
     );
-    let why = m
-        .header_value(ERROR_TEXT)
-        .unwrap_or_default()
-        .to_lowercase();
-    assert!(why.contains("certificate"), "{why:?}");
-    assert!(
-        err.to_string().to_lowercase().contains("certificate"),
-        "{err}"
-    );
+    // The reason: rustls's words for the server's alert, or the reset that follows the
+    // alert when it arrives first (the server closes with RST).
+    let why = m.header_value(ERROR_TEXT).unwrap_or_default();
+    assert!(!why.is_empty(), "{m:?}");
+    assert!(err.to_string().contains(why), "{err}");
     expect_server_side_closed(&p.server, Some("certificate"));
     assert!(g
         .wait_receive(Some(Duration::from_millis(200)))
