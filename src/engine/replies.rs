@@ -126,7 +126,13 @@ impl Replies {
             for (&(c, id), slot) in self.slots.iter_mut() {
                 if c == channel && slot.answer.is_none() {
                     if matches!(slot.expect, Expect::Hello | Expect::Welcome) {
-                        opening = Some(id);
+                        // The Signal of this channel, not of an earlier one with the same
+                        // number whose Signal the application has not received yet: a
+                        // channel's final Signal carries the id it was opened with (or its
+                        // peer's first frame's: the HelloResponse has the Hello's id).
+                        if m.message_id() == id {
+                            opening = Some(id);
+                        }
                         continue;
                     }
                     slot.answer = Some(Answer::Closed(Status::ChannelClosed));
@@ -218,6 +224,10 @@ mod tests {
         r.add(4, 1, Expect::Hello);
         r.add(5, 2, Expect::Response);
         let mut wake = Vec::new();
+        // An earlier channel 4's final Signal (another id) is not this connect's answer.
+        let stale = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 4, 77);
+        assert!(r.route(stale, &mut wake).is_some());
+        assert!(r.take(4, 1, None).is_none());
         // The final Signal of channel 4 is the connect's refusal and is not passed on.
         let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 4, 1);
         assert!(r.route(closed, &mut wake).is_none());
