@@ -206,10 +206,17 @@ impl Replies {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn msg(op: OpCode, origin: Origin, status: Status, channel: u16, id: u64) -> Message {
+    /// A message as the engine or a peer would deliver it.
+    pub(crate) fn msg(
+        op: OpCode,
+        origin: Origin,
+        status: Status,
+        channel: u16,
+        id: u64,
+    ) -> Message {
         let mut m = Message::with_opcode(op);
         m.header.origin = origin;
         m.header.status = status;

@@ -407,38 +407,48 @@ impl GroupShared {
         }
     }
 
-    /// Routes what `taken` holds (decoding chunks) when answers are awaited: answers go to
-    /// their waiters, the rest stays in order. Returns whether an answer came, and pushes
-    /// the wakers of the tasks to wake to `wake`.
-    fn route(&self, taken: &mut VecDeque<Inbound>, wake: &mut Vec<Waker>) -> bool {
+    /// Moves `incoming` (what the reactor delivered) behind `taken`, routing it on the way
+    /// when answers are awaited: answers go to their waiters, the rest keeps its order.
+    /// Returns whether an answer came, and pushes the wakers of the tasks to wake to `wake`.
+    ///
+    /// Each message is routed once, when it leaves the mailbox, never again while it waits
+    /// in `taken`: an answer cannot be there before its slot exists (a slot is added before
+    /// its message is posted, and the mailbox lock is held from the `routing` check to the
+    /// move), and a channel's final Signal left there must not fail a later request on a
+    /// channel that got the same number. It also keeps routing linear when the application
+    /// leaves messages queued.
+    fn admit(
+        &self,
+        incoming: &mut VecDeque<Inbound>,
+        taken: &mut VecDeque<Inbound>,
+        wake: &mut Vec<Waker>,
+    ) -> bool {
         if !self.routing.load(Ordering::SeqCst) {
+            if taken.is_empty() {
+                std::mem::swap(taken, incoming);
+            } else {
+                taken.extend(incoming.drain(..));
+            }
             return false;
         }
         let mut r = self.lock_replies();
         let before = wake.len();
-        let mut kept = VecDeque::with_capacity(taken.len());
         let mut answered = false;
-        while let Some(m) = take_one(taken) {
+        while let Some(m) = take_one(incoming) {
             match r.route(m, wake) {
-                Some(m) => kept.push_back(Inbound::Msg(m)),
+                Some(m) => taken.push_back(Inbound::Msg(m)),
                 None => answered = true,
             }
         }
-        *taken = kept;
         self.routing.store(r.is_active(), Ordering::SeqCst);
         answered || wake.len() > before
     }
 
-    /// Moves what the reactor delivered into `taken` (the whole queue when `taken` is empty)
-    /// and routes it: answers go to their requests, whose threads and tasks are woken.
+    /// Moves what the reactor delivered into `taken` and routes it: answers go to their
+    /// requests, whose threads and tasks are woken.
     fn drain_mailbox(&self, mb: &mut Mailbox, taken: &mut VecDeque<Inbound>) {
-        if taken.is_empty() {
-            std::mem::swap(taken, &mut mb.queue);
-        } else {
-            taken.extend(mb.queue.drain(..));
-        }
         let mut answers = Vec::new();
-        if self.route(taken, &mut answers) {
+        if self.admit(&mut mb.queue, taken, &mut answers) {
             self.cond.notify_all(); // a thread awaiting its answer
         }
         for w in answers {
@@ -465,8 +475,7 @@ impl GroupShared {
         let arrived = !mb.queue.is_empty();
         {
             let mut taken = self.lock_taken();
-            taken.extend(mb.queue.drain(..));
-            answered = self.route(&mut taken, &mut wake);
+            answered = self.admit(&mut mb.queue, &mut taken, &mut wake);
             left = arrived && !taken.is_empty();
         }
         let mut r = self.lock_replies();
@@ -909,5 +918,49 @@ impl Drop for Frames {
         self.home
             .release_n(self.left, self.bytes.len().saturating_sub(self.pos));
         self.home.buffers.put(std::mem::take(&mut self.bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::replies::tests::msg;
+
+    #[test]
+    fn a_final_signal_left_queued_does_not_fail_a_request_on_a_reused_number() {
+        let g = GroupShared::new();
+        // Channel 4's final Signal arrives while another request is awaited; the
+        // application does not take it, so it waits in the queue.
+        g.expect(9, 1, Expect::Response);
+        g.deliver(msg(
+            OpCode::Signal,
+            Origin::Engine,
+            Status::ChannelClosed,
+            4,
+            77,
+        ));
+        let soon = Some(Instant::now() + Duration::from_millis(10));
+        assert!(
+            g.await_answer(9, 1, soon).is_none(),
+            "no answer was delivered"
+        );
+        // A later channel got number 4 again: a request on it gets its own Response.
+        g.expect(4, 5, Expect::Response);
+        g.deliver(msg(
+            OpCode::Response,
+            Origin::Application,
+            Status::Success,
+            4,
+            5,
+        ));
+        let later = Some(Instant::now() + Duration::from_secs(5));
+        match g.await_answer(4, 5, later) {
+            Some(Answer::Reply(m)) => assert_eq!((m.channel(), m.message_id()), (4, 5)),
+            other => panic!("the request got {other:?}, not its Response"),
+        }
+        // The old Signal still reaches the application, once.
+        let first = g.wait(Some(Duration::ZERO)).unwrap().expect("the Signal");
+        assert_eq!((first.opcode(), first.channel()), (OpCode::Signal, 4));
+        assert!(g.wait(Some(Duration::ZERO)).unwrap().is_none());
     }
 }
