@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use tofu::message::ERROR_TEXT;
 use tofu::{ChannelGroup, Message, OpCode, Origin, Status};
 
 /// `initiator` closes channel `a` gracefully; `responder` owns `b`. Checks the whole sequence.
@@ -58,9 +59,12 @@ fn graceful_close(initiator: &ChannelGroup, a: u16, responder: &ChannelGroup, b:
     assert_eq!((unsent.message_id(), unsent.origin()), (99, Origin::Engine));
     expect_closed_signal(&last, a);
 
-    // The responder sees the initiator's reset.
+    // The responder sees the initiator's reset: the end of the exchange, not a failure,
+    // so its final Signal carries no reason (a reset at any other time does).
     let end = recv(responder);
     expect_closed_signal(&end, b);
+    assert_eq!(end.header_value(ERROR_TEXT), None, "{end:?}");
+    assert_eq!(last.header_value(ERROR_TEXT), None, "{last:?}");
 }
 
 #[test]

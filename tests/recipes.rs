@@ -205,6 +205,47 @@ fn connector_retries_and_reconnects() {
     });
 }
 
+/// The peer closes gracefully (`disconnect`): the connector answers its ByeRequest inside
+/// `receive`, and reports the end as `ChannelClosed` with no reason, unlike a reset.
+#[test]
+fn connector_reports_a_graceful_close_without_a_reason() {
+    on_every_backend(|b| {
+        for addr in transports() {
+            let e = engine(b);
+            let server = e.create_group().unwrap();
+            let listening = server.listen(&addr).unwrap();
+            let mut conn = Connector::new(&e, listening.address, Backoff::default()).unwrap();
+            let s = std::thread::scope(|scope| {
+                let answer = scope.spawn(|| {
+                    let mut hello = recv(&server);
+                    assert_eq!(hello.opcode(), OpCode::HelloRequest);
+                    let s = hello.channel();
+                    hello.make_echo().unwrap();
+                    server.post(hello).unwrap();
+                    s
+                });
+                until(&mut conn, |ev| matches!(ev, Event::Connected { .. }));
+                answer.join().unwrap()
+            });
+            std::thread::scope(|scope| {
+                let closing = scope.spawn(|| server.disconnect(s, T));
+                let seen = until(&mut conn, |ev| matches!(ev, Event::Disconnected { .. }));
+                match seen.last() {
+                    Some(Event::Disconnected { status, reason, .. }) => {
+                        assert_eq!(*status, Status::ChannelClosed, "{seen:?}");
+                        assert_eq!(*reason, None, "a graceful close is no failure: {seen:?}");
+                    }
+                    _ => unreachable!(),
+                }
+                closing
+                    .join()
+                    .unwrap()
+                    .expect("the connector answered the ByeRequest");
+            });
+        }
+    });
+}
+
 /// A peer that accepts and never answers the Hello: the attempt ends at the hello timeout
 /// (its channel aborted, `ConnectFailed` with the reason), and the next one follows.
 #[test]

@@ -618,6 +618,13 @@ impl Connection {
         self.bye_received
     }
 
+    /// True once a ByeResponse was written: the channel's last word. The initiator closes
+    /// the connection next (tofu's peers with a reset); that end is the Bye exchange's, not
+    /// a failure.
+    pub fn bye_answered(&self) -> bool {
+        self.bye_response_sent
+    }
+
     /// True once a bye-type frame was written.
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn bye_sent(&self) -> bool {

@@ -82,7 +82,8 @@ pub enum Event {
         /// Why: the failure's status (`ConnectFailed`, `PeerDisconnected`, ...), else
         /// `ChannelClosed`.
         status: Status,
-        /// What the OS or the engine said, when it said something (the `~error` text).
+        /// What the OS or the engine said, when it said something (the `~error` text);
+        /// `None` after the peer's graceful close.
         reason: Option<String>,
         /// The wait before the next attempt ([`Backoff::delay`]).
         retry_in: Duration,
@@ -113,6 +114,11 @@ enum Link {
 /// change as an [`Event`] and passes the peer's messages through, and reconnects inside
 /// `receive` when due. Nothing is retried behind the application's back except the Hello:
 /// messages handed back when a channel is lost come out as `Event::Message`.
+///
+/// The peer's ByeRequest is answered inside `receive` too, so a peer's graceful
+/// [`disconnect`](ChannelGroup::disconnect) completes only while the application calls
+/// `receive`. Its end is reported as `Disconnected` with `ChannelClosed` and no `reason`;
+/// a reset or another failure comes with the OS's words.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -167,7 +173,7 @@ impl Connector {
         address: Address,
         backoff: Backoff,
     ) -> Result<Connector, RequestError> {
-        address.check().map_err(RequestError::Address)?;
+        address.check_connect().map_err(RequestError::Address)?;
         if let Err(e) = address.format_connect(&mut Message::new()) {
             return Err(RequestError::Closed(e.status())); // a listen-only address
         }
@@ -230,7 +236,13 @@ impl Connector {
                         return Ok(Some(e));
                     }
                 }
-                None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
+                // The caller's time is up; an attempt or a give-up due by now is made
+                // first (each moves `due` on, so this goes round at most twice).
+                None if deadline.is_some_and(|d| Instant::now() >= d)
+                    && !due.is_some_and(|u| Instant::now() >= u) =>
+                {
+                    return Ok(None)
+                }
                 None => {}
             }
         }

@@ -466,8 +466,15 @@ impl Reactor {
                     write_channel(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
-                    // Error or hang-up, yet no end of stream to read: the link is dead.
-                    mark(&mut self.marked, ch, Status::CommunicationFailed);
+                    // Error or hang-up, yet no end of stream to read: the link is dead (or,
+                    // after our ByeResponse, closed by the initiator as the Bye ends).
+                    let answered = matches!(&ch.kind, Kind::Io(io) if io.conn.bye_answered());
+                    let why = if answered {
+                        Status::ChannelClosed
+                    } else {
+                        Status::CommunicationFailed
+                    };
+                    mark(&mut self.marked, ch, why);
                 }
             }
         }

@@ -214,6 +214,12 @@ impl Reactor {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if conn.bye_answered() => {
+                    // The initiator's reset after our ByeResponse: the Bye exchange's end.
+                    tracing::debug!(channel = number, error = %e, "closed after the Bye");
+                    outcome = Some(Status::ChannelClosed);
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(channel = number, error = %e, "receive failed");
                     outcome = Some(Status::RecvFailed);
