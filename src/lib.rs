@@ -24,7 +24,8 @@
 //!         while let Ok(Some(mut m)) = server.wait_receive(None) {
 //!             if matches!(m.opcode(), OpCode::HelloRequest | OpCode::Request) {
 //!                 m.make_echo().unwrap();
-//!                 server.post(m).unwrap();
+//!                 // Refused only when the channel closed meanwhile (the peer is gone).
+//!                 let _ = server.post(m);
 //!             }
 //!         }
 //!     });
@@ -60,7 +61,10 @@
 //! | ByeSignal (`oob`, the default) | the ByeSignal, the unsent messages, the final Signal |
 //!
 //! Every channel ends with one Signal from the engine with status `ChannelClosed`; nothing
-//! posted is lost silently: it is written, or handed back with a status.
+//! posted is lost silently: it is written, or handed back with a status. Written means
+//! handed to the OS: an abortive close (dropping the group or the engine, a ByeSignal)
+//! resets the connection, and over TCP the reset discards what the OS had not sent yet.
+//! [`ChannelGroup::disconnect`] (a ByeRequest) is the close that loses nothing.
 //!
 //! A HelloResponse comes from the peer's application, not its engine: a listening program
 //! answers each HelloRequest it receives (`make_echo`, then `post`), or uses

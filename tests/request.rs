@@ -141,6 +141,17 @@ fn a_refused_connect_is_one_error_and_leaves_nothing_behind() {
     // An address that cannot even be formatted: refused before anything is posted.
     let err = g.connect(&Address::tcp("a|b", 1)).unwrap_err();
     assert!(matches!(err, RequestError::Address(_)), "{err:?}");
+    // Port 0 is for a listen: a connect to it is refused, saying so, before it is posted.
+    let err = g.connect(&Address::tcp("127.0.0.1", 0)).unwrap_err();
+    assert!(matches!(err, RequestError::Address(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("port 0 cannot be connected to"),
+        "{err}"
+    );
+    assert!(
+        g.wait_receive(Some(Duration::ZERO)).unwrap().is_none(),
+        "nothing posted"
+    );
     // A peer that accepts and closes before it answers the Hello: the channel's final
     // Signal is the refusal (before, `connect` gave `Closed` and the Signal of a channel
     // the caller never got went to the receive loop).

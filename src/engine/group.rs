@@ -543,7 +543,9 @@ impl ChannelGroup {
     }
 
     /// The async form of [`request`](Self::request), without a timeout (wrap it in your
-    /// runtime's). Dropping the future stops waiting; a later answer goes to `receive`.
+    /// runtime's). The request is posted by this call, not when the future is first polled
+    /// (unlike [`send`](Self::send)); the future awaits the answer. Dropping it, polled or
+    /// not, stops waiting: the answer then goes to `receive`.
     pub fn request_async(&self, msg: Message) -> RequestFuture<'_> {
         let posted = reply_to(&msg).and_then(|e| self.post_expecting(msg, e));
         RequestFuture {
@@ -625,8 +627,10 @@ impl ChannelGroup {
     }
 
     /// The async form of [`connect`](Self::connect) (no thread blocks while the OS connects).
-    /// Dropping the future stops waiting; a connection that still succeeds is then the
-    /// receive loop's (its HelloResponse and, later, its final Signal arrive there).
+    /// The HelloRequest is posted by this call, not when the future is first polled.
+    /// Dropping the future, polled or not, stops waiting; a connection that still succeeds
+    /// is then the receive loop's (its HelloResponse and, later, its final Signal arrive
+    /// there).
     ///
     /// ```
     /// use tofu::recipes::{Echo, Server};
@@ -648,7 +652,8 @@ impl ChannelGroup {
         async move { fut.await.map(|reply| reply.channel()) }
     }
 
-    /// The async form of [`listen`](Self::listen).
+    /// The async form of [`listen`](Self::listen). The WelcomeRequest is posted by this
+    /// call, not when the future is first polled.
     pub fn listen_async(
         &self,
         addr: &Address,
@@ -666,7 +671,8 @@ impl ChannelGroup {
     }
 
     /// The async form of [`disconnect`](Self::disconnect), without a timeout (wrap it in
-    /// your runtime's).
+    /// your runtime's). The ByeRequest is posted by this call, as with
+    /// [`request_async`](Self::request_async).
     pub fn disconnect_async(
         &self,
         channel: u16,
@@ -680,7 +686,11 @@ impl ChannelGroup {
 
     /// Posts the HelloRequest or WelcomeRequest for `addr`; (channel, message_id) to await.
     fn open_address(&self, addr: &Address, expect: Expect) -> Result<(u16, u64), RequestError> {
-        addr.check().map_err(RequestError::Address)?;
+        match expect {
+            Expect::Welcome => addr.check(),
+            _ => addr.check_connect(),
+        }
+        .map_err(RequestError::Address)?;
         let mut m = self.shared.pool.message();
         let formatted = match expect {
             Expect::Welcome => addr.format_listen(&mut m),
@@ -981,7 +991,7 @@ fn answer(a: Option<Answer>) -> Result<Message, RequestError> {
 /// assert_eq!(reply.body(), b"hi");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[must_use = "futures do nothing unless polled"]
+#[must_use = "the message is posted already; dropping this future sends its answer to `receive`"]
 pub struct RequestFuture<'a> {
     group: &'a GroupShared,
     /// The posted request's channel and id, or why it was not posted (taken when polled).

@@ -145,6 +145,12 @@ impl Address {
                         "the host {host:?} contains '|', NUL or a line break"
                     ));
                 }
+                if host.contains([' ', '\t']) {
+                    return bad(format!(
+                        "the host {host:?} contains a space or tab; a host name or IP address \
+                         has none"
+                    ));
+                }
                 // An IPv6 literal has two colons or more; one colon is `host:port`.
                 if host.matches(':').count() == 1 {
                     return bad(format!(
@@ -182,6 +188,20 @@ impl Address {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// [`check`](Self::check) for a connect: port 0 (any free port) is for a listen only.
+    pub(crate) fn check_connect(&self) -> Result<(), AddressError> {
+        self.check()?;
+        if self.port() == Some(0) {
+            return Err(AddressError::new(
+                &self.to_string(),
+                "port 0 cannot be connected to (it asks for any free port: a listen's \
+                 choice; the listener's address says which port it got)"
+                    .to_string(),
+            ));
         }
         Ok(())
     }
@@ -525,6 +545,7 @@ mod tests {
             ("uds|/a|b", "uds takes one part"),
             ("tcp|127.0.0.1:80|1", "looks like host:port"),
             ("uds|/tmp/s ", "ends in a space or tab"),
+            ("tcp| 127.0.0.1 |7099", "contains a space or tab"),
         ] {
             let e = Address::parse(input).unwrap_err();
             let text = e.to_string();

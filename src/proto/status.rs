@@ -377,7 +377,9 @@ impl Error {
             Error::InvalidMoreUsage => {
                 "the `more` flag is only allowed on Request, Response and Signal"
             }
-            Error::InvalidChannelNumber => "channel number is 0 or names no live channel",
+            Error::InvalidChannelNumber => {
+                "channel number is 0 or names no live channel (never opened, or closed already)"
+            }
             Error::InvalidMessageChannelGroup => "the channel belongs to another channel group",
             Error::InvalidMessageId => "a response needs a non-zero message_id",
             Error::InvalidAddress => "invalid or unresolvable address",

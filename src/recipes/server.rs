@@ -280,7 +280,9 @@ impl<S: Service> Server<S> {
 
     /// Stops the server after the message in hand, closes its listeners and channels, and
     /// returns the service (with whatever it counted). The channels close abortively (RST),
-    /// as [`ChannelGroup::destroy`] does: replies not yet written are dropped. For a
+    /// as [`ChannelGroup::destroy`] does: replies not yet written are dropped, and so are
+    /// the peers' messages received and not yet taken by the service (and what they sent
+    /// that had not arrived); the peers see a reset. For a
     /// graceful end, [`disconnect`](ChannelGroup::disconnect) each peer channel through
     /// [`group`](Self::group) first.
     ///
