@@ -212,6 +212,58 @@ fn connect_timeout_gives_up_on_a_silent_peer_and_leaves_nothing_behind() {
     });
 }
 
+/// A raw peer that reads the Hello and answers with `first`, a frame of its own making.
+fn raw_peer_answering(first: Message) -> (Address, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = Address::from(listener.local_addr().unwrap());
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut h = [0u8; tofu::wire::HEADER_LEN];
+        s.read_exact(&mut h).unwrap();
+        let mut rest = vec![0u8; tofu::wire::FrameHeader::parse(&h).payload_len()];
+        s.read_exact(&mut rest).unwrap();
+        let mut out = Vec::new();
+        tofu::wire::encode(&first, &mut out).unwrap();
+        s.write_all(&out).unwrap();
+        // Then the peer goes away (its socket closes when the thread ends).
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    (at, peer)
+}
+
+/// tofu's peers answer a Hello with its own message_id (`make_echo`); one that does not
+/// still answers it, and one whose first frame is something else and then closes refuses
+/// it (the channel's final Signal carries that frame's id), instead of leaving `connect`
+/// waiting for ever.
+#[test]
+fn a_hello_answered_with_another_id_or_not_at_all() {
+    let e = Engine::with_defaults().unwrap();
+    let g = e.create_group().unwrap();
+    let mut other = Message::with_opcode(OpCode::HelloResponse);
+    other.header.message_id = 123_456_789;
+    let (at, peer) = raw_peer_answering(other);
+    let ch = g.connect_timeout(&at, PATIENCE).expect("the peer answered");
+    peer.join().unwrap();
+    let end = g
+        .wait_receive(Some(PATIENCE))
+        .unwrap()
+        .expect("the channel's end");
+    assert_eq!((end.opcode(), end.channel()), (OpCode::Signal, ch));
+
+    let mut early = Message::with_opcode(OpCode::Signal);
+    early.header.message_id = 987_654_321;
+    let (at, peer) = raw_peer_answering(early);
+    let err = g.connect_timeout(&at, PATIENCE).unwrap_err();
+    assert!(matches!(err, RequestError::Refused(_)), "{err:?}");
+    peer.join().unwrap();
+    let m = g
+        .wait_receive(Some(PATIENCE))
+        .unwrap()
+        .expect("the peer's frame");
+    assert_eq!((m.opcode(), m.message_id()), (OpCode::Signal, 987_654_321));
+}
+
 #[test]
 fn many_threads_each_get_their_own_answer_while_other_messages_go_to_the_receive_loop() {
     const THREADS: u64 = 8;

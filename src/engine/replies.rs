@@ -43,10 +43,22 @@ struct Slot {
     waker: Option<Waker>,
 }
 
+/// A Hello or Welcome awaited on a channel.
+struct Opening {
+    /// The HelloRequest's or WelcomeRequest's message_id (its slot's key).
+    id: u64,
+    /// The message_id of the peer's first frame on the channel, once one was routed: the
+    /// channel's final Signal carries it (see `Connection::closing_id`), and a peer that
+    /// answers the Hello with another id than the Hello's still answers it.
+    first: Option<u64>,
+}
+
 /// The awaited answers of one group, keyed by (channel, message_id).
 #[derive(Default)]
 pub(crate) struct Replies {
     slots: HashMap<(u16, u64), Slot>,
+    /// The awaited Hellos and Welcomes, by channel (one per channel).
+    opening: HashMap<u16, Opening>,
     /// Channels whose connect or listen failed or was given up: nothing more of them is
     /// delivered, up to and including their final Signal.
     swallow: Vec<u16>,
@@ -59,6 +71,9 @@ impl Replies {
     }
 
     pub(crate) fn add(&mut self, channel: u16, id: u64, expect: Expect) {
+        if matches!(expect, Expect::Hello | Expect::Welcome) {
+            self.opening.insert(channel, Opening { id, first: None });
+        }
         self.slots.insert(
             (channel, id),
             Slot {
@@ -72,7 +87,7 @@ impl Replies {
     /// Forgets the slot (an answer that comes later goes to the application); returns the
     /// answer if it came meanwhile, so that it is not lost either.
     pub(crate) fn remove(&mut self, channel: u16, id: u64) -> Option<Answer> {
-        let answer = self.slots.remove(&(channel, id)).and_then(|s| s.answer);
+        let answer = self.forget(channel, id).and_then(|s| s.answer);
         match answer {
             Some(Answer::Reply(m)) => Some(Answer::Reply(crate::engine::shared::handed(m))),
             Some(Answer::Refused(m)) => Some(Answer::Refused(crate::engine::shared::handed(m))),
@@ -92,12 +107,20 @@ impl Replies {
             }
             return None;
         }
-        let answer = self.slots.remove(&(channel, id)).and_then(|s| s.answer);
+        let answer = self.forget(channel, id).and_then(|s| s.answer);
         match answer {
             Some(Answer::Reply(m)) => Some(Answer::Reply(crate::engine::shared::handed(m))),
             Some(Answer::Refused(m)) => Some(Answer::Refused(crate::engine::shared::handed(m))),
             other => other,
         }
+    }
+
+    /// Removes the slot (and its channel's `opening` entry, if it is that Hello's).
+    fn forget(&mut self, channel: u16, id: u64) -> Option<Slot> {
+        if self.opening.get(&channel).is_some_and(|o| o.id == id) {
+            self.opening.remove(&channel);
+        }
+        self.slots.remove(&(channel, id))
     }
 
     /// Drops every later message of `channel`, up to and including its final Signal (a
@@ -117,28 +140,35 @@ impl Replies {
     /// `wake`), a dropped leftover goes nowhere, anything else comes back for the
     /// application.
     pub(crate) fn route(&mut self, m: Message, wake: &mut Vec<Waker>) -> Option<Message> {
-        let key = (m.channel(), m.message_id());
+        let mut key = (m.channel(), m.message_id());
         let engine = m.origin() == Origin::Engine;
         if m.opcode() == OpCode::Signal && engine && m.status() == Status::ChannelClosed {
             let channel = m.channel();
             // The final Signal: whoever still waits on this channel gets no answer.
-            let mut opening = None;
-            for (&(c, id), slot) in self.slots.iter_mut() {
-                if c == channel && slot.answer.is_none() {
-                    if matches!(slot.expect, Expect::Hello | Expect::Welcome) {
-                        // The Signal of this channel, not of an earlier one with the same
-                        // number whose Signal the application has not received yet: a
-                        // channel's final Signal carries the id it was opened with (or its
-                        // peer's first frame's: the HelloResponse has the Hello's id).
-                        if m.message_id() == id {
-                            opening = Some(id);
-                        }
-                        continue;
-                    }
+            for (&(c, _), slot) in self.slots.iter_mut() {
+                if c == channel
+                    && slot.answer.is_none()
+                    && !matches!(slot.expect, Expect::Hello | Expect::Welcome)
+                {
                     slot.answer = Some(Answer::Closed(Status::ChannelClosed));
                     wake.extend(slot.waker.take());
                 }
             }
+            // The Signal of the channel the Hello or Welcome opened, not of an earlier one
+            // with the same number (see `GroupShared::expect`; this holds even for one
+            // delivered late): a channel's final Signal carries the id it was opened with,
+            // or its peer's first frame's.
+            let id = m.message_id();
+            let opening = self
+                .opening
+                .get(&channel)
+                .filter(|o| o.id == id || o.first == Some(id))
+                .map(|o| o.id)
+                .filter(|&o| {
+                    self.slots
+                        .get(&(channel, o))
+                        .is_some_and(|s| s.answer.is_none())
+                });
             // A connect or listen still waiting: the channel ended before its answer (a
             // peer that closed at once, a TLS handshake the peer rejected after the Hello
             // left). The Signal, with the reason in its `~error`, is the refusal; the
@@ -156,6 +186,14 @@ impl Replies {
         }
         if self.swallow.contains(&m.channel()) {
             return None; // a channel the caller never got (see `swallow`)
+        }
+        if !engine {
+            if let Some(o) = self.opening.get_mut(&m.channel()) {
+                o.first.get_or_insert(m.message_id());
+                if m.opcode() == OpCode::HelloResponse {
+                    key.1 = o.id; // the peer's answer to the Hello, whatever its id
+                }
+            }
         }
         let Some(slot) = self.slots.get_mut(&key) else {
             return Some(m);
@@ -256,6 +294,36 @@ pub(super) mod tests {
             r.take(5, 2, None),
             Some(Answer::Closed(Status::ChannelClosed))
         ));
+    }
+
+    #[test]
+    fn a_hello_answered_with_another_id_is_still_answered_or_refused() {
+        let mut wake = Vec::new();
+        // A peer that answers with a HelloResponse of its own id: the connect succeeds.
+        let mut r = Replies::default();
+        r.add(4, 1, Expect::Hello);
+        let reply = msg(
+            OpCode::HelloResponse,
+            Origin::Application,
+            Status::Success,
+            4,
+            8,
+        );
+        assert!(r.route(reply, &mut wake).is_none());
+        assert!(matches!(r.take(4, 1, None), Some(Answer::Reply(m)) if m.message_id() == 8));
+        assert!(!r.is_active());
+        // A peer whose first frame is not the HelloResponse, then closes: the final
+        // Signal carries that frame's id and refuses the connect (it would wait forever).
+        let mut r = Replies::default();
+        r.add(4, 1, Expect::Hello);
+        let early = msg(OpCode::Signal, Origin::Application, Status::Success, 4, 9);
+        assert!(
+            r.route(early, &mut wake).is_some(),
+            "the application gets it"
+        );
+        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 4, 9);
+        assert!(r.route(closed, &mut wake).is_none());
+        assert!(matches!(r.take(4, 1, None), Some(Answer::Refused(m)) if m.message_id() == 9));
     }
 
     #[test]

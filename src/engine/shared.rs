@@ -376,7 +376,20 @@ impl GroupShared {
     }
 
     /// Awaits the answer to the message (`channel`, `id`) that is about to be posted.
+    ///
+    /// For a Hello or Welcome, what the mailbox holds is routed first, without the new
+    /// slot: it was delivered before the channel number was handed out, so it belongs to an
+    /// earlier channel that had the same number (its final Signal, say, which the
+    /// application has not taken yet), never to this one.
     pub(crate) fn expect(&self, channel: u16, id: u64, expect: Expect) {
+        if matches!(expect, Expect::Hello | Expect::Welcome) {
+            let mut mb = self.lock();
+            let mut taken = self.lock_taken();
+            self.drain_mailbox(&mut mb, &mut taken);
+            self.lock_replies().add(channel, id, expect);
+            self.routing.store(true, Ordering::SeqCst);
+            return;
+        }
         let mut r = self.lock_replies();
         r.add(channel, id, expect);
         self.routing.store(true, Ordering::SeqCst);
@@ -961,6 +974,45 @@ mod tests {
         // The old Signal still reaches the application, once.
         let first = g.wait(Some(Duration::ZERO)).unwrap().expect("the Signal");
         assert_eq!((first.opcode(), first.channel()), (OpCode::Signal, 4));
+        assert!(g.wait(Some(Duration::ZERO)).unwrap().is_none());
+    }
+
+    #[test]
+    fn what_an_earlier_channel_left_queued_does_not_answer_a_connect() {
+        let g = GroupShared::new();
+        // An earlier channel 4: its peer's first frame and its final Signal (which carries
+        // that frame's id) wait in the mailbox; the application has not taken them.
+        let early = msg(OpCode::Signal, Origin::Application, Status::Success, 4, 50);
+        g.deliver(early);
+        g.deliver(msg(
+            OpCode::Signal,
+            Origin::Engine,
+            Status::ChannelClosed,
+            4,
+            50,
+        ));
+        // A connect gets number 4 again; its answer comes.
+        g.expect(4, 1, Expect::Hello);
+        let reply = msg(
+            OpCode::HelloResponse,
+            Origin::Application,
+            Status::Success,
+            4,
+            1,
+        );
+        g.deliver(reply);
+        let later = Some(Instant::now() + Duration::from_secs(5));
+        match g.await_answer(4, 1, later) {
+            Some(Answer::Reply(m)) => assert_eq!(m.opcode(), OpCode::HelloResponse),
+            other => panic!("the connect got {other:?}, not its HelloResponse"),
+        }
+        for id in [50, 50] {
+            let m = g
+                .wait(Some(Duration::ZERO))
+                .unwrap()
+                .expect("the old messages");
+            assert_eq!((m.channel(), m.message_id()), (4, id));
+        }
         assert!(g.wait(Some(Duration::ZERO)).unwrap().is_none());
     }
 }
