@@ -205,7 +205,12 @@ impl Reactor {
         for _ in 0..READS_PER_EVENT {
             let n = match stream.read(&mut self.read_buf) {
                 Ok(0) => {
-                    outcome = Some(Status::PeerDisconnected);
+                    // After our ByeResponse, the end the Bye exchange asks for (see below).
+                    outcome = Some(if conn.bye_answered() {
+                        Status::ChannelClosed
+                    } else {
+                        Status::PeerDisconnected
+                    });
                     break;
                 }
                 Ok(n) => n,
