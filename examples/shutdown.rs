@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use tofu::recipes::{Echo, Server};
-use tofu::{Address, Engine, Message, OpCode, Origin, Status};
+use tofu::{Address, Engine, Message, OpCode, Origin};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 const N: u64 = 10_000;
@@ -28,12 +28,14 @@ fn main() -> Res<()> {
         let m = client
             .wait_receive(Some(Duration::ZERO))?
             .ok_or("the final Signal is queued")?;
+        if m.is_channel_end() {
+            break; // the channel's final Signal: the last one
+        }
         match (m.opcode(), m.origin(), m.status()) {
             (OpCode::Response, Origin::Application, _) => {
                 assert_eq!(m.body(), answered.to_be_bytes(), "in order");
                 answered += 1;
             }
-            (OpCode::Signal, Origin::Engine, Status::ChannelClosed) => break, // the last one
             other => return Err(format!("unexpected {other:?}").into()),
         }
     }

@@ -60,7 +60,9 @@
 //! | ByeRequest | the peer's ByeResponse, then the channel's final Signal |
 //! | ByeSignal (`oob`, the default) | the ByeSignal, the unsent messages, the final Signal |
 //!
-//! Every channel ends with one Signal from the engine with status `ChannelClosed`; nothing
+//! Every channel ends with one Signal from the engine with status `ChannelClosed`, which
+//! [`Message::is_channel_end`] tells from the application's own Signals handed back with
+//! that status (they look the same otherwise); nothing
 //! posted is lost silently: it is written, or handed back with a status. Written means
 //! handed to the OS: an abortive close (dropping the group or the engine, a ByeSignal)
 //! resets the connection, and over TCP the reset discards what the OS had not sent yet.

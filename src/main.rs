@@ -190,8 +190,8 @@ struct PingArgs {
     /// Address to connect to, e.g. 'tcp|127.0.0.1|7099'.
     #[arg(value_parser = parse_address)]
     addr: Address,
-    /// Requests to send.
-    #[arg(long, default_value_t = 10)]
+    /// Requests to send (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     count: u64,
     /// Body size in bytes (at most 65535).
     #[arg(long, default_value_t = 64)]
@@ -210,9 +210,19 @@ struct PingArgs {
 }
 
 fn parse_address(s: &str) -> Result<Address, String> {
-    s.parse::<Address>().map_err(|_| {
-        format!("'{s}' is not an address: use 'tcp|host|port', 'uds|path' or 'uds|@name'")
-    })
+    let addr = s.parse::<Address>().map_err(|e| {
+        format!(
+            "'{s}' is not an address ({}): use 'tcp|host|port', 'uds|path' or 'uds|@name'",
+            e.problem()
+        )
+    })?;
+    if addr.is_tls() {
+        return Err(format!(
+            "'{s}': this command speaks tcp| and uds| only (it has no TLS certificates; \
+             `tofu bench`, built with the tls feature, measures TLS with test ones)"
+        ));
+    }
+    Ok(addr)
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {

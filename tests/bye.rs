@@ -57,6 +57,8 @@ fn graceful_close(initiator: &ChannelGroup, a: u16, responder: &ChannelGroup, b:
     };
     expect(&unsent, OpCode::Signal, Status::ChannelClosed);
     assert_eq!((unsent.message_id(), unsent.origin()), (99, Origin::Engine));
+    // It looks like the final Signal (Signal, origin engine, ChannelClosed) but is not.
+    assert!(!unsent.is_channel_end(), "{unsent:?}");
     expect_closed_signal(&last, a);
 
     // The responder sees the initiator's reset: the end of the exchange, not a failure,

@@ -121,6 +121,12 @@ fn ping_to_nothing_fails_clearly() {
         err.contains("connect to") && err.contains("ConnectFailed"),
         "{err}"
     );
+    if cfg!(target_os = "linux") {
+        assert!(
+            err.contains("ConnectFailed (Connection refused"),
+            "the OS's words: {err}"
+        );
+    }
 }
 
 #[test]
@@ -175,6 +181,17 @@ fn bad_arguments_are_explained() {
     let o = tofu(&["ping", "tcp|localhost"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is not an address"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tcp needs a host and a port"),
+        "{}",
+        stderr(&o)
+    );
+    let o = tofu(&["serve", "tls|127.0.0.1|0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tcp| and uds| only"), "{}", stderr(&o));
+    let o = tofu(&["ping", "tcp|127.0.0.1|1", "--count", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--count"), "{}", stderr(&o));
     let o = tofu(&["ping", "tcp|127.0.0.1|1", "--backend", "kqueue"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("kqueue"), "{}", stderr(&o));

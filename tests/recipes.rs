@@ -3,6 +3,8 @@
 mod common;
 use common::*;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tofu::recipes::{Backoff, Connector, Echo, Event, Server, ServerError, Service};
 use tofu::{Address, ChannelGroup, Message, OpCode, Status};
@@ -54,6 +56,91 @@ fn server_listens_on_every_address_and_runs_the_service() {
         assert_eq!((echo.connections, echo.echoed), (n, n));
         assert_eq!(echo.closed, n, "one on_close per connection");
     });
+}
+
+/// Counts what a `Server` tells its service, and keeps the peers' channels.
+#[derive(Default)]
+struct Tally {
+    peers: Arc<Mutex<Vec<u16>>>,
+    connects: u64,
+    closes: Arc<AtomicU64>,
+    handed_back: Arc<AtomicU64>,
+}
+
+impl Service for Tally {
+    fn on_message(&mut self, m: Message, _: &ChannelGroup) -> ControlFlow<()> {
+        if (m.opcode(), m.origin(), m.status())
+            == (OpCode::Signal, tofu::Origin::Engine, Status::ChannelClosed)
+        {
+            self.handed_back.fetch_add(1, Ordering::SeqCst);
+        }
+        ControlFlow::Continue(())
+    }
+    fn on_connect(&mut self, hello: &Message) -> ControlFlow<()> {
+        self.connects += 1;
+        self.peers.lock().unwrap().push(hello.channel());
+        ControlFlow::Continue(())
+    }
+    fn on_close(&mut self, _: u16) -> ControlFlow<()> {
+        self.closes.fetch_add(1, Ordering::SeqCst);
+        ControlFlow::Continue(())
+    }
+}
+
+/// `on_close` comes once per `on_connect`: not for the service's own Signals handed back
+/// at a close (Signal, origin engine, `ChannelClosed`, like the final Signal), nor for a
+/// connection that closed before it said Hello.
+#[test]
+fn on_close_comes_once_per_peer() {
+    let e = engine(tofu::Backend::default());
+    let tally = Tally::default();
+    let (peers, closes) = (Arc::clone(&tally.peers), Arc::clone(&tally.closes));
+    let handed_back = Arc::clone(&tally.handed_back);
+    let server = Server::start(&e, &[Address::tcp("127.0.0.1", 0)], tally).unwrap();
+    let Address::Tcp { port, .. } = server.addresses()[0].clone() else {
+        unreachable!()
+    };
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()); // no Hello
+    let client = e.create_group().unwrap();
+    let mut rounds = 0;
+    // Until the engine has handed back at least one of the service's Signals (it nearly
+    // always does in the first round): the service posts a burst, then aborts the channel.
+    while handed_back.load(Ordering::SeqCst) == 0 && rounds < 20 {
+        rounds += 1;
+        let c = client.connect(&server.addresses()[0]).unwrap();
+        let s = *peers.lock().unwrap().last().unwrap();
+        for _ in 0..200 {
+            let m = Message::with_opcode(OpCode::Signal)
+                .on_channel(s)
+                .with_body(&[7; 512]);
+            let _ = server.group().post(m);
+        }
+        server
+            .group()
+            .post(Message::with_opcode(OpCode::ByeSignal).on_channel(s))
+            .unwrap();
+        loop {
+            let m = recv(&client);
+            if m.is_channel_end() {
+                assert_eq!(m.channel(), c);
+                break;
+            }
+        }
+    }
+    assert!(
+        handed_back.load(Ordering::SeqCst) > 0,
+        "nothing was handed back"
+    );
+    // The service sees the last close (and any stray, wrong one) before it is stopped.
+    let deadline = Instant::now() + PATIENCE;
+    while closes.load(Ordering::SeqCst) < rounds && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let tally = server.stop();
+    assert_eq!(tally.connects, rounds);
+    let closes = closes.load(Ordering::SeqCst);
+    assert_eq!(closes, rounds, "one on_close per connected peer");
 }
 
 /// A service that says Break stops the server; its peers see their channels closed.

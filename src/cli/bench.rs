@@ -491,7 +491,7 @@ fn tls_handshakes(backend: Backend, n: u64) -> Result<f64, String> {
         // The ByeSignal back, then the channel's final Signal.
         loop {
             let m = next(&client)?;
-            if m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed {
+            if m.is_channel_end() {
                 break;
             }
         }

@@ -63,7 +63,11 @@ pub fn run(engine: &Engine, addr: &Address, o: &ClientOptions) -> Result<ClientS
     };
     let m = next("HelloResponse")?;
     if m.opcode() != OpCode::HelloResponse || m.status() != Status::Success {
-        return Err(format!("connect to {addr} failed: {}", m.status()));
+        let why = m
+            .header_value(tofu::message::ERROR_TEXT)
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
+        return Err(format!("connect to {addr} failed: {}{why}", m.status()));
     }
     drop(m);
 

@@ -273,7 +273,9 @@ fn session(engine: &Engine, addr: &Address, rng: &mut Rng, c: &Counters) -> Resu
                 c.handed_back.fetch_add(1, Ordering::Relaxed);
             }
             (OpCode::ByeSignal, Status::ChannelClosed, _) if aborted => {}
-            (OpCode::Signal, Status::ChannelClosed, Origin::Engine) if aborted => {
+            (OpCode::Signal, Status::ChannelClosed, Origin::Engine)
+                if aborted && m.is_channel_end() =>
+            {
                 // Final Signal: whatever is still in flight was answered before the abort
                 // and the answers were discarded with the socket.
                 c.handed_back
@@ -292,7 +294,7 @@ fn session(engine: &Engine, addr: &Address, rng: &mut Rng, c: &Counters) -> Resu
         // Wait for the final Signal.
         loop {
             let m = next()?;
-            if m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed {
+            if m.is_channel_end() {
                 return Ok(());
             }
         }
@@ -310,7 +312,7 @@ fn session(engine: &Engine, addr: &Address, rng: &mut Rng, c: &Counters) -> Resu
         ));
     }
     let r = next()?;
-    if r.opcode() != OpCode::Signal || r.status() != Status::ChannelClosed {
+    if !r.is_channel_end() {
         return Err(format!(
             "{addr}: expected the final Signal, got {:?}",
             r.opcode()

@@ -44,12 +44,14 @@ use crate::proto::status::{Error, Status};
 ///     s.spawn(|| client.connect(&addr).and_then(|ch| client.disconnect(ch, None)));
 ///     loop {
 ///         let mut m = server.wait_receive(Some(Duration::from_secs(10)))?.expect("in time");
-///         match (m.opcode(), m.origin(), m.status()) {
-///             (OpCode::HelloRequest | OpCode::ByeRequest, Origin::Application, _) => {
+///         if m.is_channel_end() {
+///             break; // the channel's final Signal
+///         }
+///         match (m.opcode(), m.origin()) {
+///             (OpCode::HelloRequest | OpCode::ByeRequest, Origin::Application) => {
 ///                 m.make_echo()?; // HelloResponse, ByeResponse
 ///                 server.post(m)?;
 ///             }
-///             (OpCode::Signal, Origin::Engine, Status::ChannelClosed) => break, // the end
 ///             _ => {} // data, or a report this loop does not care about
 ///         }
 ///     }
@@ -485,8 +487,9 @@ impl ChannelGroup {
     }
 
     /// The received messages as a [`futures_core::Stream`] (feature `stream`): each item is
-    /// what [`receive`](Self::receive) resolves to, and the stream ends when the group is
-    /// destroyed or the engine is gone and drained. Cancellation-safe as `receive` is.
+    /// a message [`receive`](Self::receive) would resolve to, and the stream ends (`None`)
+    /// where `receive` would fail with `ShutdownStarted`: when the group is destroyed, or the
+    /// engine is gone and everything queued was taken. Cancellation-safe as `receive` is.
     #[cfg(feature = "stream")]
     pub fn messages(&self) -> Messages<'_> {
         Messages {

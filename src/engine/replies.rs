@@ -142,7 +142,7 @@ impl Replies {
     pub(crate) fn route(&mut self, m: Message, wake: &mut Vec<Waker>) -> Option<Message> {
         let mut key = (m.channel(), m.message_id());
         let engine = m.origin() == Origin::Engine;
-        if m.opcode() == OpCode::Signal && engine && m.status() == Status::ChannelClosed {
+        if m.is_channel_end() {
             let channel = m.channel();
             // The final Signal: whoever still waits on this channel gets no answer.
             for (&(c, _), slot) in self.slots.iter_mut() {
@@ -247,6 +247,11 @@ impl Replies {
 pub(super) mod tests {
     use super::*;
 
+    /// A channel's final Signal, as the engine makes it.
+    pub(crate) fn end(channel: u16, id: u64) -> Message {
+        crate::proto::notify::channel_closed(Message::new(), channel, id)
+    }
+
     /// A message as the engine or a peer would deliver it.
     pub(crate) fn msg(
         op: OpCode,
@@ -270,11 +275,11 @@ pub(super) mod tests {
         r.add(5, 2, Expect::Response);
         let mut wake = Vec::new();
         // An earlier channel 4's final Signal (another id) is not this connect's answer.
-        let stale = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 4, 77);
+        let stale = end(4, 77);
         assert!(r.route(stale, &mut wake).is_some());
         assert!(r.take(4, 1, None).is_none());
         // The final Signal of channel 4 is the connect's refusal and is not passed on.
-        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 4, 1);
+        let closed = end(4, 1);
         assert!(r.route(closed, &mut wake).is_none());
         match r.take(4, 1, None) {
             Some(Answer::Refused(m)) => {
@@ -288,7 +293,7 @@ pub(super) mod tests {
         // A request on another channel is untouched; its channel's Signal still reaches
         // the application, and the request gets `Closed`.
         assert!(r.take(5, 2, None).is_none());
-        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 5, 9);
+        let closed = end(5, 9);
         assert!(r.route(closed, &mut wake).is_some());
         assert!(matches!(
             r.take(5, 2, None),
@@ -321,7 +326,7 @@ pub(super) mod tests {
             r.route(early, &mut wake).is_some(),
             "the application gets it"
         );
-        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 4, 9);
+        let closed = end(4, 9);
         assert!(r.route(closed, &mut wake).is_none());
         assert!(matches!(r.take(4, 1, None), Some(Answer::Refused(m)) if m.message_id() == 9));
     }
@@ -380,7 +385,12 @@ pub(super) mod tests {
             10,
         );
         assert!(r.route(back, &mut wake).is_none());
-        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 3, 0);
+        // A Signal of the application's handed back with ChannelClosed looks like the end
+        // but is not: it passes through and fails nothing.
+        let signal_back = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 3, 0);
+        assert!(r.route(signal_back, &mut wake).is_some());
+        assert!(r.take(3, 11, None).is_none(), "still waiting");
+        let closed = end(3, 0);
         assert!(
             r.route(closed, &mut wake).is_some(),
             "the application gets it too"
@@ -408,7 +418,7 @@ pub(super) mod tests {
             20,
         );
         assert!(r.route(refused, &mut wake).is_none());
-        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 5, 20);
+        let closed = end(5, 20);
         assert!(r.route(closed, &mut wake).is_none(), "not delivered");
         assert!(
             matches!(r.take(5, 20, None), Some(Answer::Refused(m)) if m.status() == Status::ConnectFailed)
@@ -424,7 +434,7 @@ pub(super) mod tests {
             21,
         );
         assert!(r.route(ok, &mut wake).is_none());
-        let closed = msg(OpCode::Signal, Origin::Engine, Status::ChannelClosed, 6, 21);
+        let closed = end(6, 21);
         assert!(r.route(closed, &mut wake).is_some());
     }
 }

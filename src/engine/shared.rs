@@ -937,7 +937,7 @@ impl Drop for Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::replies::tests::msg;
+    use crate::engine::replies::tests::{end, msg};
 
     #[test]
     fn a_final_signal_left_queued_does_not_fail_a_request_on_a_reused_number() {
@@ -945,13 +945,7 @@ mod tests {
         // Channel 4's final Signal arrives while another request is awaited; the
         // application does not take it, so it waits in the queue.
         g.expect(9, 1, Expect::Response);
-        g.deliver(msg(
-            OpCode::Signal,
-            Origin::Engine,
-            Status::ChannelClosed,
-            4,
-            77,
-        ));
+        g.deliver(end(4, 77));
         let soon = Some(Instant::now() + Duration::from_millis(10));
         assert!(
             g.await_answer(9, 1, soon).is_none(),
@@ -984,13 +978,7 @@ mod tests {
         // that frame's id) wait in the mailbox; the application has not taken them.
         let early = msg(OpCode::Signal, Origin::Application, Status::Success, 4, 50);
         g.deliver(early);
-        g.deliver(msg(
-            OpCode::Signal,
-            Origin::Engine,
-            Status::ChannelClosed,
-            4,
-            50,
-        ));
+        g.deliver(end(4, 50));
         // A connect gets number 4 again; its answer comes.
         g.expect(4, 1, Expect::Hello);
         let reply = msg(

@@ -463,6 +463,8 @@ pub struct Message {
     /// handed to the application (counted by its pool: the reactor stops reading when too
     /// much waits).
     pub(crate) held: u32,
+    /// The engine's last message of a channel (see [`is_channel_end`](Self::is_channel_end)).
+    pub(crate) end: bool,
 }
 
 impl Message {
@@ -490,6 +492,7 @@ impl Message {
             body,
             home: None,
             held: 0,
+            end: false,
         }
     }
 
@@ -541,6 +544,23 @@ impl Message {
     /// Shortcut for `header.origin`.
     pub fn origin(&self) -> Origin {
         self.header.origin
+    }
+
+    /// True for a channel's final Signal: the engine's last message of that channel (origin
+    /// engine, status `ChannelClosed`), after which nothing more of it comes and its number
+    /// may name another channel later.
+    ///
+    /// Tell it this way, not by opcode, origin and status: a Signal the application posted
+    /// and the engine hands back at a close looks the same (`Signal`, origin engine,
+    /// `ChannelClosed`), and there may be many of those before the final one.
+    ///
+    /// ```
+    /// use tofu::{Message, OpCode};
+    /// let m = Message::with_opcode(OpCode::Signal);
+    /// assert!(!m.is_channel_end()); // only the engine makes a channel's final Signal
+    /// ```
+    pub fn is_channel_end(&self) -> bool {
+        self.end
     }
 
     /// Appends the line `name:value\r\n` (no space after the colon, as tofu writes it).
@@ -605,6 +625,7 @@ impl Message {
     /// Back to a fresh state: default header, empty buffers (capacity kept).
     pub fn reset(&mut self) {
         self.header = Header::default();
+        self.end = false;
         self.text.clear();
         self.body.clear();
     }
@@ -628,6 +649,7 @@ impl Message {
             body: self.body.clone(),
             home: None,
             held: 0,
+            end: self.end,
         }
     }
 
@@ -655,6 +677,7 @@ impl Message {
     }
 
     fn check(&mut self) -> Result<(), Error> {
+        self.end = false;
         let h = &mut self.header;
         if h.opcode == OpCode::WelcomeResponse {
             return Err(Error::InvalidOpCode);

@@ -67,7 +67,9 @@ pub(crate) fn signal(mut m: Message, status: Status, channel: u16, message_id: u
 /// The Signal that ends every channel: origin engine, status `ChannelClosed`, the message_id
 /// of the peer's first frame or of the request that opened the channel.
 pub(crate) fn channel_closed(m: Message, channel: u16, message_id: u64) -> Message {
-    signal(m, Status::ChannelClosed, channel, message_id)
+    let mut m = signal(m, Status::ChannelClosed, channel, message_id);
+    m.end = true;
+    m
 }
 
 #[cfg(test)]
@@ -85,6 +87,13 @@ mod tests {
         assert_eq!(s.status(), Status::ChannelClosed);
         assert_eq!((s.channel(), s.message_id()), (7, 42));
         assert!(s.text_headers().is_empty() && s.body().is_empty());
+        assert!(s.is_channel_end());
+        let mut back = Message::with_opcode(OpCode::Signal);
+        mark_handed_back(&mut back, Status::ChannelClosed);
+        assert!(
+            !back.is_channel_end(),
+            "a handed-back Signal is not the end"
+        );
     }
 
     #[test]

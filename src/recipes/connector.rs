@@ -343,7 +343,7 @@ impl Connector {
             Link::Waiting { .. } => false,
         };
         let engine = m.origin() == Origin::Engine;
-        let closed = engine && m.opcode() == OpCode::Signal && m.status() == Status::ChannelClosed;
+        let closed = m.is_channel_end();
         if !ours {
             // Earlier channels' final Signals are old news; anything else is the
             // application's (a message of an earlier channel handed back, say).

@@ -48,8 +48,8 @@ pub trait Service: Send + 'static {
         ControlFlow::Continue(())
     }
 
-    /// The channel to a peer closed (gracefully or not; its final Signal came). Default:
-    /// nothing.
+    /// The channel to a peer whose Hello was answered closed (gracefully or not; its final
+    /// Signal came): once per [`on_connect`](Self::on_connect). Default: nothing.
     fn on_close(&mut self, channel: u16) -> ControlFlow<()> {
         let _ = channel;
         ControlFlow::Continue(())
@@ -238,11 +238,10 @@ impl<S: Service> Server<S> {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (group, stop, listeners) =
-                (Arc::clone(&group), Arc::clone(&stop), listeners.clone());
+            let (group, stop) = (Arc::clone(&group), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("tofu-server".into())
-                .spawn(move || serve(&group, &listeners, &stop, service))
+                .spawn(move || serve(&group, &stop, service))
                 .map_err(|_| ServerError::Engine(Error::AllocationFailed))?
         };
         Ok(Server {
@@ -337,12 +336,10 @@ impl<S: Service> std::fmt::Debug for Server<S> {
 }
 
 /// The serving thread's loop.
-fn serve<S: Service>(
-    group: &ChannelGroup,
-    listeners: &[u16],
-    stop: &AtomicBool,
-    mut service: S,
-) -> S {
+fn serve<S: Service>(group: &ChannelGroup, stop: &AtomicBool, mut service: S) -> S {
+    // Peers whose Hello was answered: only their channels' ends are `on_close`s (not a
+    // listener's, nor that of a connection that closed before its Hello).
+    let mut connected = std::collections::HashSet::new();
     loop {
         let m = match group.wait_receive(None) {
             Ok(Some(m)) => m,
@@ -356,6 +353,7 @@ fn serve<S: Service>(
         let flow = match m.opcode() {
             OpCode::HelloRequest if app && m.status() == Status::Success => {
                 let flow = service.on_connect(&m);
+                connected.insert(m.channel());
                 answer(group, m);
                 flow
             }
@@ -363,11 +361,11 @@ fn serve<S: Service>(
                 answer(group, m);
                 ControlFlow::Continue(())
             }
-            OpCode::Signal if !app && m.status() == Status::ChannelClosed => {
-                if listeners.contains(&m.channel()) {
-                    ControlFlow::Continue(()) // a listener closed (the server is ending)
-                } else {
+            _ if m.is_channel_end() => {
+                if connected.remove(&m.channel()) {
                     service.on_close(m.channel())
+                } else {
+                    ControlFlow::Continue(())
                 }
             }
             _ => service.on_message(m, group),

@@ -105,6 +105,10 @@ pub fn expect_closed_signal(m: &Message, channel: u16) {
     assert_eq!(m.status(), Status::ChannelClosed, "{m:?}");
     assert_eq!(m.origin(), Origin::Engine, "{m:?}");
     assert_eq!(m.channel(), channel, "{m:?}");
+    assert!(
+        m.is_channel_end(),
+        "the final Signal, not a handed-back one: {m:?}"
+    );
 }
 
 pub fn tcp_loopback() -> Address {
