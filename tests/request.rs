@@ -191,6 +191,7 @@ fn connect_timeout_gives_up_on_a_silent_peer_and_leaves_nothing_behind() {
         .connect_timeout(&at, Duration::from_millis(300))
         .unwrap_err();
     assert!(matches!(err, RequestError::TimedOut), "{err:?}");
+    assert_eq!(err.reason(), None, "a timeout has no words of its own");
     assert!(t0.elapsed() >= Duration::from_millis(300));
     // The channel was aborted: the peer's connection ends instead of staying open.
     accepted_connection_ends(&silent);
@@ -434,13 +435,16 @@ fn failures_carry_the_os_words_in_a_local_header_that_is_never_sent() {
     // A refused connect: the OS's words come with the refusal.
     let port = free_tcp_port().unwrap();
     let err = g.connect(&Address::tcp("127.0.0.1", port)).unwrap_err();
+    let why = err.reason().expect("the OS's words").to_string();
+    assert!(!why.is_empty());
+    assert!(err.to_string().ends_with(&format!("({why})")), "{err}");
     let RequestError::Refused(m) = err else {
         panic!("{err:?}")
     };
-    let why = m
-        .header_value(tofu::message::ERROR_TEXT)
-        .expect("the OS's words");
-    assert!(!why.is_empty());
+    assert_eq!(
+        m.header_value(tofu::message::ERROR_TEXT),
+        Some(why.as_str())
+    );
     // A listen on an address that is not local: the same.
     let err = g.listen(&Address::tcp("192.0.2.1", 1)).unwrap_err();
     let RequestError::Refused(m) = err else {

@@ -512,6 +512,7 @@ fn mutual_tls_the_server_sees_the_verified_client_identity() {
     let why = m.header_value(ERROR_TEXT).unwrap_or_default();
     assert!(!why.is_empty(), "{m:?}");
     assert!(err.to_string().contains(why), "{err}");
+    assert_eq!(err.reason(), Some(why), "reason() is the same text");
     expect_server_side_closed(&p.server, Some("certificate"));
     assert!(g
         .wait_receive(Some(Duration::from_millis(200)))

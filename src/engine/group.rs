@@ -888,6 +888,30 @@ impl RequestError {
             RequestError::Address(_) => Status::InvalidAddress,
         }
     }
+
+    /// Why, in the engine's, the OS's or rustls's words, when they said something: the
+    /// `~error` text of the message that carries the failure (see
+    /// [`ERROR_TEXT`](crate::message::ERROR_TEXT)), or what is wrong with an address. It is
+    /// what `Display` adds to the status, and the place to look for a TLS failure's cause,
+    /// whose status depends on where the handshake failed (`TlsFailed`, or `ChannelClosed`
+    /// when the peer rejected it after the Hello left).
+    ///
+    /// ```
+    /// use tofu::{Address, Engine};
+    /// let engine = Engine::with_defaults()?;
+    /// let group = engine.create_group()?;
+    /// let err = group.connect(&Address::tcp("127.0.0.1", 0)).unwrap_err();
+    /// assert!(err.reason().is_some_and(|why| why.contains("port 0")), "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            RequestError::Post(e) => e.message.header_value(crate::proto::message::ERROR_TEXT),
+            RequestError::Refused(m) => m.header_value(crate::proto::message::ERROR_TEXT),
+            RequestError::Address(e) => Some(e.problem()),
+            RequestError::Closed(_) | RequestError::TimedOut | RequestError::NotARequest(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for RequestError {
