@@ -52,7 +52,7 @@ impl Command {
                 group.deliver(msg);
                 if opened {
                     // Its channel never opened; it still ends with the final Signal.
-                    let m = notify::signal(Message::new(), Status::ChannelClosed, channel, id);
+                    let m = notify::channel_closed(Message::new(), channel, id);
                     group.deliver(m);
                 }
             }
@@ -1002,5 +1002,32 @@ mod tests {
             assert_eq!((m.channel(), m.message_id()), (4, id));
         }
         assert!(g.wait(Some(Duration::ZERO)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_hello_never_taken_by_the_stopped_engine_still_ends_its_channel() {
+        let g = Arc::new(GroupShared::new());
+        let mut hello = Message::with_opcode(OpCode::HelloRequest);
+        hello.header.channel = 5;
+        hello.header.message_id = 9;
+        let cmd = Command::Post {
+            group: Arc::clone(&g),
+            msg: hello,
+        };
+        cmd.abandon(Status::ShutdownStarted);
+        let back = g
+            .wait(Some(Duration::ZERO))
+            .unwrap()
+            .expect("the Hello back");
+        assert_eq!(
+            (back.opcode(), back.status(), back.is_channel_end()),
+            (OpCode::HelloRequest, Status::ShutdownStarted, false)
+        );
+        let end = g
+            .wait(Some(Duration::ZERO))
+            .unwrap()
+            .expect("the final Signal");
+        assert!(end.is_channel_end(), "{end:?}");
+        assert_eq!((end.channel(), end.message_id()), (5, 9));
     }
 }

@@ -638,6 +638,7 @@ impl Message {
         self.header.origin = Origin::Application;
         self.header.status = Status::Success;
         self.header.oob = false;
+        self.end = false;
         Ok(())
     }
 
@@ -766,6 +767,7 @@ impl fmt::Debug for Message {
             .field("header", &self.header)
             .field("text_headers", &String::from_utf8_lossy(&self.text))
             .field("body_len", &self.body.len())
+            .field("channel_end", &self.end)
             .finish()
     }
 }

@@ -94,6 +94,9 @@ mod tests {
             !back.is_channel_end(),
             "a handed-back Signal is not the end"
         );
+        let mut echoed = channel_closed(Message::new(), 7, 42);
+        echoed.make_echo().unwrap();
+        assert!(!echoed.is_channel_end(), "the application's own Signal now");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub trait Service: Send + 'static {
     }
 
     /// The channel to a peer whose Hello was answered closed (gracefully or not; its final
-    /// Signal came): once per [`on_connect`](Self::on_connect). Default: nothing.
+    /// Signal came): once per such channel. Default: nothing.
     fn on_close(&mut self, channel: u16) -> ControlFlow<()> {
         let _ = channel;
         ControlFlow::Continue(())
