@@ -273,9 +273,7 @@ fn session(engine: &Engine, addr: &Address, rng: &mut Rng, c: &Counters) -> Resu
                 c.handed_back.fetch_add(1, Ordering::Relaxed);
             }
             (OpCode::ByeSignal, Status::ChannelClosed, _) if aborted => {}
-            (OpCode::Signal, Status::ChannelClosed, Origin::Engine)
-                if aborted && m.is_channel_end() =>
-            {
+            _ if aborted && m.is_channel_end() => {
                 // Final Signal: whatever is still in flight was answered before the abort
                 // and the answers were discarded with the socket.
                 c.handed_back

@@ -159,21 +159,17 @@ impl Replies {
             // delivered late): a channel's final Signal carries the id it was opened with,
             // or its peer's first frame's.
             let id = m.message_id();
-            let opening = self
+            let opened = self
                 .opening
                 .get(&channel)
                 .filter(|o| o.id == id || o.first == Some(id))
-                .map(|o| o.id)
-                .filter(|&o| {
-                    self.slots
-                        .get(&(channel, o))
-                        .is_some_and(|s| s.answer.is_none())
-                });
+                .map(|o| o.id);
             // A connect or listen still waiting: the channel ended before its answer (a
             // peer that closed at once, a TLS handshake the peer rejected after the Hello
             // left). The Signal, with the reason in its `~error`, is the refusal; the
             // channel never existed for the caller, so nothing reaches the receive loop.
-            if let Some(slot) = opening.and_then(|id| self.slots.get_mut(&(channel, id))) {
+            let slot = opened.and_then(|o| self.slots.get_mut(&(channel, o)));
+            if let Some(slot) = slot.filter(|s| s.answer.is_none()) {
                 slot.answer = Some(Answer::Refused(m));
                 wake.extend(slot.waker.take());
                 return None;

@@ -382,16 +382,14 @@ impl GroupShared {
     /// earlier channel that had the same number (its final Signal, say, which the
     /// application has not taken yet), never to this one.
     pub(crate) fn expect(&self, channel: u16, id: u64, expect: Expect) {
-        if matches!(expect, Expect::Hello | Expect::Welcome) {
+        // Held until the slot exists, so that nothing is delivered in between.
+        let _drained = matches!(expect, Expect::Hello | Expect::Welcome).then(|| {
             let mut mb = self.lock();
             let mut taken = self.lock_taken();
             self.drain_mailbox(&mut mb, &mut taken);
-            self.lock_replies().add(channel, id, expect);
-            self.routing.store(true, Ordering::SeqCst);
-            return;
-        }
-        let mut r = self.lock_replies();
-        r.add(channel, id, expect);
+            (mb, taken)
+        });
+        self.lock_replies().add(channel, id, expect);
         self.routing.store(true, Ordering::SeqCst);
     }
 

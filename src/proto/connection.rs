@@ -618,11 +618,16 @@ impl Connection {
         self.bye_received
     }
 
-    /// True once a ByeResponse was written: the channel's last word. The initiator closes
-    /// the connection next (tofu's peers with a reset); that end is the Bye exchange's, not
-    /// a failure.
-    pub fn bye_answered(&self) -> bool {
-        self.bye_response_sent
+    /// How the channel ends when the peer's side of the link goes (end of stream, reset,
+    /// hang-up): `failure`, unless a ByeResponse was written. That was the channel's last
+    /// word, and the initiator closes the connection next (tofu's peers with a reset): the
+    /// end of the Bye exchange, `ChannelClosed`, not a failure.
+    pub fn link_end(&self, failure: Status) -> Status {
+        if self.bye_response_sent {
+            Status::ChannelClosed
+        } else {
+            failure
+        }
     }
 
     /// True once a bye-type frame was written.

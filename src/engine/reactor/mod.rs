@@ -466,15 +466,12 @@ impl Reactor {
                     write_channel(ch, &mut self.writer, self.shared.pool.buffers());
                 }
                 if ch.closing.is_none() && failed && end == ReadEnd::WouldBlock {
-                    // Error or hang-up, yet no end of stream to read: the link is dead (or,
-                    // after our ByeResponse, closed by the initiator as the Bye ends).
-                    let answered = matches!(&ch.kind, Kind::Io(io) if io.conn.bye_answered());
-                    let why = if answered {
-                        Status::ChannelClosed
-                    } else {
-                        Status::CommunicationFailed
+                    // Error or hang-up, yet no end of stream to read: the link is dead.
+                    let end = match &ch.kind {
+                        Kind::Io(io) => io.conn.link_end(Status::CommunicationFailed),
+                        Kind::Listener(_) => Status::CommunicationFailed,
                     };
-                    mark(&mut self.marked, ch, why);
+                    mark(&mut self.marked, ch, end);
                 }
             }
         }

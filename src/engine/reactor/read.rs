@@ -205,12 +205,7 @@ impl Reactor {
         for _ in 0..READS_PER_EVENT {
             let n = match stream.read(&mut self.read_buf) {
                 Ok(0) => {
-                    // After our ByeResponse, the end the Bye exchange asks for (see below).
-                    outcome = Some(if conn.bye_answered() {
-                        Status::ChannelClosed
-                    } else {
-                        Status::PeerDisconnected
-                    });
+                    outcome = Some(conn.link_end(Status::PeerDisconnected));
                     break;
                 }
                 Ok(n) => n,
@@ -219,16 +214,12 @@ impl Reactor {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if conn.bye_answered() => {
-                    // The initiator's reset after our ByeResponse: the Bye exchange's end.
-                    tracing::debug!(channel = number, error = %e, "closed after the Bye");
-                    outcome = Some(Status::ChannelClosed);
-                    break;
-                }
                 Err(e) => {
                     tracing::debug!(channel = number, error = %e, "receive failed");
-                    outcome = Some(Status::RecvFailed);
-                    why = Some(e.to_string());
+                    let end = conn.link_end(Status::RecvFailed);
+                    // No words for the reset that ends a Bye exchange: it is no failure.
+                    why = (end == Status::RecvFailed).then(|| e.to_string());
+                    outcome = Some(end);
                     break;
                 }
             };
