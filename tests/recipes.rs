@@ -65,6 +65,8 @@ struct Tally {
     connects: u64,
     closes: Arc<AtomicU64>,
     handed_back: Arc<AtomicU64>,
+    /// The reason (`~error`) of each `on_failed_connect`, in order.
+    failed: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl Service for Tally {
@@ -85,6 +87,61 @@ impl Service for Tally {
         self.closes.fetch_add(1, Ordering::SeqCst);
         ControlFlow::Continue(())
     }
+    fn on_failed_connect(&mut self, end: &Message) -> ControlFlow<()> {
+        assert!(end.is_channel_end(), "{end:?}");
+        let why = end.header_value(tofu::message::ERROR_TEXT);
+        self.failed.lock().unwrap().push(why.map(str::to_string));
+        ControlFlow::Continue(())
+    }
+}
+
+/// Waits until `f` holds, or panics after [`PATIENCE`].
+#[track_caller]
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A connection that ends before its Hello is an `on_failed_connect`, with the reason when
+/// there is one; a peer that connects and leaves is an `on_connect` and an `on_close`, and
+/// the listener's own end (at stop) is neither.
+#[test]
+fn a_connection_that_ends_before_its_hello_is_a_failed_connect() {
+    let e = engine(tofu::Backend::default());
+    let tally = Tally::default();
+    let (failed, closes) = (Arc::clone(&tally.failed), Arc::clone(&tally.closes));
+    let server = Server::start(&e, &[Address::tcp("127.0.0.1", 0)], tally).unwrap();
+    let port = server.addresses()[0].port().unwrap();
+    // Connects and closes, saying nothing: no reason.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    wait_for("the first failed connect", || {
+        failed.lock().unwrap().len() == 1
+    });
+    // Says something that is not a tofu frame: the reason names the bad frame.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&[0xff; 64]).unwrap();
+        wait_for("the second failed connect", || {
+            failed.lock().unwrap().len() == 2
+        });
+    }
+    // A real peer: connects, is served, leaves.
+    let client = e.create_group().unwrap();
+    let c = client.connect(&server.addresses()[0]).unwrap();
+    client.disconnect(c, T).unwrap();
+    wait_for("the peer's close", || closes.load(Ordering::SeqCst) == 1);
+    let tally = server.stop();
+    assert_eq!(tally.connects, 1);
+    assert_eq!(tally.closes.load(Ordering::SeqCst), 1);
+    let failed = tally.failed.lock().unwrap().clone();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0], None, "a peer that just closed gives no reason");
+    let why = failed[1].as_deref().expect("a reason for the bad frame");
+    assert!(why.to_lowercase().contains("opcode"), "{why}");
 }
 
 /// `on_close` comes once per `on_connect`: not for the service's own Signals handed back

@@ -736,3 +736,68 @@ fn openssl_s_client_exchanges_a_tofu_frame() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `recipes::Server` on a `tls|` listener tells its service about a client it refused
+/// (another CA's client, a plain `tcp|` client), with rustls's words, and goes on serving.
+#[test]
+fn a_server_reports_refused_tls_clients_to_its_service() {
+    use std::ops::ControlFlow;
+    use std::sync::{Arc, Mutex};
+    use tofu::recipes::{Server, Service};
+
+    #[derive(Default)]
+    struct Refusals(Arc<Mutex<Vec<Option<String>>>>);
+    impl Service for Refusals {
+        fn on_message(&mut self, _: Message, _: &ChannelGroup) -> ControlFlow<()> {
+            ControlFlow::Continue(())
+        }
+        fn on_failed_connect(&mut self, end: &Message) -> ControlFlow<()> {
+            let why = end.header_value(ERROR_TEXT).map(str::to_string);
+            self.0.lock().unwrap().push(why);
+            ControlFlow::Continue(())
+        }
+    }
+    let wait_for = |seen: &Mutex<Vec<Option<String>>>, n: usize| {
+        let deadline = Instant::now() + PATIENCE;
+        while seen.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "no failed connect reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    let pki = Pki::new();
+    let se = pki.engine(tofu::Backend::default());
+    let service = Refusals::default();
+    let seen = Arc::clone(&service.0);
+    let server = Server::start(&se, &[Address::tls("127.0.0.1", 0)], service).unwrap();
+    let addr = server.addresses()[0].clone();
+
+    // A client that trusts another authority: it refuses the server's certificate and says
+    // so with an alert.
+    let other = Ca::new("another CA");
+    let stranger = Engine::new(EngineOptions {
+        tls_client: Some(client_config(&other, None)),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let g = stranger.create_group().unwrap();
+    assert!(g.connect(&addr).is_err());
+    wait_for(&seen, 1);
+    // A plain client: its Hello is no TLS record.
+    let plain = Address::tcp("127.0.0.1", addr.port().unwrap());
+    let _ = g.connect_timeout(&plain, Duration::from_millis(500));
+    wait_for(&seen, 2);
+
+    // Still serving a good client, which is no failed connect.
+    let ce = pki.engine(tofu::Backend::default());
+    let good = ce.create_group().unwrap();
+    let c = good.connect(&addr).unwrap();
+    good.disconnect(c, Some(PATIENCE)).unwrap();
+    drop(server.stop());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for why in &seen {
+        let why = why.as_deref().unwrap_or_default().to_lowercase();
+        assert!(why.contains("tls"), "{why:?}");
+    }
+}

@@ -58,6 +58,18 @@ impl Service for Serve {
             _ => ControlFlow::Continue(()),
         }
     }
+
+    fn on_failed_connect(&mut self, end: &Message) -> ControlFlow<()> {
+        if self.log {
+            let why = end.header_value(tofu::message::ERROR_TEXT);
+            println!(
+                "closed before its Hello: channel {} ({})",
+                end.channel(),
+                why.unwrap_or("the peer closed")
+            );
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Starts an echo server on every address (for `demo` and `soak`).

@@ -54,6 +54,48 @@ pub trait Service: Send + 'static {
         let _ = channel;
         ControlFlow::Continue(())
     }
+
+    /// A connection ended before it said Hello, so it never came to
+    /// [`on_connect`](Self::on_connect) (nor will it to `on_close`): a failed TLS handshake
+    /// (a client certificate missing or refused, a plain `tcp|` client at a `tls|` listener),
+    /// or a peer that connected and closed, or whose first frame was not a valid
+    /// HelloRequest. `end` is the channel's final Signal; its `~error` text
+    /// ([`ERROR_TEXT`](crate::message::ERROR_TEXT)) gives the reason when there is one (a
+    /// peer that just closed gives none). Once per such connection. Default: nothing.
+    ///
+    /// A connect the service makes itself through the server's group is not reported here
+    /// once its HelloResponse came or its Hello was handed back; one whose TLS peer refused
+    /// it after the Hello left (a final Signal is all that comes) is.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use tofu::message::ERROR_TEXT;
+    /// use tofu::recipes::{Server, Service};
+    /// use tofu::{Address, ChannelGroup, Engine, Message};
+    ///
+    /// struct Logged;
+    /// impl Service for Logged {
+    ///     fn on_message(&mut self, _: Message, _: &ChannelGroup) -> ControlFlow<()> {
+    ///         ControlFlow::Continue(())
+    ///     }
+    ///     fn on_failed_connect(&mut self, end: &Message) -> ControlFlow<()> {
+    ///         let why = end.header_value(ERROR_TEXT).unwrap_or("closed before its Hello");
+    ///         eprintln!("a peer did not connect: {why}");
+    ///         ControlFlow::Break(()) // stop the server, for this example
+    ///     }
+    /// }
+    ///
+    /// let engine = Engine::with_defaults()?;
+    /// let server = Server::start(&engine, &[Address::tcp("127.0.0.1", 0)], Logged)?;
+    /// let port = server.addresses()[0].port().unwrap();
+    /// drop(std::net::TcpStream::connect(("127.0.0.1", port))?); // no Hello
+    /// server.join();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn on_failed_connect(&mut self, end: &Message) -> ControlFlow<()> {
+        let _ = end;
+        ControlFlow::Continue(())
+    }
 }
 
 /// A closure is a service that sees only the messages (Hello and Bye are still answered).
@@ -241,7 +283,10 @@ impl<S: Service> Server<S> {
             let (group, stop) = (Arc::clone(&group), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("tofu-server".into())
-                .spawn(move || serve(&group, &stop, service))
+                .spawn({
+                    let listeners = listeners.clone();
+                    move || serve(&group, &stop, &listeners, service)
+                })
                 .map_err(|_| ServerError::Engine(Error::AllocationFailed))?
         };
         Ok(Server {
@@ -336,10 +381,18 @@ impl<S: Service> std::fmt::Debug for Server<S> {
 }
 
 /// The serving thread's loop.
-fn serve<S: Service>(group: &ChannelGroup, stop: &AtomicBool, mut service: S) -> S {
-    // Peers whose Hello was answered: only their channels' ends are `on_close`s (not a
-    // listener's, nor that of a connection that closed before its Hello).
+fn serve<S: Service>(
+    group: &ChannelGroup,
+    stop: &AtomicBool,
+    listeners: &[u16],
+    mut service: S,
+) -> S {
+    // Peers whose Hello was answered: only their channels' ends are `on_close`s. The end of
+    // any other channel but a listener or one the service connected itself (a HelloResponse
+    // came, or its Hello was handed back) is that of a connection that closed before its
+    // Hello.
     let mut connected = std::collections::HashSet::new();
+    let mut outgoing = std::collections::HashSet::new();
     loop {
         let m = match group.wait_receive(None) {
             Ok(Some(m)) => m,
@@ -357,6 +410,10 @@ fn serve<S: Service>(group: &ChannelGroup, stop: &AtomicBool, mut service: S) ->
                 answer(group, m);
                 flow
             }
+            OpCode::HelloResponse | OpCode::HelloRequest => {
+                outgoing.insert(m.channel());
+                service.on_message(m, group)
+            }
             OpCode::ByeRequest if app => {
                 answer(group, m);
                 ControlFlow::Continue(())
@@ -364,8 +421,10 @@ fn serve<S: Service>(group: &ChannelGroup, stop: &AtomicBool, mut service: S) ->
             _ if m.is_channel_end() => {
                 if connected.remove(&m.channel()) {
                     service.on_close(m.channel())
-                } else {
+                } else if listeners.contains(&m.channel()) || outgoing.remove(&m.channel()) {
                     ControlFlow::Continue(())
+                } else {
+                    service.on_failed_connect(&m)
                 }
             }
             _ => service.on_message(m, group),
