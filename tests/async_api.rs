@@ -389,9 +389,10 @@ fn listen_connect_and_disconnect_async() {
     let rt = current_thread();
     let e = Engine::with_defaults().unwrap();
     let (server, client) = (e.create_group().unwrap(), e.create_group().unwrap());
-    let l = rt
-        .block_on(server.listen_async(&tofu::Address::tcp("127.0.0.1", 0)))
-        .unwrap();
+    // The futures are `Unpin`: awaited through `&mut` (as a `select` polls them), which
+    // compiles only for `Unpin` futures.
+    let mut listening = server.listen_async(&tofu::Address::tcp("127.0.0.1", 0));
+    let l = rt.block_on(&mut listening).unwrap();
     assert_ne!(l.port(), Some(0));
     std::thread::scope(|s| {
         // The server answers the Hello, the Request and the Bye.
@@ -403,13 +404,15 @@ fn listen_connect_and_disconnect_async() {
             }
         });
         let ch = rt.block_on(async {
-            let ch = client.connect_async(&l.address).await.unwrap();
+            let mut connecting = client.connect_async(&l.address);
+            let ch = (&mut connecting).await.unwrap();
             let req = tofu::Message::with_opcode(OpCode::Request)
                 .on_channel(ch)
                 .with_body(b"async");
             let reply = client.request_async(req).await.unwrap();
             assert_eq!(reply.body(), b"async");
-            client.disconnect_async(ch).await.unwrap();
+            let mut closing = client.disconnect_async(ch);
+            (&mut closing).await.unwrap();
             ch
         });
         expect_closed_signal(&recv(&client), ch);

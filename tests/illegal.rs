@@ -32,7 +32,12 @@ fn post_time_errors() {
 
         let mut m = Message::with_opcode(OpCode::WelcomeResponse);
         m.header.message_id = 1;
-        assert_eq!(g.post(m).unwrap_err().error, Error::InvalidOpCode);
+        let e = g.post(m).unwrap_err();
+        assert_eq!(e.error, Error::InvalidOpCode);
+        assert!(
+            e.to_string().contains("WelcomeResponse is the engine's"),
+            "{e}"
+        );
 
         // A channel number nobody allocated.
         let e = g.post(data(OpCode::Request, 4242, 0, b"x")).unwrap_err();
@@ -165,6 +170,13 @@ fn data_posted_to_a_listener_comes_back_and_listener_survives() {
         assert_eq!(
             (r.channel(), r.message_id(), r.origin()),
             (l, 77, Origin::Engine)
+        );
+        let why = r
+            .header_value(tofu::message::ERROR_TEXT)
+            .unwrap_or_default();
+        assert!(
+            why.contains("is a listener") && why.contains("ByeSignal"),
+            "{why}"
         );
         // The listener still accepts.
         let client = engine.create_group().unwrap();

@@ -561,8 +561,10 @@ impl ChannelGroup {
     /// Closes `channel` gracefully: sends a ByeRequest and waits up to `timeout` (`None`:
     /// as long as it takes) for the peer's ByeResponse, which comes after every message the
     /// peer sent before it. The channel's final Signal still reaches the receive loop.
-    /// Fails as [`request`](Self::request) does (`Closed` when the channel was already
-    /// closing or closed).
+    /// Fails as [`request`](Self::request) does: when the channel was already closing, the
+    /// ByeRequest comes back refused ([`RequestError::Refused`], `ChannelClosed`); when it
+    /// is closed (or never was), `post` refuses it ([`RequestError::Post`],
+    /// `InvalidChannelNumber`); when it closes while this waits, [`RequestError::Closed`].
     ///
     /// ```
     /// # use std::time::Duration;
@@ -650,9 +652,10 @@ impl ChannelGroup {
     pub fn connect_async(
         &self,
         addr: &Address,
-    ) -> impl Future<Output = Result<u16, RequestError>> + '_ {
-        let fut = self.open_future(addr, Expect::Hello);
-        async move { fut.await.map(|reply| reply.channel()) }
+    ) -> impl Future<Output = Result<u16, RequestError>> + Unpin + '_ {
+        MapAnswer::new(self.open_future(addr, Expect::Hello), |reply| {
+            reply.channel()
+        })
     }
 
     /// The async form of [`listen`](Self::listen). The WelcomeRequest is posted by this
@@ -660,17 +663,15 @@ impl ChannelGroup {
     pub fn listen_async(
         &self,
         addr: &Address,
-    ) -> impl Future<Output = Result<Listening, RequestError>> + '_ {
-        let fut = self.open_future(addr, Expect::Welcome);
+    ) -> impl Future<Output = Result<Listening, RequestError>> + Unpin + '_ {
         let asked = addr.clone();
-        async move {
-            let reply = fut.await?;
+        MapAnswer::new(self.open_future(addr, Expect::Welcome), move |reply| {
             let address = Address::from_message(&reply).unwrap_or(asked);
-            Ok(Listening {
+            Listening {
                 channel: reply.channel(),
                 address,
-            })
-        }
+            }
+        })
     }
 
     /// The async form of [`disconnect`](Self::disconnect), without a timeout (wrap it in
@@ -679,12 +680,11 @@ impl ChannelGroup {
     pub fn disconnect_async(
         &self,
         channel: u16,
-    ) -> impl Future<Output = Result<(), RequestError>> + '_ {
+    ) -> impl Future<Output = Result<(), RequestError>> + Unpin + '_ {
         let mut bye = self.shared.pool.message();
         bye.header = Header::new(OpCode::ByeRequest);
         bye.header.channel = channel;
-        let fut = self.request_async(bye);
-        async move { fut.await.map(drop) }
+        MapAnswer::new(self.request_async(bye), drop)
     }
 
     /// Posts the HelloRequest or WelcomeRequest for `addr`; (channel, message_id) to await.
@@ -863,7 +863,8 @@ pub enum RequestError {
     /// there is one, gives the reason in the engine's or the OS's or rustls's words; the
     /// `Display` form includes it.
     Refused(Message),
-    /// A request's channel closed (`ChannelClosed`), or the group or engine ended
+    /// A request's channel closed (`ChannelClosed`; dropping the engine closes every
+    /// channel, so that is what a request waiting then gets), or its group was destroyed
     /// (`ShutdownStarted`), before an answer came.
     Closed(Status),
     /// No answer within the timeout; a later one goes to `wait_receive`.
@@ -1001,6 +1002,41 @@ fn answer(a: Option<Answer>) -> Result<Message, RequestError> {
         Some(Answer::Refused(m)) => Err(RequestError::Refused(m)),
         Some(Answer::Closed(s)) => Err(RequestError::Closed(s)),
         None => Err(RequestError::TimedOut),
+    }
+}
+
+/// A [`RequestFuture`] whose answer is turned into what the caller returns
+/// (`connect_async`, `listen_async`, `disconnect_async`): `Unpin` like the future it wraps,
+/// so it can be polled by `&mut` and passed to `select`s without pinning.
+struct MapAnswer<'a, F> {
+    fut: RequestFuture<'a>,
+    map: Option<F>,
+}
+
+impl<'a, T, F: FnOnce(Message) -> T + Unpin> MapAnswer<'a, F> {
+    fn new(fut: RequestFuture<'a>, map: F) -> MapAnswer<'a, F> {
+        MapAnswer {
+            fut,
+            map: Some(map),
+        }
+    }
+}
+
+impl<T, F: FnOnce(Message) -> T + Unpin> Future for MapAnswer<'_, F> {
+    type Output = Result<T, RequestError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.fut).poll(cx) {
+            Poll::Ready(r) => {
+                let map = this
+                    .map
+                    .take()
+                    .expect("MapAnswer polled after it completed");
+                Poll::Ready(r.map(map))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

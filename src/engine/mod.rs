@@ -233,6 +233,14 @@ pub struct PostError {
 impl std::fmt::Display for PostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "post failed: {}", self.error)?;
+        if self.error == Error::InvalidOpCode {
+            // The only opcode `post` refuses.
+            return write!(
+                f,
+                ": a {:?} is the engine's answer to a listen, never posted",
+                self.message.opcode()
+            );
+        }
         match self.message.header_value(crate::proto::message::ERROR_TEXT) {
             // Why, in more words (a `tls|` address without a TLS config, for example).
             Some(why) if self.message.header.origin == Origin::Application => {

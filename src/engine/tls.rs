@@ -94,7 +94,7 @@ impl Configs {
                 return None;
             }
             Some(format!(
-                "a tls| {} needs a rustls {} config: set EngineOptions::{field}",
+                "a tls| {} needs a rustls {}: set EngineOptions::{field}",
                 if server { "listener" } else { "connect" },
                 if server {
                     "ServerConfig"

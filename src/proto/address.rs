@@ -196,12 +196,15 @@ impl Address {
     pub(crate) fn check_connect(&self) -> Result<(), AddressError> {
         self.check()?;
         if self.port() == Some(0) {
-            return Err(AddressError::new(
-                &self.to_string(),
-                "port 0 cannot be connected to (it asks for any free port: a listen's \
-                 choice; the listener's address says which port it got)"
-                    .to_string(),
-            ));
+            return Err(AddressError {
+                well_formed: true,
+                ..AddressError::new(
+                    &self.to_string(),
+                    "port 0 cannot be connected to (it asks for any free port: a listen's \
+                     choice; the listener's address says which port it got)"
+                        .to_string(),
+                )
+            });
         }
         Ok(())
     }
@@ -362,6 +365,9 @@ impl From<&std::path::Path> for Address {
 pub struct AddressError {
     input: String,
     problem: String,
+    /// The input is a well-formed address that cannot be used so (port 0 for a connect):
+    /// the error does not list the forms then.
+    well_formed: bool,
 }
 
 impl AddressError {
@@ -369,6 +375,7 @@ impl AddressError {
         AddressError {
             input: input.to_string(),
             problem,
+            well_formed: false,
         }
     }
 
@@ -380,6 +387,9 @@ impl AddressError {
 
 impl fmt::Display for AddressError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.well_formed {
+            return write!(f, "{:?}: {}", self.input, self.problem);
+        }
         write!(
             f,
             "{:?} is not a tofu address: {} (expected tcp|host|port, tls|host|port or uds|path)",

@@ -290,8 +290,12 @@ pub enum TextHeaderError {
 impl fmt::Display for TextHeaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TextHeaderError::BadName => "bad text-header name",
-            TextHeaderError::BadValue => "bad text-header value",
+            TextHeaderError::BadName => {
+                "bad text-header name: it must be non-empty and contain no ':', CR or LF"
+            }
+            TextHeaderError::BadValue => {
+                "bad text-header value: it must be non-empty and contain no CR or LF"
+            }
         })
     }
 }

@@ -14,7 +14,10 @@ use crate::{Address, ChannelGroup, Engine, Error, Message, OpCode, Origin, Reque
 ///
 /// The server answers HelloRequest and ByeRequest itself; the service sees everything
 /// else: the peers' Requests, Signals and Responses, and its own messages handed back by the
-/// engine (origin engine, the status says why, as every receive loop sees them).
+/// engine (origin engine, the status says why, as every receive loop sees them). Channel
+/// ends come as calls: [`on_close`](Self::on_close) for a peer that said Hello,
+/// [`on_failed_connect`](Self::on_failed_connect) for a connection that ended before it
+/// did (a refused TLS client, say).
 ///
 /// ```
 /// use std::ops::ControlFlow;
@@ -261,7 +264,8 @@ pub struct Server<S: Service> {
 
 impl<S: Service> Server<S> {
     /// Listens on every address (port 0 and an empty UDS path pick one: see
-    /// [`addresses`](Self::addresses)), then serves on a thread of its own.
+    /// [`addresses`](Self::addresses)), then serves on a thread of its own. With no
+    /// address it listens nowhere and serves only what its group connects to itself.
     pub fn start(
         engine: &Engine,
         addresses: &[Address],

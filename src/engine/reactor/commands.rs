@@ -47,8 +47,13 @@ impl Reactor {
                 ch.send
                     .take_outbound(&mut self.writer.pending, self.shared.pool.buffers());
                 let (pool, group) = (&self.shared.pool, &ch.group);
-                for msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
+                for mut msg in unpend(&mut self.writer.pending, pool, &mut self.writer.spent) {
                     ch.send.sub(1, encoded_len(&msg) as u64);
+                    let why = format!(
+                        "channel {number} is a listener: it takes only a ByeSignal (to stop \
+                         listening); post data to the channels it accepts"
+                    );
+                    notify::add_error_text(&mut msg, &why);
                     hand_back(&mut self.outbox, group, msg, Status::ChannelClosed);
                 }
             }
