@@ -78,9 +78,10 @@
 //! `post` then hands the message back with `SendQueueFull`, and [`ChannelGroup::send_timeout`]
 //! / [`ChannelGroup::send`] wait for room instead (already at [`SEND_WINDOW`], 1 MiB of
 //! unsent frames: a waiting sender keeps the socket busy, not a deep queue). Receiving: once [`ReceiveLimit`] frames
-//! (65536, or 64 MiB) wait in the groups' queues, the engine stops reading and resumes by
-//! itself as the application receives; the peers' sends slow down instead of this process's
-//! memory growing. Nothing in the receive loop sees it, as with a bounded channel.
+//! (65536, or 64 MiB) wait in a group's queue, the engine stops reading that group's
+//! channels and resumes by itself as the application receives; the peers' sends slow down
+//! instead of this process's memory growing, and other groups go on. Nothing in the receive
+//! loop sees it, as with a bounded channel.
 //!
 //! **Threads and async.** [`Engine`] and [`ChannelGroup`] are `Send + Sync`: share a group with
 //! `Arc` or scoped threads; many threads may post and receive at once. Without a thread to

@@ -212,33 +212,68 @@ fn send_queue_limit() {
     });
 }
 
-/// Frames delivered to a group and never taken still count as queued; destroying the group
-/// gives them back, so the engine's other groups keep receiving.
+/// An engine with a receive limit of 8 frames per group and two listening groups, each with
+/// a channel from one client group: `idle`, sent 100 Signals it never receives (filled to
+/// its limit when this returns, the rest waiting in its socket), and `busy`. Fields drop in
+/// order: the groups before their engines.
+struct IdleAndBusy {
+    client: tofu::ChannelGroup,
+    busy: tofu::ChannelGroup,
+    idle: tofu::ChannelGroup,
+    _ce: tofu::Engine,
+    se: tofu::Engine,
+    c2: u16,
+    a2: tofu::Address,
+}
+
+fn idle_and_busy(b: tofu::Backend) -> IdleAndBusy {
+    let se = engine_with_pool(b, PoolOptions { initial: 8, max: 8 });
+    let ce = engine(b);
+    let idle = se.create_group().unwrap();
+    let busy = se.create_group().unwrap();
+    let client = ce.create_group().unwrap();
+    let (a1, a2) = (tcp_loopback(), tcp_loopback());
+    listen(&idle, &a1);
+    listen(&busy, &a2);
+    let (c1, _) = connect(&client, &idle, &a1);
+    let (c2, _) = connect(&client, &busy, &a2);
+    for i in 1..=100 {
+        client.post(data(OpCode::Signal, c1, i, &[1; 20])).unwrap();
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while idle.queued().0 < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle group never filled"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    IdleAndBusy {
+        client,
+        busy,
+        idle,
+        _ce: ce,
+        se,
+        c2,
+        a2,
+    }
+}
+
+/// Frames delivered to a group and never taken count as queued in the engine's pool (the
+/// sum over its groups) until the group is destroyed.
 #[test]
 fn frames_never_taken_are_released_when_their_group_goes() {
     on_every_backend(|b| {
-        let se = engine_with_pool(b, PoolOptions { initial: 8, max: 8 });
-        let ce = engine(b);
-        let idle = se.create_group().unwrap();
-        let busy = se.create_group().unwrap();
-        let client = ce.create_group().unwrap();
-        let (a1, a2) = (tcp_loopback(), tcp_loopback());
-        listen(&idle, &a1);
-        listen(&busy, &a2);
-        let (c1, _) = connect(&client, &idle, &a1);
-        let (c2, _) = connect(&client, &busy, &a2);
-        // `idle` never receives: its queue ends up at the receive limit.
-        for i in 1..=100 {
-            client.post(data(OpCode::Signal, c1, i, &[1; 20])).unwrap();
-        }
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while se.pool().queued() < 8 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "idle group never filled"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let IdleAndBusy {
+            client,
+            busy,
+            idle,
+            _ce,
+            se,
+            c2,
+            ..
+        } = idle_and_busy(b);
+        assert_eq!(se.pool().queued(), 8, "{b}");
         drop(idle);
         assert_eq!(
             se.pool().queued(),
@@ -252,6 +287,45 @@ fn frames_never_taken_are_released_when_their_group_goes() {
             let m = recv(&busy);
             assert_eq!((m.opcode(), m.message_id()), (OpCode::Signal, i));
         }
+    });
+}
+
+/// The receive limit is each group's: a group nobody receives from pauses at it, and
+/// another group of the same engine goes on receiving, and accepting, meanwhile. Once the
+/// first group receives, everything arrives in order and nothing stays counted.
+#[test]
+fn an_undrained_group_does_not_stop_the_others() {
+    on_every_backend(|b| {
+        let IdleAndBusy {
+            client,
+            busy,
+            idle,
+            _ce,
+            se,
+            c2,
+            a2,
+        } = idle_and_busy(b);
+        // The other group receives more than a limit's worth, and a new peer's Hello.
+        for i in 1..=100 {
+            client.post(data(OpCode::Signal, c2, i, &[2; 20])).unwrap();
+        }
+        for i in 1..=100 {
+            let m = recv(&busy);
+            assert_eq!((m.opcode(), m.message_id()), (OpCode::Signal, i), "{b}");
+        }
+        connect(&client, &busy, &a2);
+        assert_eq!(
+            idle.queued().0,
+            8,
+            "{b}: the idle group stayed paused at its limit"
+        );
+        for i in 1..=100 {
+            let m = recv(&idle);
+            assert_eq!((m.opcode(), m.message_id()), (OpCode::Signal, i), "{b}");
+        }
+        assert_eq!(idle.queued(), (0, 0), "{b}");
+        assert_eq!(busy.queued(), (0, 0), "{b}");
+        assert_eq!(se.pool().queued(), 0, "{b}");
     });
 }
 

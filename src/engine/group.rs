@@ -214,7 +214,7 @@ impl ChannelGroup {
         };
         let direct = match outcome {
             Ok(Posted::DirectTurn(direct)) => direct,
-            Ok(Posted::Queued(was_empty)) => return self.queued(was_empty, header),
+            Ok(Posted::Queued(was_empty)) => return self.after_enqueue(was_empty, header),
             Ok(Posted::Seal(direct)) => {
                 let Some(send) = send else {
                     unreachable!("a seal leaves the send state to the caller")
@@ -231,7 +231,7 @@ impl ChannelGroup {
                         }
                         Ok(header)
                     }
-                    Ok(Posted::Queued(was_empty)) => self.queued(was_empty, header),
+                    Ok(Posted::Queued(was_empty)) => self.after_enqueue(was_empty, header),
                     Ok(_) => unreachable!("a seal is sealed or queued"),
                     Err(error) => Err(refused(slot, error)),
                 };
@@ -277,7 +277,7 @@ impl ChannelGroup {
             // The gate closed meanwhile: queued as usual, and (the queue being empty a
             // moment ago) without the limit check, like any post to an empty queue.
             DirectWrite::NotTaken(msg) => match send.push(msg, bufs) {
-                Ok(was_empty) => self.queued(was_empty, header),
+                Ok(was_empty) => self.after_enqueue(was_empty, header),
                 Err(msg) => Err(refused(Some(msg), Error::InvalidChannelNumber)),
             },
         }
@@ -293,7 +293,7 @@ impl ChannelGroup {
     }
 
     /// A post went to its channel's queue; the reactor is told when the queue was empty.
-    fn queued(&self, was_empty: bool, header: Header) -> Result<Header, PostError> {
+    fn after_enqueue(&self, was_empty: bool, header: Header) -> Result<Header, PostError> {
         if was_empty {
             // The reactor takes the queue when told; the command costs no system call while
             // it is awake. Refused only once the engine is gone, and then the channel was
@@ -818,6 +818,21 @@ impl ChannelGroup {
     /// This group's process-wide id.
     pub fn id(&self) -> u32 {
         self.group.id
+    }
+
+    /// Frames received from peers that wait in this group's queue, not yet taken by a
+    /// receive, and their bytes: what the group's [`ReceiveLimit`](crate::ReceiveLimit)
+    /// bounds. At the limit the engine stops reading this group's channels (and only
+    /// theirs) until the application receives.
+    ///
+    /// ```
+    /// let engine = tofu::Engine::with_defaults()?;
+    /// let group = engine.create_group()?;
+    /// assert_eq!(group.queued(), (0, 0)); // nothing received yet
+    /// # Ok::<(), tofu::Error>(())
+    /// ```
+    pub fn queued(&self) -> (usize, usize) {
+        self.group.queued()
     }
 }
 

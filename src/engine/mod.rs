@@ -73,7 +73,7 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// Per-channel bound on messages posted but not yet written.
     pub send_limit: SendLimit,
-    /// Engine-wide bound on received frames the application has not given back yet.
+    /// Per-group bound on received frames waiting for the application to receive them.
     pub receive_limit: ReceiveLimit,
     /// A peer that starts a frame and then sends nothing for this long has its channel
     /// closed with `RecvFailed` (a slowloris peer cannot hold a channel forever). `None`
@@ -166,17 +166,19 @@ impl Default for SendLimit {
     }
 }
 
-/// The receive-side high-water mark of an engine: once this many frames received from
-/// peers (or bytes of them) wait in its groups' queues, not yet taken by `wait_receive` /
-/// `receive`, the engine stops reading from its sockets, so the peers' send queues fill
-/// (their `post` meets `SendQueueFull`, their `send` waits) instead of this process's
+/// The receive-side high-water mark of each channel group: once this many frames received
+/// from peers (or bytes of them) wait in a group's queue, not yet taken by `wait_receive` /
+/// `receive`, the engine stops reading that group's sockets, so those peers' send queues
+/// fill (their `post` meets `SendQueueFull`, their `send` waits) instead of this process's
 /// memory. Reading resumes by itself as the application receives. Like a bounded channel,
 /// it needs nothing from the receive loop: no message tells of the pause, and what the
-/// application keeps after receiving does not count.
+/// application keeps after receiving does not count. Groups do not share it: a group
+/// nobody receives from pauses only its own channels, and a server in another group of
+/// the same engine goes on (see [`ChannelGroup::queued`]).
 ///
-/// What it costs: memory only while the application falls behind, at most `bytes` of
-/// frames plus about 100 bytes per frame decoded by the engine (large frames; small ones
-/// wait as bytes). Fifty threads streaming small Signals to one receive loop (see
+/// What it costs: memory only while an application falls behind, at most `bytes` of
+/// frames per group plus about 100 bytes per frame decoded by the engine (large frames;
+/// small ones wait as bytes). Fifty threads streaming small Signals to one receive loop (see
 /// `examples/fanin.rs`, with 10 000 each) reach the default's 65536 frames (about 2 MiB)
 /// on a 2-CPU machine: the reactor copies frames out faster than one thread decodes them.
 /// Zig tofu paused when its pool (64 messages) ran dry and sent a `PoolEmpty` Signal each
@@ -202,7 +204,7 @@ pub struct ReceiveLimit {
 }
 
 impl Default for ReceiveLimit {
-    /// 65536 frames or 64 MiB per engine.
+    /// 65536 frames or 64 MiB per group.
     fn default() -> ReceiveLimit {
         ReceiveLimit {
             messages: 65_536,
@@ -293,6 +295,19 @@ impl Engine {
                 s.wake();
             }
         }));
+        let weak = Arc::downgrade(&shared);
+        pool.set_queued(Box::new(move || {
+            let Some(s) = weak.upgrade() else {
+                return (0, 0);
+            };
+            let groups = s.groups.lock().unwrap_or_else(|p| p.into_inner());
+            groups
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|g| !g.is_destroyed())
+                .map(|g| g.queued())
+                .fold((0, 0), |(n, b), (gn, gb)| (n + gn, b + gb))
+        }));
         let reactor = Reactor::new(Arc::clone(&shared), poller);
         let thread = std::thread::Builder::new()
             .name("tofu-reactor".into())
@@ -318,7 +333,15 @@ impl Engine {
         if self.shared.shutdown.load(Ordering::SeqCst) {
             return Err(Error::ShutdownStarted);
         }
-        let group = Arc::new(GroupShared::new());
+        let weak = Arc::downgrade(&self.shared);
+        let group = Arc::new(GroupShared::with_limit(
+            self.shared.pool.receive_limit(),
+            Some(Box::new(move || {
+                if let Some(s) = weak.upgrade() {
+                    s.wake();
+                }
+            })),
+        ));
         let mut groups = self.shared.groups.lock().unwrap_or_else(|p| p.into_inner());
         groups.retain(|g| g.strong_count() > 0);
         groups.push(Arc::downgrade(&group));

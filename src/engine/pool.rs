@@ -148,7 +148,8 @@ impl Pool {
         )
     }
 
-    /// A pool whose reactor stops reading once the application holds `limit` (see
+    /// A pool whose engine stops reading a group's channels once `limit` waits in its
+    /// queues (see
     /// [`ReceiveLimit`]); an engine's pool.
     pub(crate) fn with_receive_limit(options: PoolOptions, limit: ReceiveLimit) -> Pool {
         let options = options.normalized();
@@ -162,7 +163,7 @@ impl Pool {
             empty_was_returned: AtomicBool::new(false),
             on_refill: OnceLock::new(),
             created: AtomicU64::new(0),
-            held: Padded::new(AtomicU64::new(0)),
+            queued: OnceLock::new(),
             limit: ReceiveLimit {
                 messages: limit.messages.max(1),
                 bytes: limit.bytes.max(1),
@@ -285,81 +286,36 @@ impl Pool {
         k
     }
 
-    /// A message to receive a frame into, for the reactor: from the pool, else newly
-    /// allocated as long as less than the receive limit waits in the groups' queues. `None`
-    /// means too much waits: reading pauses until the application receives.
-    ///
-    /// Counting queued frames rather than looking at the pool keeps an application that
-    /// allocates many messages for sending from starving its own receive path (two peers
-    /// doing so would each stop reading, then each stop writing: a deadlock).
-    ///
-    /// `pending` counts frames decoded but not yet counted by [`hold_all`](Self::hold_all).
-    pub(crate) fn for_receive(&self, batch: usize, out: &mut Vec<Message>, pending: usize) -> bool {
-        if !self.may_receive(pending) {
-            return false;
-        }
+    /// Messages to receive frames into, for the reactor: up to `batch` from the pool, else
+    /// one newly allocated. Whether a frame may be received at all is the receiving group's
+    /// limit (see `GroupShared::may_receive`); counting queued frames rather than looking
+    /// at the pool keeps an application that allocates many messages for sending from
+    /// starving its own receive path (two peers doing so would each stop reading, then
+    /// each stop writing: a deadlock).
+    pub(crate) fn for_receive(&self, batch: usize, out: &mut Vec<Message>) {
         if self.take_batch(batch, out) == 0 {
             out.push(self.allocate());
         }
-        true
     }
 
-    /// True when a frame more may be queued (`pending` are about to be); otherwise the
-    /// next frame handed over wakes the reactor (the refill alert), and false.
-    pub(crate) fn may_receive(&self, pending: usize) -> bool {
-        if self.receive_room(pending) > 0 {
-            return true;
-        }
-        self.shared.empty_was_returned.store(true, Ordering::SeqCst);
-        // A frame handed over since the check above would have found the flag clear.
-        self.receive_room(pending) > 0
-    }
-
-    /// How many more received frames the application may hold (0 once it holds the
-    /// receive limit's messages or bytes); `pending` frames are about to be counted.
-    pub(crate) fn receive_room(&self, pending: usize) -> usize {
-        let (count, bytes) = unpack(self.shared.held.load(Ordering::SeqCst));
-        let limit = self.shared.limit;
-        if bytes >= limit.bytes {
-            return 0;
-        }
-        limit.messages.saturating_sub(count + pending)
-    }
-
-    /// Counts received frames of this pool as queued for the application (one atomic update
-    /// for the whole batch); each is released when a receive hands it over (or it is
-    /// dropped unreceived). Frames already counted or from another pool are left alone.
-    pub(crate) fn hold_all(&self, msgs: &mut [Message]) {
-        let mut add = 0;
+    /// Marks received frames of this pool as held (each with its frame length), to be
+    /// counted in the receiving group's queue (see `GroupShared::hold`) until a receive hands
+    /// it over. Frames already marked or from another pool are left alone. Returns how many
+    /// it marked and their bytes.
+    pub(crate) fn hold_all(&self, msgs: &mut [Message]) -> (usize, usize) {
+        let (mut n, mut bytes) = (0, 0);
         for m in msgs.iter_mut().filter(|m| m.held == 0 && self.owns(m)) {
             let len = crate::proto::wire::encoded_len(m);
             m.held = len as u32; // at most MAX_FRAME_LEN
-            add += HELD_ONE + len as u64;
+            n += 1;
+            bytes += len;
         }
-        if add > 0 {
-            self.shared.held.fetch_add(add, Ordering::SeqCst);
-        }
-    }
-
-    /// True when a frame more may be queued now.
-    pub(crate) fn can_receive(&self) -> bool {
-        self.receive_room(0) > 0
+        (n, bytes)
     }
 
     /// The pool's spare byte buffers.
     pub(crate) fn buffers(&self) -> &Buffers {
         &self.shared.buffers
-    }
-
-    /// Counts `n` received frames of `bytes` bytes in all as queued for the application before
-    /// they are messages (delivered in a chunk the application decodes, see `Frames` in
-    /// `src/engine/shared.rs`).
-    pub(crate) fn hold_n(&self, n: usize, bytes: usize) {
-        if n > 0 {
-            self.shared
-                .held
-                .fetch_add(n as u64 * HELD_ONE + bytes as u64, Ordering::SeqCst);
-        }
     }
 
     /// The state every handle and pooled message of this pool refers to.
@@ -368,14 +324,21 @@ impl Pool {
     }
 
     /// Frames received from peers that wait in the engine's group queues, not yet taken by
-    /// a receive (what the engine's `ReceiveLimit` bounds).
+    /// a receive: the sum over its groups (each group's `ReceiveLimit` bounds its own
+    /// share, see `ChannelGroup::queued`).
     pub fn queued(&self) -> usize {
-        unpack(self.shared.held.load(Ordering::SeqCst)).0
+        self.shared.queued.get().map_or(0, |f| f().0)
     }
 
     /// Bytes of the frames [`queued`](Self::queued) counts.
     pub fn queued_bytes(&self) -> usize {
-        unpack(self.shared.held.load(Ordering::SeqCst)).1
+        self.shared.queued.get().map_or(0, |f| f().1)
+    }
+
+    /// Installs what [`queued`](Self::queued) asks: the sum over the engine's groups. Only
+    /// the first call has an effect.
+    pub(crate) fn set_queued(&self, f: Box<dyn Fn() -> (usize, usize) + Send + Sync>) {
+        let _ = self.shared.queued.set(f);
     }
 
     /// True when `msg` returns to this pool when dropped.
@@ -410,10 +373,9 @@ impl Pool {
         self.shared.created.load(Ordering::Relaxed)
     }
 
-    /// Makes the next message returned to the pool call the refill function, as if a
-    /// `PoolOnly` get had just found the pool empty.
-    pub(crate) fn arm_refill_alert(&self) {
-        self.shared.empty_was_returned.store(true, Ordering::SeqCst);
+    /// The receive limit each group of the engine gets.
+    pub(crate) fn receive_limit(&self) -> ReceiveLimit {
+        self.shared.limit
     }
 
     /// Installs the function called when a message returns to a pool that a `PoolOnly` get
@@ -432,14 +394,14 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// The held count is kept above this bit of `PoolShared::held`, the held bytes below it
-/// (up to 1 TiB of bytes and 16 M frames: far beyond any receive limit in use).
+/// A group's count of held frames is kept above this bit, their bytes below it (up to
+/// 1 TiB of bytes and 16 M frames: far beyond any receive limit in use).
 const HELD_SHIFT: u32 = 40;
-/// One held frame in `PoolShared::held`.
-const HELD_ONE: u64 = 1 << HELD_SHIFT;
+/// One held frame in a group's count.
+pub(crate) const HELD_ONE: u64 = 1 << HELD_SHIFT;
 
-/// `PoolShared::held` as (frames, bytes).
-fn unpack(held: u64) -> (usize, usize) {
+/// A group's count of held frames as (frames, bytes).
+pub(crate) fn unpack(held: u64) -> (usize, usize) {
     (
         (held >> HELD_SHIFT) as usize,
         (held & (HELD_ONE - 1)) as usize,
@@ -639,7 +601,7 @@ struct Free {
 /// The state behind every [`Pool`] handle and every pooled [`Message`].
 pub(crate) struct PoolShared {
     /// Taken by the application (get, drop) and the reactor (refills, returns): a line of
-    /// its own, as is `held`.
+    /// its own.
     free: Padded<Mutex<Free>>,
     /// Live [`Pool`] handles.
     handles: AtomicUsize,
@@ -648,10 +610,9 @@ pub(crate) struct PoolShared {
     empty_was_returned: AtomicBool,
     on_refill: OnceLock<Box<dyn Fn() + Send + Sync>>,
     created: AtomicU64,
-    /// Received frames queued for the application and their bytes, packed (see [`unpack`]
-    /// and `Pool::for_receive`): one atomic update per frame handed over.
-    held: Padded<AtomicU64>,
-    /// Reading pauses when the application holds this much.
+    /// The frames (and bytes) waiting in the engine's groups' queues (`Pool::queued`).
+    queued: OnceLock<Box<dyn Fn() -> (usize, usize) + Send + Sync>>,
+    /// Each group's receive limit (see `GroupShared::may_receive`).
     limit: ReceiveLimit,
     /// Spare byte buffers.
     pub(crate) buffers: Padded<Buffers>,
@@ -727,15 +688,6 @@ impl PoolShared {
         }
     }
 
-    /// `n` held frames of `bytes` bytes in all were given back at once.
-    pub(crate) fn release_n(&self, n: usize, bytes: usize) {
-        if n > 0 {
-            self.held
-                .fetch_sub(n as u64 * HELD_ONE + bytes as u64, Ordering::SeqCst);
-            self.after_refill();
-        }
-    }
-
     /// A message of this pool: a spare one, else a new one (as [`Pool::message`]).
     pub(crate) fn message(self: &Arc<PoolShared>) -> Message {
         if let Some(spare) = take_slot(self) {
@@ -767,12 +719,6 @@ impl PoolShared {
 impl Recycle for PoolShared {
     fn recycle(self: Arc<Self>, text: Vec<u8>, body: Vec<u8>) {
         PoolShared::recycle(self, text, body);
-    }
-
-    fn release(&self, bytes: u32) {
-        self.held
-            .fetch_sub(HELD_ONE + u64::from(bytes), Ordering::SeqCst);
-        self.after_refill();
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {

@@ -10,9 +10,9 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::replies::{Answer, Expect, Replies};
-use super::{EngineOptions, SendLimit};
+use super::{EngineOptions, ReceiveLimit, SendLimit};
 use crate::engine::channels::ChannelTable;
-use crate::engine::pool::Pool;
+use crate::engine::pool::{unpack, Pool, HELD_ONE};
 use crate::proto::message::{Message, OpCode, Origin};
 use crate::proto::notify;
 use crate::proto::status::{Error, Status};
@@ -343,11 +343,41 @@ pub(crate) struct GroupShared {
     replies: Mutex<Replies>,
     /// `replies` is active: messages taken from the mailbox must be routed.
     routing: AtomicBool,
+    /// The group's side of the receive limit (see [`ReceiveRoom`]).
+    room: ReceiveRoom,
+}
+
+/// A group's receive limit: the frames received from peers that wait in the group's
+/// queues (the reactor's outbox, the mailbox, `taken`), with their bytes, packed as the
+/// pool packs its count. The reactor counts frames as it decodes them ([`hold`]) and stops
+/// reading a channel of the group while the count is at the limit; a frame is uncounted
+/// when it leaves the queues ([`leave`]): handed to a receive, or routed to a request.
+/// So a group whose application does not receive stops only its own channels.
+///
+/// [`hold`]: GroupShared::hold
+/// [`leave`]: GroupShared::leave
+struct ReceiveRoom {
+    held: Padded<AtomicU64>,
+    limit: ReceiveLimit,
+    /// The reactor found no room: the next frame to leave calls `wake`.
+    alert: Padded<AtomicBool>,
+    wake: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl GroupShared {
-    /// A new group's receive side, with a process-wide unique id.
+    /// A new group's receive side, with a process-wide unique id and the default receive
+    /// limit, waking nobody when room frees (for tests).
+    #[cfg(test)]
     pub(crate) fn new() -> GroupShared {
+        GroupShared::with_limit(ReceiveLimit::default(), None)
+    }
+
+    /// A new group's receive side, with a process-wide unique id; `wake` wakes the reactor
+    /// when room frees after it found none.
+    pub(crate) fn with_limit(
+        limit: ReceiveLimit,
+        wake: Option<Box<dyn Fn() + Send + Sync>>,
+    ) -> GroupShared {
         static NEXT_GROUP: AtomicU32 = AtomicU32::new(1);
         GroupShared {
             id: NEXT_GROUP.fetch_add(1, Ordering::Relaxed),
@@ -362,7 +392,66 @@ impl GroupShared {
             taken: Padded::new(Mutex::new(VecDeque::new())),
             replies: Mutex::new(Replies::default()),
             routing: AtomicBool::new(false),
+            room: ReceiveRoom {
+                held: Padded::new(AtomicU64::new(0)),
+                limit,
+                alert: Padded::new(AtomicBool::new(false)),
+                wake,
+            },
         }
+    }
+
+    /// Counts `frames` received frames of `bytes` bytes in all as waiting in this group's
+    /// queues (the reactor, as it decodes them; the same frames the pool holds).
+    pub(crate) fn hold(&self, frames: usize, bytes: usize) {
+        if frames > 0 {
+            let add = frames as u64 * HELD_ONE + bytes as u64;
+            self.room.held.fetch_add(add, Ordering::SeqCst);
+        }
+    }
+
+    /// A message left the group's queues (to a receive, or to a request's answer slot): if
+    /// it is a held frame (`held` is its `Message::held`), it no longer counts, and a
+    /// reactor that found no room is woken.
+    fn leave(&self, held: u32) {
+        if held == 0 {
+            return;
+        }
+        let r = &self.room;
+        r.held
+            .fetch_sub(HELD_ONE + u64::from(held), Ordering::SeqCst);
+        if r.alert.load(Ordering::Relaxed) && r.alert.swap(false, Ordering::SeqCst) {
+            if let Some(wake) = &r.wake {
+                wake();
+            }
+        }
+    }
+
+    /// How many more received frames may wait in this group's queues (0 once they hold the
+    /// receive limit's frames or bytes); `pending` frames are about to be counted.
+    pub(crate) fn receive_room(&self, pending: usize) -> usize {
+        let (count, bytes) = unpack(self.room.held.load(Ordering::SeqCst));
+        let limit = self.room.limit;
+        if bytes >= limit.bytes {
+            return 0;
+        }
+        limit.messages.saturating_sub(count + pending)
+    }
+
+    /// True when a frame more may be queued (`pending` are about to be); otherwise the
+    /// next frame to leave the queues wakes the reactor, and false.
+    pub(crate) fn may_receive(&self, pending: usize) -> bool {
+        if self.receive_room(pending) > 0 {
+            return true;
+        }
+        self.room.alert.store(true, Ordering::SeqCst);
+        // A frame that left since the check above found the alert clear.
+        self.receive_room(pending) > 0
+    }
+
+    /// Frames (and bytes) received from peers waiting in this group's queues.
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        unpack(self.room.held.load(Ordering::SeqCst))
     }
 
     fn lock(&self) -> MutexGuard<'_, Mailbox> {
@@ -405,6 +494,7 @@ impl GroupShared {
         let (Some(Answer::Reply(m)) | Some(Answer::Refused(m))) = came else {
             return;
         };
+        // Handed over already (see `Replies::remove`): it no longer counts, as in the pool.
         taken.push_back(Inbound::Msg(m));
         drop(taken);
         let task = mb.tasks.wakers.pop();
@@ -446,9 +536,13 @@ impl GroupShared {
         let before = wake.len();
         let mut answered = false;
         while let Some(m) = take_one(incoming) {
+            let held = m.held;
             match r.route(m, wake) {
                 Some(m) => taken.push_back(Inbound::Msg(m)),
-                None => answered = true,
+                None => {
+                    answered = true;
+                    self.leave(held);
+                }
             }
         }
         self.routing.store(r.is_active(), Ordering::SeqCst);
@@ -696,7 +790,12 @@ impl GroupShared {
         key: &mut Option<u64>,
         waker: &Waker,
     ) -> Poll<Result<Message, Error>> {
-        self.poll_next(key, waker).map(|r| r.map(handed))
+        self.poll_next(key, waker).map(|r| {
+            r.map(|m| {
+                self.leave(m.held);
+                handed(m)
+            })
+        })
     }
 
     /// [`poll_receive`](Self::poll_receive) before the message is handed over.
@@ -761,7 +860,12 @@ impl GroupShared {
     /// The next message for a thread, waiting up to `timeout` (`None`: no limit);
     /// `Ok(None)` when it passed, `ShutdownStarted` once the group or engine is gone.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
-        self.wait_next(timeout).map(|m| m.map(handed))
+        self.wait_next(timeout).map(|m| {
+            m.map(|m| {
+                self.leave(m.held);
+                handed(m)
+            })
+        })
     }
 
     /// [`wait`](Self::wait) before the message is handed over.
@@ -883,9 +987,8 @@ fn take_one(q: &mut VecDeque<Inbound>) -> Option<Message> {
 /// over one buffer instead of a message per frame, and each message is taken from the pool
 /// and given back to it by the same thread. Only the frames' bytes cross between threads.
 ///
-/// Every frame counts as held by the application (see `Pool::for_receive`) from delivery
-/// until its message is given back; frames dropped undecoded (a destroyed group) are
-/// released at once.
+/// Every frame counts in the group's queue (see `GroupShared::hold`) from delivery until a
+/// receive takes its message.
 pub(crate) struct Frames {
     bytes: Vec<u8>,
     pos: usize,
@@ -896,9 +999,9 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
-    /// `count` whole frames in `bytes`, received on `channel`; counted as held at once.
+    /// `count` whole frames in `bytes`, received on `channel` (the reactor counts them in
+    /// the group's queue, see `GroupShared::hold`).
     pub(crate) fn new(pool: &Pool, bytes: Vec<u8>, count: usize, channel: u16) -> Frames {
-        pool.hold_n(count, bytes.len());
         Frames {
             bytes,
             pos: 0,
@@ -926,8 +1029,6 @@ impl Frames {
 
 impl Drop for Frames {
     fn drop(&mut self) {
-        self.home
-            .release_n(self.left, self.bytes.len().saturating_sub(self.pos));
         self.home.buffers.put(std::mem::take(&mut self.bytes));
     }
 }
@@ -1027,5 +1128,53 @@ mod tests {
             .expect("the final Signal");
         assert!(end.is_channel_end(), "{end:?}");
         assert_eq!((end.channel(), end.message_id()), (5, 9));
+    }
+
+    /// A received frame counts in its group from the reactor's `hold` until it leaves the
+    /// queues: to a receive, or routed to a request.
+    /// A reactor that found no room is woken when one leaves.
+    #[test]
+    fn held_frames_count_in_their_group_until_they_leave_its_queues() {
+        use std::sync::atomic::AtomicUsize;
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = Arc::clone(&woken);
+        let limit = ReceiveLimit {
+            messages: 1,
+            bytes: 1 << 20,
+        };
+        let wake: Box<dyn Fn() + Send + Sync> = Box::new(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        });
+        let g = GroupShared::with_limit(limit, Some(wake));
+        let held = |op, id, len: u32| {
+            let mut m = msg(op, Origin::Application, Status::Success, 5, id);
+            m.held = len;
+            g.hold(1, len as usize);
+            m
+        };
+        g.deliver(held(OpCode::Signal, 1, 40));
+        assert_eq!(g.queued(), (1, 40));
+        assert!(!g.may_receive(0), "at the limit");
+        let m = g.wait(Some(Duration::ZERO)).unwrap().expect("the Signal");
+        assert_eq!((m.message_id(), m.held), (1, 0), "handed over");
+        assert_eq!(g.queued(), (0, 0));
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "the reactor is told once");
+        assert!(g.may_receive(0));
+
+        // An answer leaves when it is routed to its request...
+        g.expect(5, 9, Expect::Response);
+        g.deliver(held(OpCode::Response, 9, 30));
+        assert!(g.wait(Some(Duration::ZERO)).unwrap().is_none(), "routed");
+        assert_eq!(g.queued(), (0, 0));
+        // ... and stays uncounted when the request stops waiting before taking it: it goes
+        // to the receive loop as handed over (the pool no longer counts it either).
+        g.unexpect(5, 9);
+        let m = g
+            .wait(Some(Duration::ZERO))
+            .unwrap()
+            .expect("the late answer");
+        assert_eq!((m.message_id(), m.held), (9, 0));
+        assert_eq!(g.queued(), (0, 0));
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "no alert was armed");
     }
 }

@@ -430,15 +430,12 @@ pub fn next_message_id() -> u64 {
 }
 
 /// Where a pooled [`Message`] goes back to: the one seam between this sans-I/O layer and the
-/// engine. The engine's pool implements it; this layer only calls it, from `Message`'s `Drop`
-/// and when the application gives back a received frame it held. An implementation must not
+/// engine. The engine's pool implements it; this layer only calls it, from `Message`'s
+/// `Drop`. An implementation must not
 /// block for long: it runs on whatever thread drops the message.
 pub(crate) trait Recycle: Any + Send + Sync {
     /// Takes back the buffers of a dropped message (to keep or to free).
     fn recycle(self: Arc<Self>, text: Vec<u8>, body: Vec<u8>);
-    /// A received frame of `bytes` bytes the application held was given back (dropped,
-    /// pooled or posted).
-    fn release(&self, bytes: u32);
     /// This home as `Any`, so its owner can take its own type back without a new reference.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
@@ -464,8 +461,8 @@ pub struct Message {
     body: Vec<u8>,
     pub(crate) home: Option<Arc<dyn Recycle>>,
     /// The length of a frame received from a peer that waits in a group's queue, 0 once
-    /// handed to the application (counted by its pool: the reactor stops reading when too
-    /// much waits).
+    /// handed to the application (counted by its group: the reactor stops reading the
+    /// group's channels when too much waits).
     pub(crate) held: u32,
     /// The engine's last message of a channel (see [`is_channel_end`](Self::is_channel_end)).
     pub(crate) end: bool,
@@ -719,14 +716,10 @@ impl Message {
         self.body.capacity()
     }
 
-    /// The application gave this message back (dropped, pooled or posted).
+    /// The message left its group's queue for the application, or the application gave it
+    /// to the engine: it is no longer a held received frame (see `GroupShared::hold`).
     pub(crate) fn release_hold(&mut self) {
-        if self.held != 0 {
-            let bytes = std::mem::take(&mut self.held);
-            if let Some(home) = &self.home {
-                home.release(bytes);
-            }
-        }
+        self.held = 0;
     }
 
     /// Capacities of the text-header and body buffers.
@@ -750,7 +743,6 @@ impl Default for Message {
 
 impl Drop for Message {
     fn drop(&mut self) {
-        self.release_hold();
         let (mut text, mut body) = self.take_buffers();
         match self.home.take() {
             Some(home) => home.recycle(text, body),

@@ -84,7 +84,8 @@ pub(crate) struct Reactor {
     touched: Vec<u16>,
     to_write: Vec<u16>,
     marked: Vec<u16>,
-    starved: Vec<u16>,
+    /// Channels paused by their group's receive limit, per group (see `retry_starved`).
+    starved: Starved,
     /// Listeners backing off after accept failures, with the time they resume.
     paused: Vec<(Instant, u16)>,
     /// Channels whose peer owes the rest of a frame (see `Connection::poll_timeout`).
@@ -160,6 +161,10 @@ struct Io {
     /// streams, and its gate stays with the reactor (see `Channel::free_gate`).
     streaming: bool,
 }
+
+/// Channels paused by their group's receive limit, grouped by group, in the order they
+/// paused.
+type Starved = Vec<(Arc<GroupShared>, Vec<u16>)>;
 
 impl Io {
     /// A data channel's state around its socket and protocol core.
@@ -345,13 +350,12 @@ impl Reactor {
     /// Publishes `sleeping` first, so a post either sees it and wakes us, or is seen here.
     fn sleep_timeout(&self) -> Option<Duration> {
         self.shared.sleeping.store(true, Ordering::SeqCst);
-        if !self.starved.is_empty() {
-            // Ask the pool to wake us when the next queued frame is handed over.
-            self.shared.pool.arm_refill_alert();
-        }
+        // Each group with paused channels wakes us when a frame leaves its queues; one
+        // that has room already means work now.
+        let room = self.starved.iter().any(|(group, _)| group.may_receive(0));
         let pending = !self.shared.lock_commands().queue.is_empty()
             || self.shared.shutdown.load(Ordering::SeqCst)
-            || (!self.starved.is_empty() && self.shared.pool.can_receive());
+            || room;
         if pending {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Some(Duration::ZERO);

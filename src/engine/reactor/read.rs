@@ -155,20 +155,21 @@ impl Reactor {
         let spare = &mut self.spare;
         // Frames decoded and not yet counted as held (counted per batch by `hold_all`).
         let pending = std::cell::Cell::new(0);
-        let mut supply = || take_spare(spare, pool, pending.get());
-        let out = RefCell::new((&mut self.deliveries, &mut self.outbox));
         let group = &ch.group;
-        let allowed = || pool.receive_room(pending.get());
+        let mut supply = || take_spare(spare, pool, group, pending.get());
+        let out = RefCell::new((&mut self.deliveries, &mut self.outbox));
+        let allowed = || group.receive_room(pending.get());
         // Small frames received whole go to the application as chunks it decodes itself
         // (see `Frames`), as many as it may still hold; after the messages before them.
         let mut take = |bytes: &[u8], k: usize| {
             let (d, o) = &mut *out.borrow_mut();
-            pool.hold_all(d);
+            hold(pool, group, d);
             pending.set(0);
             o.extend(group, d);
             let mut chunk = pool.buffers().get();
             chunk.reserve(bytes.len());
             chunk.extend_from_slice(bytes);
+            group.hold(k, chunk.len());
             o.push_frames(group, Frames::new(pool, chunk, k, number));
         };
         // True until the peer's first frame on an accepted channel is delivered.
@@ -251,10 +252,11 @@ impl Reactor {
                 }
                 Ok(RecvStop::Drained) => {}
                 Ok(RecvStop::Starved) => {
-                    // Read interest is dropped until messages come back (see reconcile).
-                    tracing::debug!(channel = number, "pool empty: reading paused");
+                    // Read interest is dropped until the group's application receives (see
+                    // reconcile and `retry_starved`).
+                    tracing::debug!(channel = number, "group's receive limit: reading paused");
                     *starving = true;
-                    self.starved.push(number);
+                    starve(&mut self.starved, group, number);
                     end = ReadEnd::Starved;
                     break;
                 }
@@ -280,7 +282,7 @@ impl Reactor {
             *in_partial = true;
             self.partial.push(number);
         }
-        pool.hold_all(&mut self.deliveries);
+        hold(pool, &ch.group, &mut self.deliveries);
         self.outbox.extend(&ch.group, &mut self.deliveries);
         if let Some(status) = outcome {
             match why {
@@ -299,57 +301,110 @@ impl Reactor {
         end
     }
 
+    /// Resumes reading the channels paused for room whose group has room again. Per
+    /// group, in order, until one starves again: then there is no room for the rest of that
+    /// group either (they wait, and that one goes last, so each gets its turn). A group
+    /// still without room costs one check, however many of its channels wait.
     pub(super) fn retry_starved(&mut self) {
-        if self.starved.is_empty() || !self.shared.pool.can_receive() {
+        if self.starved.is_empty() {
             return;
         }
-        // In order, until one starves again: then there is nothing to read into for the
-        // rest either (they wait, and that one goes last, so each gets its turn). Trying
-        // them all would cost a pass over every starved channel per message given back.
-        let starved = std::mem::take(&mut self.starved);
-        let mut again = None;
-        for (i, &number) in starved.iter().enumerate() {
-            if again.is_some() {
-                break;
-            }
-            let Some(ch) = self.channels.get_mut(&number) else {
+        let mut starved = std::mem::take(&mut self.starved);
+        for (group, numbers) in &mut starved {
+            if group.is_destroyed() {
+                numbers.clear(); // its channels are closed; its frames are gone
                 continue;
-            };
-            let Kind::Io(io) = &mut ch.kind else { continue };
-            let pool = &self.shared.pool;
-            let deliveries = &mut self.deliveries;
-            let spare = &mut self.spare;
-            let pending = std::cell::Cell::new(0);
-            let r = io.conn.resume(
-                &mut || take_spare(spare, pool, pending.get()),
-                &mut |mut m| {
-                    m.header.channel = number;
-                    pending.set(pending.get() + 1);
-                    deliveries.push(m);
-                },
-            );
-            let mut close = None;
-            match r {
-                Ok(RecvStop::Starved) => again = Some(i),
-                Ok(RecvStop::Drained) => {
-                    tracing::debug!(channel = number, "reading resumed");
-                    io.starving = false;
-                    touch(&mut self.touched, ch);
+            }
+            if numbers.is_empty() || group.receive_room(0) == 0 {
+                continue;
+            }
+            let waiting = std::mem::take(numbers);
+            let mut again = None;
+            for (i, &number) in waiting.iter().enumerate() {
+                if again.is_some() {
+                    break;
                 }
-                Ok(RecvStop::ByeResponse) => close = Some(Status::ChannelClosed),
-                Err(e) => close = Some(e.status()),
+                match self.resume(number) {
+                    Resumed::Starved => again = Some(i),
+                    Resumed::Reading | Resumed::Gone => {}
+                }
             }
-            self.shared.pool.hold_all(&mut self.deliveries);
-            self.outbox.extend(&ch.group, &mut self.deliveries);
-            if let Some(s) = close {
-                mark(&mut self.marked, ch, s);
+            if let Some(i) = again {
+                numbers.extend_from_slice(&waiting[i + 1..]);
+                numbers.push(waiting[i]);
             }
         }
-        if let Some(i) = again {
-            self.starved.extend_from_slice(&starved[i + 1..]);
-            self.starved.push(starved[i]);
-        }
+        starved.retain(|(_, numbers)| !numbers.is_empty());
+        // Channels that starved meanwhile (none do: `resume` keeps its own) come after.
+        starved.append(&mut self.starved);
+        self.starved = starved;
     }
+
+    /// Delivers what channel `number` decoded before it starved, as far as its group has
+    /// room; reading resumes once all of it is delivered.
+    fn resume(&mut self, number: u16) -> Resumed {
+        let Some(ch) = self.channels.get_mut(&number) else {
+            return Resumed::Gone;
+        };
+        let Kind::Io(io) = &mut ch.kind else {
+            return Resumed::Gone;
+        };
+        let pool = &self.shared.pool;
+        let deliveries = &mut self.deliveries;
+        let spare = &mut self.spare;
+        let group = &ch.group;
+        let pending = std::cell::Cell::new(0);
+        let r = io.conn.resume(
+            &mut || take_spare(spare, pool, group, pending.get()),
+            &mut |mut m| {
+                m.header.channel = number;
+                pending.set(pending.get() + 1);
+                deliveries.push(m);
+            },
+        );
+        let mut close = None;
+        let mut end = Resumed::Reading;
+        match r {
+            Ok(RecvStop::Starved) => end = Resumed::Starved,
+            Ok(RecvStop::Drained) => {
+                tracing::debug!(channel = number, "reading resumed");
+                io.starving = false;
+                touch(&mut self.touched, ch);
+            }
+            Ok(RecvStop::ByeResponse) => close = Some(Status::ChannelClosed),
+            Err(e) => close = Some(e.status()),
+        }
+        hold(pool, &ch.group, &mut self.deliveries);
+        self.outbox.extend(&ch.group, &mut self.deliveries);
+        if let Some(s) = close {
+            mark(&mut self.marked, ch, s);
+        }
+        end
+    }
+}
+
+/// Lists channel `number` of `group` as paused for room (see `retry_starved`).
+fn starve(starved: &mut Starved, group: &Arc<GroupShared>, number: u16) {
+    match starved.iter_mut().find(|(g, _)| Arc::ptr_eq(g, group)) {
+        Some((_, numbers)) => numbers.push(number),
+        None => starved.push((Arc::clone(group), vec![number])),
+    }
+}
+
+/// What [`Reactor::resume`] did.
+enum Resumed {
+    /// Its group ran out of room again: it stays paused.
+    Starved,
+    /// Everything it held is delivered: it reads again.
+    Reading,
+    /// No such data channel any more.
+    Gone,
+}
+
+/// Counts received frames as held by the pool and as waiting in `group`'s queues.
+fn hold(pool: &crate::engine::pool::Pool, group: &GroupShared, msgs: &mut [Message]) {
+    let (n, bytes) = pool.hold_all(msgs);
+    group.hold(n, bytes);
 }
 
 /// Feeds the ciphertext `input` to a TLS session and decodes the plaintext it yields. All of
@@ -403,19 +458,19 @@ pub(super) enum ReadEnd {
     Closed,
 }
 
-/// A message to receive into, while the receive limit allows: a spare one, else from the
-/// pool (see `Pool::for_receive`).
+/// A message to receive into, while the receiving group's limit allows (`pending` frames
+/// are decoded and not yet counted): a spare one, else from the pool.
 pub(super) fn take_spare(
     spare: &mut Vec<Message>,
     pool: &crate::engine::pool::Pool,
+    group: &GroupShared,
     pending: usize,
 ) -> Option<Message> {
-    if spare.is_empty() {
-        if !pool.for_receive(REFILL_BATCH, spare, pending) {
-            return None;
-        }
-    } else if !pool.may_receive(pending) {
+    if !group.may_receive(pending) {
         return None;
+    }
+    if spare.is_empty() {
+        pool.for_receive(REFILL_BATCH, spare);
     }
     spare.pop()
 }
