@@ -55,6 +55,11 @@ impl Reactor {
                 notify::add_error_text(m, why);
             }
         }
+        if reason == Status::TlsFailed {
+            if let Kind::Io(io) = &ch.kind {
+                self.linger(&io.stream);
+            }
+        }
         let group = Arc::clone(&ch.group);
         // Close the socket (SO_LINGER {on, 0} makes it a reset; a UDS listener unlinks its
         // path) and free the number before the final Signal is delivered: once the
@@ -66,6 +71,30 @@ impl Reactor {
             self.outbox.extend(&group, &mut self.deliveries);
         } else {
             self.deliveries.clear();
+        }
+    }
+
+    /// A TLS channel that failed told its peer why in an alert. Closing its socket at once
+    /// resets the connection, and a peer whose OS takes the reset before its application
+    /// read the alert learns only "connection reset" (a client whose certificate the
+    /// server refused, most of the time). So the socket ends its sending side after the
+    /// alert (the peer reads the alert, then end of stream) and stays open for [`LINGER`]
+    /// before it is closed (at most [`LINGER_MAX`] at once; beyond, it closes at once).
+    fn linger(&mut self, stream: &Arc<Stream>) {
+        if self.lingering.len() >= LINGER_MAX {
+            return;
+        }
+        if stream.close_write().is_ok() {
+            let until = Instant::now() + LINGER;
+            self.lingering.push_back((until, Arc::clone(stream)));
+        }
+    }
+
+    /// Closes the lingering sockets whose time is up (see [`linger`](Self::linger)).
+    pub(super) fn end_lingering(&mut self) {
+        let now = Instant::now();
+        while self.lingering.front().is_some_and(|&(at, _)| at <= now) {
+            self.lingering.pop_front();
         }
     }
 

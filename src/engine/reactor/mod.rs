@@ -69,6 +69,10 @@ const REFILL_BATCH: usize = 32;
 
 /// How long a listener stops accepting after an accept failure (EMFILE, ENFILE, ENOMEM).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long the socket of a failed TLS channel stays open after its alert (see
+/// `Reactor::linger`), and how many may at once.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_MAX: usize = 256;
 
 pub(crate) struct Reactor {
     shared: Arc<Shared>,
@@ -90,6 +94,9 @@ pub(crate) struct Reactor {
     paused: Vec<(Instant, u16)>,
     /// Channels whose peer owes the rest of a frame (see `Connection::poll_timeout`).
     partial: Vec<u16>,
+    /// Sockets of closed TLS channels whose alert is on its way, and when to close them
+    /// (see `Reactor::linger`).
+    lingering: VecDeque<(Instant, Arc<Stream>)>,
     /// Given to every new connection (see `Connection::handle_timeout`).
     frame_timeout: Option<Duration>,
     /// When the last poller wait returned: the time of the bytes read in this iteration.
@@ -269,6 +276,7 @@ impl Reactor {
             starved: Vec::new(),
             paused: Vec::new(),
             partial: Vec::new(),
+            lingering: VecDeque::new(),
             frame_timeout,
             now: Instant::now(),
             deliveries: Vec::new(),
@@ -300,6 +308,7 @@ impl Reactor {
         loop {
             self.resume_paused();
             self.expire_partial();
+            self.end_lingering();
             if self.shared.shutdown.load(Ordering::SeqCst) {
                 break;
             }
@@ -371,10 +380,12 @@ impl Reactor {
                 Kind::Listener(_) => None,
             })
             .min();
+        let lingering = self.lingering.front().map(|&(at, _)| at);
         self.paused
             .iter()
             .map(|&(at, _)| at)
             .chain(partial)
+            .chain(lingering)
             .min()
             .map(|at| at.saturating_duration_since(now))
     }

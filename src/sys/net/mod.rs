@@ -477,6 +477,12 @@ impl Stream {
         platform::raw(&self.socket)
     }
 
+    /// Ends the sending side (`shutdown(SHUT_WR)`): the peer reads what was written, then
+    /// end of stream. The socket stays open for reading; dropping it still resets.
+    pub fn close_write(&self) -> io::Result<()> {
+        self.socket.shutdown(std::net::Shutdown::Write)
+    }
+
     /// The peer for logs: `"127.0.0.1:7099"`, a socket path, `"@name"`, or
     /// for an accepted Unix domain socket (whose peer is unnamed)
     /// `"<unnamed> via <listener path>"`.
