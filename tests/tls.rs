@@ -838,3 +838,29 @@ fn a_refused_client_learns_why_from_the_alert() {
         }
     }
 }
+
+/// A `tls|` client at a plain `tcp|` listener fails at once, not after the frame timeout
+/// (30 s by default): the listener knows a ClientHello when it sees one, closes that
+/// connection and says why; the client's handshake ends with the connection.
+#[test]
+fn a_tls_client_at_a_plain_listener_fails_at_once() {
+    let pki = Pki::new();
+    let se = Engine::with_defaults().unwrap();
+    let server = se.create_group().unwrap();
+    let plain = server
+        .listen(&Address::tcp("127.0.0.1", 0))
+        .unwrap()
+        .address;
+    let ce = pki.engine(tofu::Backend::default());
+    let client = ce.create_group().unwrap();
+    let started = Instant::now();
+    let err = client
+        .connect(&Address::tls("127.0.0.1", plain.port().unwrap()))
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed after {:?} (the frame timeout is 30 s): {err}",
+        started.elapsed()
+    );
+    expect_server_side_closed(&server, Some("tls| client needs a tls| listener"));
+}

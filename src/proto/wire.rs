@@ -399,6 +399,41 @@ impl Decoder {
     }
 }
 
+/// True when `bytes`, the first a peer sent on a plain (`tcp|`, `uds|`) connection, are
+/// the start of a TLS ClientHello: a handshake record of TLS 1.0-1.3 (`16 03 0x`) whose
+/// first message is a ClientHello (`01 00`) offering version 3.x (`03 0x`). As a tofu
+/// header that would be a HelloRequest from channel 5635 with a message_id no tofu
+/// counter makes (its bytes are the record's length, `01 00` and more lengths), so a
+/// peer that matches is a TLS client at the wrong listener.
+///
+/// ```
+/// // The first bytes of a ClientHello as rustls and OpenSSL send them.
+/// let hello = [0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03, 0x5a];
+/// assert!(tofu::wire::is_tls_client_hello(&hello));
+/// // A tofu HelloRequest from channel 5635 with message_id 1.
+/// let tofu = [0x16, 0x03, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 1, 0, 20, 0, 0];
+/// assert!(!tofu::wire::is_tls_client_hello(&tofu));
+/// ```
+pub fn is_tls_client_hello(bytes: &[u8]) -> bool {
+    matches!(
+        bytes,
+        [
+            0x16,
+            0x03,
+            0x00..=0x04,
+            _,
+            _,
+            0x01,
+            0x00,
+            _,
+            _,
+            0x03,
+            0x00..=0x04,
+            ..
+        ]
+    )
+}
+
 /// The length of the frame whose header starts `frame` (which holds at least the header).
 pub(crate) fn frame_len(frame: &[u8]) -> usize {
     let mut b = [0u8; HEADER_LEN];

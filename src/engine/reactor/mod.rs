@@ -35,7 +35,7 @@ use crate::proto::connection::{Connection, RecvStop, Whole, COPY_MAX, STAGE_CAP}
 use crate::proto::message::{Message, OpCode, Origin, PEER_IDENTITY};
 use crate::proto::notify;
 use crate::proto::status::Status;
-use crate::proto::wire::{encoded_len, DecodeError};
+use crate::proto::wire::{encoded_len, is_tls_client_hello, DecodeError};
 use crate::sys::net::{Listener, Stream};
 use crate::sys::poller::{Event, Poller, RawSocket, Token, Triggers};
 use crate::util::intmap::IntMap;

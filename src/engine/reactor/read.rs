@@ -225,6 +225,18 @@ impl Reactor {
                 }
             };
             let input = &self.read_buf[..n];
+            if first.get() && tls.is_none() && !conn.is_mid_frame() && is_tls_client_hello(input) {
+                // Waiting for the rest of this "frame" would take the frame timeout, and
+                // the peer's handshake would wait as long: say at once what is wrong.
+                tracing::debug!(channel = number, "a TLS client at a plain listener");
+                outcome = Some(Status::InvalidMessage);
+                why = Some(
+                    "the peer began a TLS handshake (a ClientHello) on a plain connection: a \
+                     tls| client needs a tls| listener"
+                        .to_string(),
+                );
+                break;
+            }
             let r = match tls.as_ref() {
                 None => decode(conn, input, first.get()),
                 Some(session) => {
