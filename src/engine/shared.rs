@@ -420,7 +420,9 @@ impl GroupShared {
         let r = &self.room;
         r.held
             .fetch_sub(HELD_ONE + u64::from(held), Ordering::SeqCst);
-        if r.alert.load(Ordering::Relaxed) && r.alert.swap(false, Ordering::SeqCst) {
+        // SeqCst: ordered after the count update, as the reactor sets the flag before it
+        // reads the count (see `may_receive`), so one of the two sees the other.
+        if r.alert.load(Ordering::SeqCst) && r.alert.swap(false, Ordering::SeqCst) {
             if let Some(wake) = &r.wake {
                 wake();
             }
