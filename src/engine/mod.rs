@@ -287,7 +287,7 @@ impl Engine {
             tracing::debug!(error = %e, backend = %options.backend, "poller creation failed");
             Error::CommunicationFailed
         })?;
-        let pool = Pool::with_receive_limit(options.pool, options.receive_limit);
+        let pool = Pool::new(options.pool);
         let shared = Arc::new(Shared::new(pool.clone(), poller.waker(), &options));
         let weak = Arc::downgrade(&shared);
         pool.set_on_refill(Box::new(move || {
@@ -335,7 +335,7 @@ impl Engine {
         }
         let weak = Arc::downgrade(&self.shared);
         let group = Arc::new(GroupShared::with_limit(
-            self.shared.pool.receive_limit(),
+            self.shared.receive_limit,
             Some(Box::new(move || {
                 if let Some(s) = weak.upgrade() {
                     s.wake();

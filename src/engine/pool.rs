@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::engine::channels::Pending;
-use crate::engine::ReceiveLimit;
 use crate::proto::message::{Message, Recycle};
 use crate::util::padded::Padded;
 
@@ -139,20 +138,6 @@ impl Pool {
     /// A pool pre-filled with `options.initial` messages (after normalisation).
     pub fn new(options: PoolOptions) -> Pool {
         let options = options.normalized();
-        Pool::with_receive_limit(
-            options,
-            ReceiveLimit {
-                messages: usize::from(options.max),
-                bytes: usize::MAX,
-            },
-        )
-    }
-
-    /// A pool whose engine stops reading a group's channels once `limit` waits in its
-    /// queues (see
-    /// [`ReceiveLimit`]); an engine's pool.
-    pub(crate) fn with_receive_limit(options: PoolOptions, limit: ReceiveLimit) -> Pool {
-        let options = options.normalized();
         let shared = Arc::new(PoolShared {
             free: Padded::new(Mutex::new(Free {
                 spares: Vec::with_capacity(options.max as usize),
@@ -164,10 +149,6 @@ impl Pool {
             on_refill: OnceLock::new(),
             created: AtomicU64::new(0),
             queued: OnceLock::new(),
-            limit: ReceiveLimit {
-                messages: limit.messages.max(1),
-                bytes: limit.bytes.max(1),
-            },
             buffers: Padded::new(Buffers::default()),
             closed: AtomicBool::new(false),
             count: AtomicUsize::new(0),
@@ -371,11 +352,6 @@ impl Pool {
     /// allocations on empty). Constant in steady state.
     pub fn created(&self) -> u64 {
         self.shared.created.load(Ordering::Relaxed)
-    }
-
-    /// The receive limit each group of the engine gets.
-    pub(crate) fn receive_limit(&self) -> ReceiveLimit {
-        self.shared.limit
     }
 
     /// Installs the function called when a message returns to a pool that a `PoolOnly` get
@@ -612,8 +588,6 @@ pub(crate) struct PoolShared {
     created: AtomicU64,
     /// The frames (and bytes) waiting in the engine's groups' queues (`Pool::queued`).
     queued: OnceLock<Box<dyn Fn() -> (usize, usize) + Send + Sync>>,
-    /// Each group's receive limit (see `GroupShared::may_receive`).
-    limit: ReceiveLimit,
     /// Spare byte buffers.
     pub(crate) buffers: Padded<Buffers>,
     /// The last handle is gone (`Free::closed`, readable without the lock).

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     /// Frames posting threads sealed into busy TLS channels (see `SendState`).
     pub(crate) seals: AtomicU64,
     pub(crate) send_limit: SendLimit,
+    /// Each group's receive limit (see `GroupShared::may_receive`).
+    pub(crate) receive_limit: ReceiveLimit,
     pub(crate) frame_timeout: Option<Duration>,
     /// Configurations of `tls|` channels.
     pub(crate) tls: crate::engine::tls::Configs,
@@ -119,6 +121,10 @@ impl Shared {
             seals: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
             send_limit: options.send_limit,
+            receive_limit: ReceiveLimit {
+                messages: options.receive_limit.messages.max(1),
+                bytes: options.receive_limit.bytes.max(1),
+            },
             frame_timeout: options.frame_timeout,
             tls: crate::engine::tls::Configs {
                 #[cfg(feature = "tls")]

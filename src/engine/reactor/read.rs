@@ -153,7 +153,7 @@ impl Reactor {
         } = &mut **io;
         let pool = &self.shared.pool;
         let spare = &mut self.spare;
-        // Frames decoded and not yet counted as held (counted per batch by `hold_all`).
+        // Frames decoded and not yet counted in the group (counted per batch by `hold`).
         let pending = std::cell::Cell::new(0);
         let group = &ch.group;
         let mut supply = || take_spare(spare, pool, group, pending.get());
@@ -413,7 +413,7 @@ enum Resumed {
     Gone,
 }
 
-/// Counts received frames as held by the pool and as waiting in `group`'s queues.
+/// Marks received frames as held and counts them as waiting in `group`'s queues.
 fn hold(pool: &crate::engine::pool::Pool, group: &GroupShared, msgs: &mut [Message]) {
     let (n, bytes) = pool.hold_all(msgs);
     group.hold(n, bytes);
